@@ -1,0 +1,75 @@
+// The chunk pipeline: cut a host slab into an array's chunks, merge partial
+// chunks with what is stored, encode on the pool, hand bytes to the sink.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "e2fastio/buffer_pool.hpp"
+#include "e2fastio/codec.hpp"
+#include "e2fastio/sink.hpp"
+#include "e2fastio/thread_pool.hpp"
+
+namespace e2fastio {
+
+// One Zarr v3 array with a regular chunk grid and the default chunk key
+// encoding ("<path>/c/<i>/<j>/...").
+struct ArraySpec {
+  std::string path;                  // array path inside the store, e.g. "t2m"
+  std::vector<int64_t> shape;
+  std::vector<int64_t> chunks;
+  CodecSpec codec;
+  std::vector<uint8_t> fill_value;   // one element, native byte order
+  char separator = '/';
+
+  void validate() const;
+  std::size_t chunk_nbytes() const;
+  std::string chunk_key(const std::vector<int64_t>& chunk_coords) const;
+};
+
+// A strided host view of the data to write (byte strides, may be negative).
+struct Slab {
+  const uint8_t* data = nullptr;
+  std::vector<int64_t> shape;
+  std::vector<int64_t> strides;
+  std::size_t itemsize = 0;
+};
+
+struct EngineStats {
+  std::uint64_t chunks_written = 0;
+  std::uint64_t chunks_merged = 0;   // partial chunks read-modify-written
+  std::uint64_t bytes_in = 0;        // raw bytes encoded
+  std::uint64_t bytes_out = 0;       // encoded bytes stored
+};
+
+class Engine {
+ public:
+  Engine(unsigned threads, std::size_t max_buffer_bytes);
+  ~Engine();
+
+  // Write `slab` at the orthogonal selection `index[d]` (one target index per
+  // slab position along each dimension; unique, in range). Blocks until every
+  // touched chunk is stored; rethrows the first error (with its chunk key).
+  void write(const ArraySpec& array, const std::shared_ptr<Sink>& sink, const Slab& slab,
+             const std::vector<std::vector<int64_t>>& index);
+
+  // Bytes of staging one chunk of `array` needs (raw + encode buffer).
+  std::size_t staging_bytes_per_chunk(const ArraySpec& array) const;
+
+  unsigned threads() const noexcept { return pool_.size(); }
+  BufferPool& buffers() noexcept { return buffers_; }
+  EngineStats stats() const;
+  void shutdown();
+  void abandon_after_fork() noexcept { pool_.abandon_after_fork(); }
+
+ private:
+  ThreadPool pool_;
+  BufferPool buffers_;
+  std::atomic<std::uint64_t> chunks_written_{0}, chunks_merged_{0}, bytes_in_{0}, bytes_out_{0};
+};
+
+}  // namespace e2fastio

@@ -1,0 +1,55 @@
+// A fixed pool of native worker threads. Workers never touch Python objects.
+#pragma once
+
+#include <condition_variable>
+#include <cstddef>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace e2fastio {
+
+class ThreadPool {
+ public:
+  explicit ThreadPool(unsigned nthreads);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  // Queue a task. Tasks must not throw (wrap them with TaskGroup::wrap).
+  void submit(std::function<void()> task);
+  unsigned size() const noexcept { return static_cast<unsigned>(workers_.size()); }
+  // Finish queued work and join all workers. Idempotent.
+  void shutdown();
+  // Forget the (dead) worker threads after fork() in the child. No joins.
+  void abandon_after_fork() noexcept;
+
+ private:
+  void run();
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> queue_;
+  std::vector<std::thread> workers_;
+  bool stop_ = false;
+};
+
+// Tracks a set of tasks; remembers the first error; wait() rethrows it.
+class TaskGroup {
+ public:
+  // Returns a no-throw task that runs fn and records its outcome here.
+  std::function<void()> wrap(std::function<void()> fn);
+  void wait();
+  std::size_t pending() const;
+
+ private:
+  void finish(std::exception_ptr err);
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::size_t pending_ = 0;
+  std::exception_ptr first_error_;
+};
+
+}  // namespace e2fastio

@@ -1,0 +1,77 @@
+#include "e2fastio/codec.hpp"
+
+#include <blosc.h>
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "e2fastio/error.hpp"
+
+namespace e2fastio {
+
+void CodecSpec::validate() const {
+  E2F_EXPECT(itemsize == 1 || itemsize == 2 || itemsize == 4 || itemsize == 8,
+             "itemsize must be 1, 2, 4 or 8, got " + std::to_string(itemsize));
+  if (!blosc) return;
+  static const char* kNames[] = {"blosclz", "lz4", "lz4hc", "snappy", "zlib", "zstd"};
+  bool known = std::any_of(std::begin(kNames), std::end(kNames), [&](const char* n) { return cname == n; });
+  E2F_EXPECT(known, "blosc cname must be one of blosclz, lz4, lz4hc, snappy, zlib, zstd; got '" + cname + "'");
+  const char* comp = nullptr;
+  E2F_EXPECT(blosc_compcode_to_compname(blosc_compname_to_compcode(cname.c_str()), &comp) >= 0,
+             "blosc cname '" + cname + "' is not compiled into this c-blosc build");
+  E2F_EXPECT(clevel >= 0 && clevel <= 9, "blosc clevel must be in 0..9, got " + std::to_string(clevel));
+  E2F_EXPECT(typesize >= 1, "blosc typesize must be >= 1");
+}
+
+std::size_t CodecSpec::max_encoded_size(std::size_t nbytes) const {
+  return blosc ? nbytes + BLOSC_MAX_OVERHEAD : (big_endian && itemsize > 1 ? nbytes : 0);
+}
+
+void byteswap_inplace(uint8_t* data, std::size_t nbytes, std::size_t itemsize) {
+  if (itemsize <= 1) return;
+  for (std::size_t off = 0; off + itemsize <= nbytes; off += itemsize) std::reverse(data + off, data + off + itemsize);
+}
+
+std::size_t encode_chunk(const CodecSpec& spec, uint8_t* raw, std::size_t nbytes, uint8_t* dst,
+                         std::size_t dst_capacity, int blosc_threads, const uint8_t** out_ptr) {
+  if (spec.big_endian) byteswap_inplace(raw, nbytes, spec.itemsize);
+  if (!spec.blosc) {
+    *out_ptr = raw;
+    return nbytes;
+  }
+  if (nbytes > static_cast<std::size_t>(BLOSC_MAX_BUFFERSIZE))
+    throw std::invalid_argument("chunk of " + std::to_string(nbytes) +
+                                " bytes exceeds blosc's 2 GiB limit; use smaller chunks");
+  if (dst_capacity < nbytes + BLOSC_MAX_OVERHEAD) E2F_FAIL("encode buffer too small");
+  int n = blosc_compress_ctx(spec.clevel, static_cast<int>(spec.shuffle), spec.typesize, nbytes, raw, dst,
+                             dst_capacity, spec.cname.c_str(), spec.blocksize, std::max(1, blosc_threads));
+  if (n <= 0) E2F_FAIL("blosc_compress_ctx failed with code " + std::to_string(n));
+  *out_ptr = dst;
+  return static_cast<std::size_t>(n);
+}
+
+void decode_chunk(const CodecSpec& spec, const uint8_t* enc, std::size_t enc_size, uint8_t* raw,
+                  std::size_t nbytes, int blosc_threads) {
+  if (!spec.blosc) {
+    if (enc_size != nbytes)
+      E2F_FAIL("stored chunk has " + std::to_string(enc_size) + " bytes, expected " + std::to_string(nbytes));
+    std::memcpy(raw, enc, nbytes);
+  } else {
+    if (enc_size < BLOSC_MIN_HEADER_LENGTH) E2F_FAIL("stored chunk is too short to be a blosc frame");
+    size_t dec_n = 0, cbytes = 0, blocksize = 0;
+    blosc_cbuffer_sizes(enc, &dec_n, &cbytes, &blocksize);
+    if (enc[0] != 2 && enc[0] != 1)
+      E2F_FAIL("stored chunk has blosc header version " + std::to_string(enc[0]) + "; only c-blosc 1.x frames are readable");
+    if (dec_n != nbytes || cbytes != enc_size)
+      E2F_FAIL("stored blosc chunk decodes to " + std::to_string(dec_n) + " bytes, expected " + std::to_string(nbytes));
+    int n = blosc_decompress_ctx(enc, raw, nbytes, std::max(1, blosc_threads));
+    if (n < 0 || static_cast<std::size_t>(n) != nbytes) E2F_FAIL("blosc_decompress_ctx failed with code " + std::to_string(n));
+  }
+  if (spec.big_endian) byteswap_inplace(raw, nbytes, spec.itemsize);
+}
+
+std::string blosc_version() { return BLOSC_VERSION_STRING; }
+
+}  // namespace e2fastio

@@ -1,0 +1,184 @@
+#include "e2fastio/sink.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <string>
+
+#include "e2fastio/error.hpp"
+
+namespace e2fastio {
+
+namespace {
+
+std::string parent_of(const std::string& path) {
+  auto pos = path.rfind('/');
+  return pos == std::string::npos ? std::string() : path.substr(0, pos);
+}
+
+// Unique per process and call: pid + counter. Hidden (leading dot) so tools
+// listing chunk directories skip it; same directory so rename() is atomic.
+std::string temp_name_for(const std::string& path) {
+  static std::atomic<unsigned long long> counter{0};
+  auto slash = path.rfind('/');
+  std::string dir = slash == std::string::npos ? std::string() : path.substr(0, slash + 1);
+  std::string base = slash == std::string::npos ? path : path.substr(slash + 1);
+  return dir + ".e2fastio-tmp-" + std::to_string(::getpid()) + "-" + std::to_string(counter.fetch_add(1)) + "-" + base;
+}
+
+void write_all(int fd, const uint8_t* data, std::size_t n, const std::string& what) {
+  while (n > 0) {
+    ssize_t w = ::write(fd, data, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      throw IOError("writing " + what, errno);
+    }
+    data += w;
+    n -= static_cast<std::size_t>(w);
+  }
+}
+
+}  // namespace
+
+DirectorySink::DirectorySink(std::string root, bool fsync) : root_(std::move(root)), fsync_(fsync) {
+  while (root_.size() > 1 && root_.back() == '/') root_.pop_back();
+  ensure_dir(root_);
+}
+
+void DirectorySink::ensure_dir(const std::string& dir) {
+  if (dir.empty()) return;
+  {
+    std::lock_guard<std::mutex> lk(dirs_mu_);
+    if (made_dirs_.count(dir)) return;
+  }
+  if (::mkdir(dir.c_str(), 0777) != 0) {
+    int err = errno;
+    if (err == ENOENT) {
+      ensure_dir(parent_of(dir));
+      if (::mkdir(dir.c_str(), 0777) != 0 && errno != EEXIST) throw IOError("creating directory " + dir, errno);
+    } else if (err != EEXIST) {
+      throw IOError("creating directory " + dir, err);
+    } else {
+      struct stat st;
+      if (::stat(dir.c_str(), &st) == 0 && !S_ISDIR(st.st_mode))
+        throw IOError("creating directory " + dir + " (a file of that name exists)", ENOTDIR);
+    }
+  }
+  std::lock_guard<std::mutex> lk(dirs_mu_);
+  made_dirs_.insert(dir);
+}
+
+bool DirectorySink::read(const std::string& key, std::vector<uint8_t>& out) {
+  const std::string path = root_ + "/" + key;
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT || errno == ENOTDIR) return false;
+    throw IOError("opening chunk '" + key + "' at " + path, errno);
+  }
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    int err = errno;
+    ::close(fd);
+    throw IOError("reading chunk '" + key + "'", err);
+  }
+  out.resize(static_cast<std::size_t>(st.st_size));
+  std::size_t got = 0;
+  while (got < out.size()) {
+    ssize_t r = ::read(fd, out.data() + got, out.size() - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) {
+      int err = r < 0 ? errno : EIO;
+      ::close(fd);
+      throw IOError("reading chunk '" + key + "'", err);
+    }
+    got += static_cast<std::size_t>(r);
+  }
+  ::close(fd);
+  return true;
+}
+
+void DirectorySink::write(const std::string& key, const uint8_t* data, std::size_t nbytes) {
+  const std::string path = root_ + "/" + key;
+  ensure_dir(parent_of(path));
+  const std::string tmp = temp_name_for(path);
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+  if (fd < 0) throw IOError("writing chunk '" + key + "': cannot create " + tmp, errno);
+  try {
+    write_all(fd, data, nbytes, "chunk '" + key + "' to " + tmp);
+    if (fsync_ && ::fsync(fd) != 0) throw IOError("fsync of chunk '" + key + "'", errno);
+  } catch (...) {
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    throw;
+  }
+  if (::close(fd) != 0) {
+    int err = errno;
+    ::unlink(tmp.c_str());
+    throw IOError("closing chunk '" + key + "'", err);
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    int err = errno;
+    ::unlink(tmp.c_str());
+    throw IOError("renaming chunk '" + key + "' into place at " + path, err);
+  }
+}
+
+bool MemorySink::read(const std::string& key, std::vector<uint8_t>& out) {
+  Value v = get(key);
+  if (!v) return false;
+  out.assign(v->begin(), v->end());
+  return true;
+}
+
+void MemorySink::write(const std::string& key, const uint8_t* data, std::size_t nbytes) {
+  auto v = std::make_shared<const std::vector<uint8_t>>(data, data + nbytes);
+  std::lock_guard<std::mutex> lk(mu_);
+  map_[key] = std::move(v);
+}
+
+MemorySink::Value MemorySink::get(const std::string& key) const {
+  std::lock_guard<std::mutex> lk(mu_);
+  auto it = map_.find(key);
+  return it == map_.end() ? nullptr : it->second;
+}
+
+bool MemorySink::erase(const std::string& key) {
+  std::lock_guard<std::mutex> lk(mu_);
+  return map_.erase(key) > 0;
+}
+
+bool MemorySink::contains(const std::string& key) const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return map_.count(key) > 0;
+}
+
+std::vector<std::string> MemorySink::keys() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  std::vector<std::string> out;
+  out.reserve(map_.size());
+  for (auto& kv : map_) out.push_back(kv.first);
+  return out;
+}
+
+std::size_t MemorySink::size() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return map_.size();
+}
+
+std::size_t MemorySink::nbytes() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  std::size_t n = 0;
+  for (auto& kv : map_) n += kv.second->size();
+  return n;
+}
+
+void MemorySink::clear() {
+  std::lock_guard<std::mutex> lk(mu_);
+  map_.clear();
+}
+
+}  // namespace e2fastio

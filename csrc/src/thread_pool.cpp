@@ -1,0 +1,98 @@
+#include "e2fastio/thread_pool.hpp"
+
+#include <utility>
+
+namespace e2fastio {
+
+ThreadPool::ThreadPool(unsigned nthreads) {
+  if (nthreads == 0) nthreads = 1;
+  workers_.reserve(nthreads);
+  for (unsigned i = 0; i < nthreads; ++i) workers_.emplace_back([this] { run(); });
+}
+
+ThreadPool::~ThreadPool() { shutdown(); }
+
+void ThreadPool::submit(std::function<void()> task) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    queue_.push_back(std::move(task));
+  }
+  cv_.notify_one();
+}
+
+void ThreadPool::run() {
+  for (;;) {
+    std::function<void()> task;
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      cv_.wait(lk, [this] { return stop_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stop_ and drained
+      task = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    task();
+  }
+}
+
+void ThreadPool::shutdown() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  for (auto& t : workers_)
+    if (t.joinable()) t.join();
+  workers_.clear();
+}
+
+void ThreadPool::abandon_after_fork() noexcept {
+  // The threads do not exist in the child; std::thread objects that are
+  // still joinable would terminate() on destruction, so detach the handles.
+  for (auto& t : workers_) t.detach();
+  workers_.clear();
+  // Mutex/condvar may have been held by a parent thread at fork time:
+  // rebuild them in place.
+  new (&mu_) std::mutex();
+  new (&cv_) std::condition_variable();
+  queue_.clear();
+  stop_ = true;
+}
+
+std::function<void()> TaskGroup::wrap(std::function<void()> fn) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    ++pending_;
+  }
+  return [this, fn = std::move(fn)]() noexcept {
+    std::exception_ptr err;
+    try {
+      fn();
+    } catch (...) {
+      err = std::current_exception();
+    }
+    finish(err);
+  };
+}
+
+void TaskGroup::finish(std::exception_ptr err) {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (err && !first_error_) first_error_ = err;
+  if (--pending_ == 0) cv_.notify_all();
+}
+
+void TaskGroup::wait() {
+  std::unique_lock<std::mutex> lk(mu_);
+  cv_.wait(lk, [this] { return pending_ == 0; });
+  if (first_error_) {
+    auto e = first_error_;
+    first_error_ = nullptr;
+    std::rethrow_exception(e);
+  }
+}
+
+std::size_t TaskGroup::pending() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return pending_;
+}
+
+}  // namespace e2fastio

@@ -1,0 +1,27 @@
+"""e2fastio: fast, drop-in IO backends for AI weather and climate pipelines."""
+
+from __future__ import annotations
+
+from e2fastio import _core
+from e2fastio._version import __version__
+from e2fastio.errors import (
+    ArrayNameError,
+    BackendClosedError,
+    CoordinateError,
+    E2FastIOError,
+    UnknownDimensionError,
+)
+from e2fastio.info import info
+from e2fastio.zarr_backend import ZarrBackend
+
+__all__ = [
+    "ArrayNameError",
+    "BackendClosedError",
+    "CoordinateError",
+    "E2FastIOError",
+    "UnknownDimensionError",
+    "ZarrBackend",
+    "__version__",
+    "_core",
+    "info",
+]

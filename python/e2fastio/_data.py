@@ -1,0 +1,165 @@
+"""Turning user inputs (torch tensors, numpy arrays, coordinates) into what the core takes."""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from e2fastio.errors import ArrayNameError, CoordinateError, DataShapeError, UnsupportedDTypeError
+
+# dtypes the chunk pipeline stores (everything numpy can view with itemsize 1/2/4/8).
+_SUPPORTED_KINDS = {"f", "i", "u", "b"}
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-+]*$")
+
+
+def is_torch_tensor(x: Any) -> bool:
+    mod = type(x).__module__
+    return mod.startswith("torch") and hasattr(x, "detach") and hasattr(x, "device")
+
+
+def as_list(x: Any, what: str) -> list[Any]:
+    if isinstance(x, (list, tuple)):
+        return list(x)
+    return [x]
+
+
+def check_array_name(name: Any, argument: str = "array_name") -> str:
+    """Array names are single path components: no separators, no '..', no hidden names."""
+    if not isinstance(name, str):
+        raise ArrayNameError(f"{argument} must be a str, got {type(name).__name__}")
+    if name in ("", ".", "..") or not _NAME_RE.match(name) or name.startswith("__") or name == "zarr.json":
+        raise ArrayNameError(
+            f"{argument}={name!r} is not a safe array name: use letters, digits, '_', '-', '.', '+' "
+            "(not starting with '.', '-' or '__'), without '/' or '\\'"
+        )
+    return name
+
+
+def to_host_array(x: Any, argument: str = "x") -> np.ndarray:
+    """A numpy view (no copy when possible) of a tensor or array on the host."""
+    if is_torch_tensor(x):
+        t = x.detach()
+        if t.device.type != "cpu":
+            t = t.to("cpu")
+        if t.is_conj():
+            t = t.resolve_conj()
+        try:
+            arr = t.numpy()
+        except TypeError as err:  # e.g. bfloat16
+            raise UnsupportedDTypeError(
+                f"{argument} has dtype {t.dtype}, which numpy (and zarr) cannot store; "
+                "convert it first, e.g. x.float()"
+            ) from err
+    elif isinstance(x, np.ndarray):
+        arr = x
+    elif isinstance(x, (np.generic, int, float, bool)):
+        arr = np.asarray(x)
+    else:
+        raise UnsupportedDTypeError(
+            f"{argument} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}"
+        )
+    if arr.dtype.kind not in _SUPPORTED_KINDS or arr.dtype.itemsize not in (1, 2, 4, 8):
+        raise UnsupportedDTypeError(
+            f"{argument} has dtype {arr.dtype}, which e2fastio does not store; "
+            "use a float, int, uint or bool dtype"
+        )
+    return arr
+
+
+def cast_for_array(arr: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
+    """Cast to the stored dtype when it is safe (same kind); native byte order."""
+    if arr.dtype == dtype and arr.dtype.isnative:
+        return arr
+    if not np.can_cast(arr.dtype, dtype, casting="same_kind"):
+        raise UnsupportedDTypeError(
+            f"x for array {name!r} has dtype {arr.dtype} but the array stores {dtype}; "
+            f"cast it first (e.g. x.astype({str(dtype)!r}))"
+        )
+    return arr.astype(dtype.newbyteorder("="), copy=True)
+
+
+def convert_multidim_to_singledim(
+    coords: Mapping[str, np.ndarray],
+) -> tuple[OrderedDict[str, np.ndarray], dict[str, list[str]]]:
+    """Replace n-dimensional coordinates by index coordinates, as Earth2Studio does.
+
+    An n-d coordinate ``lat`` followed by n-1 coordinates of the same shape
+    (``lon``) becomes index dimensions ``ilat``, ``ilon``; the returned mapping
+    sends each multidimensional name to its index dimensions.
+    """
+    adjusted: OrderedDict[str, np.ndarray] = OrderedDict()
+    mapping: dict[str, list[str]] = {}
+    items = [(k, np.asarray(v)) for k, v in coords.items()]
+    i = 0
+    while i < len(items):
+        k, v = items[i]
+        if k.startswith("_"):
+            i += 1
+            continue
+        if v.ndim < 2:
+            adjusted[k] = v
+            i += 1
+            continue
+        mapping[k] = []
+        for j in range(v.ndim):
+            if i + j >= len(items) or items[i + j][1].shape != v.shape:
+                raise ValueError(
+                    "Assumed that if an n-dimensional coordinate exists, "
+                    "then there will be exactly n coordinates with the same shape."
+                )
+            kj = items[i + j][0]
+            adjusted["i" + kj] = np.arange(v.shape[j])
+            mapping[k].append("i" + kj)
+            mapping[kj] = mapping[k]
+        i += v.ndim
+    return adjusted, mapping
+
+
+class CoordinateIndex:
+    """Maps coordinate values to their positions along one stored dimension."""
+
+    def __init__(self, dim: str, values: np.ndarray) -> None:
+        self.dim = dim
+        self.values = np.asarray(values)
+        self._sorter = np.argsort(self.values, kind="stable")
+        self._sorted = self.values[self._sorter]
+
+    def locate(self, value: Any) -> np.ndarray:
+        v = np.atleast_1d(np.asarray(value))
+        if v.ndim != 1:
+            raise CoordinateError(f"coords[{self.dim!r}] must be one-dimensional, got shape {v.shape}")
+        stored = self._sorted
+        if stored.dtype.kind in "mM" and v.dtype.kind == stored.dtype.kind:
+            v = v.astype(stored.dtype)
+        try:
+            pos = np.searchsorted(stored, v)
+        except TypeError as err:
+            raise CoordinateError(
+                f"coords[{self.dim!r}] has dtype {v.dtype}, not comparable with the stored {stored.dtype}"
+            ) from err
+        pos_c = np.minimum(pos, max(len(stored) - 1, 0))
+        found = (pos < len(stored)) & (stored[pos_c] == v) if len(stored) else np.zeros(len(v), bool)
+        if not np.all(found):
+            missing = v[~found][:5]
+            raise CoordinateError(
+                f"coords[{self.dim!r}] has values not in the store: {missing.tolist()}"
+                f"{' ...' if (~found).sum() > 5 else ''}; add them with add_array first "
+                f"(the store holds {len(stored)} values)"
+            )
+        idx = self._sorter[pos].astype(np.int64)
+        if len(np.unique(idx)) != len(idx):
+            raise CoordinateError(f"coords[{self.dim!r}] repeats a value; each position may be written once")
+        return idx
+
+
+def check_shape(arr: np.ndarray, index: Sequence[np.ndarray], dims: Sequence[str], name: str) -> None:
+    expected = tuple(len(i) for i in index)
+    if arr.shape != expected:
+        raise DataShapeError(
+            f"x for array {name!r} has shape {tuple(arr.shape)} but coords {list(dims)} "
+            f"give {expected}; the data must have one axis per coordinate, in order"
+        )

@@ -1,0 +1,68 @@
+"""Ownership of native engines: lazily started, closed explicitly, safe after fork."""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+
+from e2fastio import _core
+
+_live: weakref.WeakSet[EngineHandle] = weakref.WeakSet()
+_live_lock = threading.Lock()
+
+
+class EngineHandle:
+    """Owns one native ``Engine`` (its encoder threads and staging buffers).
+
+    The threads start at the first write, stop at :meth:`close`, and are
+    never inherited by a forked child: the child starts its own on demand.
+    """
+
+    def __init__(self, threads: int, max_buffer_bytes: int) -> None:
+        self.threads = threads
+        self.max_buffer_bytes = max_buffer_bytes
+        self._engine: _core.Engine | None = None
+        self._last_stats: dict[str, object] = {}
+        self._lock = threading.Lock()
+        with _live_lock:
+            _live.add(self)
+
+    def get(self) -> _core.Engine:
+        with self._lock:
+            if self._engine is None:
+                self._engine = _core.Engine(self.threads, self.max_buffer_bytes)
+            return self._engine
+
+    @property
+    def started(self) -> bool:
+        return self._engine is not None
+
+    def stats(self) -> dict[str, object]:
+        e = self._engine
+        if e is None:
+            return dict(self._last_stats)
+        return {**e.stats(), "buffers": e.buffer_stats(), "threads": e.threads}
+
+    def close(self) -> None:
+        with self._lock:
+            if self._engine is not None:
+                self._last_stats = self.stats()
+            e, self._engine = self._engine, None
+        if e is not None:
+            e.shutdown()
+
+    def _after_fork_in_child(self) -> None:
+        e, self._engine = self._engine, None
+        self._lock = threading.Lock()
+        if e is not None:
+            e.abandon_after_fork()
+
+
+def _after_fork_in_child() -> None:
+    for h in list(_live):
+        h._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,150 @@
+"""The bridge between zarr-python metadata/stores and the native chunk pipeline."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.abc.store import Store
+from zarr.core.buffer import Buffer, default_buffer_prototype
+
+from e2fastio import _core
+
+logger = logging.getLogger(__name__)
+
+_SHUFFLE = {
+    "noshuffle": _core.Shuffle.noshuffle,
+    "shuffle": _core.Shuffle.shuffle,
+    "bitshuffle": _core.Shuffle.bitshuffle,
+}
+
+
+class NativeMemoryMapping(MutableMapping[str, Buffer]):
+    """The key/value mapping behind a ``zarr.storage.MemoryStore``, held in native memory.
+
+    zarr-python reads and writes metadata through it as usual, while the
+    encoder threads store chunks into the same native map with no GIL.
+    """
+
+    def __init__(self, sink: _core.MemorySink) -> None:
+        self.sink = sink
+
+    def __getitem__(self, key: str) -> Buffer:
+        value = self.sink.get(key)
+        if value is None:
+            raise KeyError(key)
+        return default_buffer_prototype().buffer.from_bytes(value)
+
+    def __setitem__(self, key: str, value: Buffer) -> None:
+        data = value.as_numpy_array() if isinstance(value, Buffer) else np.frombuffer(value, np.uint8)
+        self.sink.write(key, np.ascontiguousarray(data))
+
+    def __delitem__(self, key: str) -> None:
+        if not self.sink.erase(key):
+            raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in self.sink
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.sink.keys())
+
+    def __len__(self) -> int:
+        return len(self.sink)
+
+    def clear(self) -> None:
+        self.sink.clear()
+
+
+def make_store(file_name: str | os.PathLike[str] | None) -> tuple[Store, _core.Sink | None]:
+    """A zarr store plus the native sink that writes chunks into the same place."""
+    if file_name is None:
+        sink = _core.MemorySink()
+        return zarr.storage.MemoryStore(store_dict=NativeMemoryMapping(sink)), sink
+    return zarr.storage.LocalStore(os.fspath(file_name)), None
+
+
+def sink_for(store: Store, memory_sink: _core.Sink | None, fsync: bool) -> _core.Sink | None:
+    """The native sink for `store`, or None when chunks must go through zarr-python."""
+    if memory_sink is not None:
+        return memory_sink
+    if isinstance(store, zarr.storage.LocalStore):
+        return _core.DirectorySink(str(store.root), fsync)
+    if isinstance(store, zarr.storage.MemoryStore) and isinstance(store._store_dict, NativeMemoryMapping):
+        return store._store_dict.sink
+    return None
+
+
+def array_spec(array: zarr.Array) -> tuple[_core.ArraySpec | None, str]:
+    """Describe `array` for the core, or (None, reason) when the core cannot encode it.
+
+    The core encodes exactly what zarr-python's pipeline does for
+    ``[bytes]`` and ``[bytes, blosc]`` on a regular grid with the default
+    chunk key encoding; anything else (sharding, other codecs, Zarr v2) is
+    written through zarr-python instead, so any codec a user picks still works.
+    """
+    meta = array.metadata
+    if getattr(meta, "zarr_format", None) != 3:
+        return None, "not a Zarr v3 array"
+    grid = meta.chunk_grid
+    if type(grid).__name__ != "RegularChunkGrid":
+        return None, f"chunk grid {type(grid).__name__}"
+    kenc = meta.chunk_key_encoding
+    if type(kenc).__name__ != "DefaultChunkKeyEncoding":
+        return None, f"chunk key encoding {type(kenc).__name__}"
+    dtype = np.dtype(array.dtype)
+    if dtype.kind not in "fiub" or dtype.itemsize not in (1, 2, 4, 8):
+        return None, f"dtype {dtype}"
+    codecs = list(meta.codecs)
+    if not codecs or type(codecs[0]).__name__ != "BytesCodec" or len(codecs) > 2:
+        return None, f"codecs {codecs}"
+    codec = _core.CodecSpec()
+    codec.itemsize = dtype.itemsize
+    endian = codecs[0].endian
+    codec.big_endian = endian is not None and getattr(endian, "value", endian) == "big"
+    if len(codecs) == 2:
+        blosc = codecs[1]
+        if type(blosc).__name__ != "BloscCodec":
+            return None, f"codec {type(blosc).__name__}"
+        codec.blosc = True
+        codec.cname = blosc.cname.value
+        codec.clevel = int(blosc.clevel)
+        codec.shuffle = _SHUFFLE[blosc.shuffle.value]
+        codec.typesize = int(blosc.typesize)
+        codec.blocksize = int(blosc.blocksize)
+    spec = _core.ArraySpec()
+    spec.path = array.path
+    spec.shape = list(array.shape)
+    spec.chunks = list(grid.chunk_shape)
+    spec.codec = codec
+    spec.separator = kenc.separator
+    fill = meta.fill_value
+    spec.fill_value = np.asarray(fill if fill is not None else 0, dtype=dtype.newbyteorder("=")).tobytes()
+    spec.validate()
+    return spec, ""
+
+
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def engine_kwargs(threads: int | None, max_buffer_bytes: int | None) -> dict[str, Any]:
+    if threads is None:
+        threads = default_threads()
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"threads must be a positive int (or None for all cores), got {threads!r}")
+    if max_buffer_bytes is None:
+        max_buffer_bytes = DEFAULT_MAX_BUFFER_BYTES
+    if not isinstance(max_buffer_bytes, int) or isinstance(max_buffer_bytes, bool) or max_buffer_bytes <= 0:
+        raise ValueError(f"max_buffer_bytes must be a positive int, got {max_buffer_bytes!r}")
+    return {"threads": threads, "max_buffer_bytes": max_buffer_bytes}
+
+
+DEFAULT_MAX_BUFFER_BYTES = 1 << 30

@@ -1,0 +1,35 @@
+"""One error hierarchy for e2fastio.
+
+Each class also derives from the builtin type Earth2Studio raises for the same
+mistake, so ``except AssertionError`` / ``except ValueError`` code keeps working.
+"""
+
+from __future__ import annotations
+
+
+class E2FastIOError(Exception):
+    """Base class of every error raised by e2fastio."""
+
+
+class UnknownDimensionError(E2FastIOError, AssertionError):
+    """A write or read names a dimension the store does not have."""
+
+
+class CoordinateError(E2FastIOError, ValueError):
+    """Coordinates do not match the store (missing value, wrong order, duplicates)."""
+
+
+class DataShapeError(E2FastIOError, ValueError):
+    """The data's shape does not match its coordinates."""
+
+
+class UnsupportedDTypeError(E2FastIOError, TypeError):
+    """The data's dtype cannot be stored (or cast safely to the array's dtype)."""
+
+
+class ArrayNameError(E2FastIOError, ValueError):
+    """An array name is not a safe, single-level key inside the store."""
+
+
+class BackendClosedError(E2FastIOError, RuntimeError):
+    """The backend was closed; open a new one to write again."""

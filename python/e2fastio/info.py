@@ -1,0 +1,28 @@
+"""What the native core found on this machine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from e2fastio import _core
+from e2fastio._version import __version__
+from e2fastio._zarr_native import DEFAULT_MAX_BUFFER_BYTES, default_threads
+
+
+def info() -> dict[str, Any]:
+    """Report the core's build and runtime facts.
+
+    Returns
+    -------
+    dict
+        ``version``, ``core_version``, ``blosc_version`` (the c-blosc 1.x the
+        extension is statically linked with), ``default_threads`` and
+        ``default_max_buffer_bytes``.
+    """
+    return {
+        "version": __version__,
+        "core_version": _core.__version__,
+        "blosc_version": _core.blosc_version(),
+        "default_threads": default_threads(),
+        "default_max_buffer_bytes": DEFAULT_MAX_BUFFER_BYTES,
+    }
