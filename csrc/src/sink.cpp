@@ -103,9 +103,23 @@ bool DirectorySink::read(const std::string& key, std::vector<uint8_t>& out) {
 
 void DirectorySink::write(const std::string& key, const uint8_t* data, std::size_t nbytes) {
   const std::string path = root_ + "/" + key;
-  ensure_dir(parent_of(path));
+  try {
+    ensure_dir(parent_of(path));
+  } catch (const IOError& e) {
+    throw IOError("writing chunk '" + key + "': " + e.context(), e.error_code());
+  }
   const std::string tmp = temp_name_for(path);
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+  if (fd < 0 && errno == ENOENT) {
+    // The directory was removed behind our back (e.g. an array was
+    // overwritten through zarr-python): forget what we made and retry once.
+    {
+      std::lock_guard<std::mutex> lk(dirs_mu_);
+      made_dirs_.clear();
+    }
+    ensure_dir(parent_of(path));
+    fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+  }
   if (fd < 0) throw IOError("writing chunk '" + key + "': cannot create " + tmp, errno);
   try {
     write_all(fd, data, nbytes, "chunk '" + key + "' to " + tmp);

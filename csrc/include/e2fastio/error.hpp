@@ -12,11 +12,13 @@ namespace e2fastio {
 
 class IOError : public std::runtime_error {
  public:
-  IOError(const std::string& what, int err)
-      : std::runtime_error(what + ": " + std::strerror(err)), errno_(err) {}
+  IOError(const std::string& context, int err)
+      : std::runtime_error(context + ": " + std::strerror(err)), context_(context), errno_(err) {}
   int error_code() const noexcept { return errno_; }
+  const std::string& context() const noexcept { return context_; }
 
  private:
+  std::string context_;
   int errno_;
 };
 

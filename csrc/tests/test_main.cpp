@@ -1,0 +1,340 @@
+// C++ tests of the core: pool, staging bound, codec, sinks, engine.
+// A tiny harness (no external test framework: the build must work offline).
+// Build with -DE2FASTIO_BUILD_TESTS=ON [-DE2FASTIO_SANITIZE=address,undefined].
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <iostream>
+#include <numeric>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "e2fastio/buffer_pool.hpp"
+#include "e2fastio/codec.hpp"
+#include "e2fastio/engine.hpp"
+#include "e2fastio/error.hpp"
+#include "e2fastio/sink.hpp"
+#include "e2fastio/thread_pool.hpp"
+
+using namespace e2fastio;
+
+namespace {
+
+int g_failures = 0;
+std::vector<std::pair<std::string, std::function<void()>>>& registry() {
+  static std::vector<std::pair<std::string, std::function<void()>>> r;
+  return r;
+}
+struct Register {
+  Register(const char* name, std::function<void()> fn) { registry().emplace_back(name, std::move(fn)); }
+};
+
+#define TEST(name)                                    \
+  void name();                                        \
+  Register reg_##name(#name, name);                   \
+  void name()
+
+#define CHECK(cond)                                                                  \
+  do {                                                                               \
+    if (!(cond)) {                                                                   \
+      std::cerr << __FILE__ << ":" << __LINE__ << ": CHECK failed: " #cond "\n";     \
+      ++g_failures;                                                                  \
+    }                                                                                \
+  } while (0)
+
+template <class E, class F>
+bool throws(F&& f, const char* needle = nullptr) {
+  try {
+    f();
+  } catch (const E& e) {
+    if (needle && std::string(e.what()).find(needle) == std::string::npos) {
+      std::cerr << "  exception text '" << e.what() << "' lacks '" << needle << "'\n";
+      return false;
+    }
+    return true;
+  } catch (...) {
+    return false;
+  }
+  return false;
+}
+
+std::string make_tempdir() {
+  char tmpl[] = "/tmp/e2fastio-cpp-XXXXXX";
+  char* d = mkdtemp(tmpl);
+  if (!d) throw std::runtime_error("mkdtemp failed");
+  return d;
+}
+
+void list_files(const std::string& dir, std::vector<std::string>& out, const std::string& rel = "") {
+  DIR* dp = opendir(dir.c_str());
+  if (!dp) return;
+  while (auto* e = readdir(dp)) {
+    std::string n = e->d_name;
+    if (n == "." || n == "..") continue;
+    std::string p = dir + "/" + n;
+    struct stat st;
+    stat(p.c_str(), &st);
+    if (S_ISDIR(st.st_mode))
+      list_files(p, out, rel + n + "/");
+    else
+      out.push_back(rel + n);
+  }
+  closedir(dp);
+}
+
+ArraySpec make_array(std::vector<int64_t> shape, std::vector<int64_t> chunks, bool blosc) {
+  ArraySpec a;
+  a.path = "arr";
+  a.shape = std::move(shape);
+  a.chunks = std::move(chunks);
+  a.codec.itemsize = 4;
+  a.codec.blosc = blosc;
+  a.codec.cname = "zstd";
+  a.codec.clevel = 3;
+  a.codec.typesize = 4;
+  float nan = -1.0f;
+  a.fill_value.resize(4);
+  std::memcpy(a.fill_value.data(), &nan, 4);
+  return a;
+}
+
+std::vector<int64_t> iota(int64_t start, int64_t n) {
+  std::vector<int64_t> v(static_cast<size_t>(n));
+  std::iota(v.begin(), v.end(), start);
+  return v;
+}
+
+// Reassemble the full array from a memory sink (2-d arrays only).
+std::vector<float> read_back_2d(MemorySink& sink, const ArraySpec& a) {
+  std::vector<float> out(static_cast<size_t>(a.shape[0] * a.shape[1]), -2.0f);
+  const size_t n = a.chunk_nbytes();
+  std::vector<uint8_t> raw(n), enc;
+  for (int64_t ci = 0; ci * a.chunks[0] < a.shape[0]; ++ci)
+    for (int64_t cj = 0; cj * a.chunks[1] < a.shape[1]; ++cj) {
+      if (!sink.read(a.chunk_key({ci, cj}), enc)) continue;
+      decode_chunk(a.codec, enc.data(), enc.size(), raw.data(), n, 1);
+      const float* f = reinterpret_cast<const float*>(raw.data());
+      for (int64_t i = 0; i < a.chunks[0]; ++i)
+        for (int64_t j = 0; j < a.chunks[1]; ++j) {
+          int64_t gi = ci * a.chunks[0] + i, gj = cj * a.chunks[1] + j;
+          if (gi < a.shape[0] && gj < a.shape[1]) out[static_cast<size_t>(gi * a.shape[1] + gj)] = f[i * a.chunks[1] + j];
+        }
+    }
+  return out;
+}
+
+// ----------------------------------------------------------------- thread pool
+TEST(pool_runs_every_task_and_reports_first_error) {
+  ThreadPool pool(3);
+  TaskGroup g;
+  std::atomic<int> n{0};
+  for (int i = 0; i < 100; ++i) pool.submit(g.wrap([&] { n.fetch_add(1); }));
+  g.wait();
+  CHECK(n.load() == 100);
+  TaskGroup g2;
+  for (int i = 0; i < 10; ++i)
+    pool.submit(g2.wrap([i] {
+      if (i == 4) throw std::runtime_error("task four failed");
+    }));
+  CHECK(throws<std::runtime_error>([&] { g2.wait(); }, "task four failed"));
+  CHECK(g2.pending() == 0);
+  pool.shutdown();
+  pool.shutdown();  // idempotent
+}
+
+// ----------------------------------------------------------------- staging bound
+TEST(buffer_pool_bounds_memory_and_applies_backpressure) {
+  const size_t cap = 4 * 64 * 1024;
+  BufferPool pool(cap);
+  Lease a = pool.acquire(100 * 1024);  // rounds to 128 KiB
+  Lease b = pool.acquire(100 * 1024);
+  CHECK(pool.stats().leased_bytes == cap);
+  std::atomic<bool> got{false};
+  std::thread t([&] {
+    Lease c = pool.acquire(64 * 1024);
+    got = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK(!got.load());  // blocked: the pool is full
+  a.release();
+  t.join();
+  CHECK(got.load());
+  auto s = pool.stats();
+  CHECK(s.waits == 1);
+  CHECK(s.peak_bytes <= cap);
+  CHECK(s.leased_bytes + s.cached_bytes <= cap);
+  CHECK(throws<std::invalid_argument>([&] { pool.acquire(cap + 1); }, "max_buffer_bytes"));
+}
+
+TEST(buffer_pool_reuses_buffers_without_growth) {
+  BufferPool pool(1 << 20);
+  for (int i = 0; i < 50; ++i) {
+    Lease l = pool.acquire(300 * 1024);
+    std::memset(l.data(), i, l.size());
+  }
+  auto s = pool.stats();
+  CHECK(s.allocations == 1);
+  CHECK(s.reuses == 49);
+  CHECK(s.peak_bytes <= (1u << 20));
+}
+
+// ----------------------------------------------------------------- codec
+TEST(codec_roundtrip_all_compressors) {
+  std::vector<float> data(10000);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<float>(i % 97) * 0.25f;
+  const size_t n = data.size() * 4;
+  for (const char* cname : {"blosclz", "lz4", "lz4hc", "zlib", "zstd"})
+    for (auto sh : {Shuffle::none, Shuffle::byte, Shuffle::bit}) {
+      CodecSpec c;
+      c.blosc = true;
+      c.cname = cname;
+      c.clevel = 5;
+      c.shuffle = sh;
+      std::vector<uint8_t> raw(reinterpret_cast<uint8_t*>(data.data()), reinterpret_cast<uint8_t*>(data.data()) + n);
+      std::vector<uint8_t> enc(c.max_encoded_size(n));
+      const uint8_t* out = nullptr;
+      size_t k = encode_chunk(c, raw.data(), n, enc.data(), enc.size(), 2, &out);
+      CHECK(out == enc.data());
+      CHECK(enc[0] == 2);  // c-blosc 1.x header version: what numcodecs reads
+      std::vector<uint8_t> back(n);
+      decode_chunk(c, enc.data(), k, back.data(), n, 1);
+      CHECK(std::memcmp(back.data(), data.data(), n) == 0);
+    }
+  CodecSpec bad;
+  bad.blosc = true;
+  bad.cname = "gzip";
+  CHECK(throws<std::invalid_argument>([&] { bad.validate(); }, "cname"));
+}
+
+TEST(codec_big_endian_swaps) {
+  CodecSpec c;
+  c.itemsize = 4;
+  c.big_endian = true;
+  uint32_t v = 0x01020304u;
+  uint8_t raw[4];
+  std::memcpy(raw, &v, 4);
+  const uint8_t* out = nullptr;
+  encode_chunk(c, raw, 4, nullptr, 0, 1, &out);
+  CHECK(out[0] == 1 && out[3] == 4);
+}
+
+// ----------------------------------------------------------------- sinks
+TEST(directory_sink_writes_atomically_and_reports_errors) {
+  auto dir = make_tempdir();
+  DirectorySink sink(dir + "/store");
+  std::vector<uint8_t> payload(1000, 7), back;
+  sink.write("a/c/0/1", payload.data(), payload.size());
+  CHECK(sink.read("a/c/0/1", back) && back == payload);
+  CHECK(!sink.read("a/c/9/9", back));
+  std::vector<std::string> files;
+  list_files(dir + "/store", files);
+  CHECK(files.size() == 1 && files[0] == "a/c/0/1");  // no temporary left behind
+  // Removing the directory behind the sink's back must not break later writes.
+  CHECK(std::system(("rm -rf " + dir + "/store/a").c_str()) == 0);
+  sink.write("a/c/0/2", payload.data(), payload.size());
+  CHECK(sink.read("a/c/0/2", back));
+  // A file where a directory must go: the error names the key and the OS reason.
+  sink.write("f", payload.data(), payload.size());
+  CHECK(throws<IOError>([&] { sink.write("f/c/0", payload.data(), 10); }, "f/c"));
+  CHECK(std::system(("rm -rf " + dir).c_str()) == 0);
+}
+
+// ----------------------------------------------------------------- engine
+TEST(engine_full_partial_and_edge_chunks) {
+  for (bool blosc : {false, true}) {
+    Engine eng(2, 8 << 20);
+    auto sink = std::make_shared<MemorySink>();
+    ArraySpec a = make_array({5, 7}, {2, 3}, blosc);
+    std::vector<float> ref(35, -1.0f);
+    // Whole array.
+    std::vector<float> full(35);
+    for (size_t i = 0; i < full.size(); ++i) full[i] = static_cast<float>(i);
+    Slab s{reinterpret_cast<const uint8_t*>(full.data()), {5, 7}, {28, 4}, 4};
+    eng.write(a, sink, s, {iota(0, 5), iota(0, 7)});
+    ref = full;
+    CHECK(read_back_2d(*sink, a) == ref);
+    // A partial, out-of-order, strided selection: rows {3, 0}, cols {6, 1, 2}.
+    std::vector<float> part(6 * 2);  // viewed with row stride 24 bytes (every other column skipped)
+    for (size_t i = 0; i < part.size(); ++i) part[i] = 100.0f + static_cast<float>(i);
+    Slab ps{reinterpret_cast<const uint8_t*>(part.data()), {2, 3}, {24, 8}, 4};
+    std::vector<int64_t> rows{3, 0}, cols{6, 1, 2};
+    eng.write(a, sink, ps, {rows, cols});
+    for (int r = 0; r < 2; ++r)
+      for (int c = 0; c < 3; ++c) ref[static_cast<size_t>(rows[r] * 7 + cols[c])] = part[static_cast<size_t>(r * 6 + c * 2)];
+    CHECK(read_back_2d(*sink, a) == ref);
+    CHECK(eng.stats().chunks_merged > 0);
+  }
+}
+
+TEST(engine_fills_unwritten_parts_with_fill_value) {
+  Engine eng(2, 8 << 20);
+  auto sink = std::make_shared<MemorySink>();
+  ArraySpec a = make_array({4, 4}, {4, 4}, true);
+  float v = 5.0f;
+  Slab s{reinterpret_cast<const uint8_t*>(&v), {1, 1}, {4, 4}, 4};
+  eng.write(a, sink, s, {{2}, {1}});
+  auto out = read_back_2d(*sink, a);
+  for (size_t i = 0; i < out.size(); ++i) CHECK(out[i] == (i == 9 ? 5.0f : -1.0f));
+}
+
+TEST(engine_rejects_bad_selection_and_surfaces_sink_errors) {
+  Engine eng(2, 8 << 20);
+  auto sink = std::make_shared<MemorySink>();
+  ArraySpec a = make_array({4, 4}, {2, 2}, false);
+  float v[4] = {1, 2, 3, 4};
+  Slab s{reinterpret_cast<const uint8_t*>(v), {2, 2}, {8, 4}, 4};
+  CHECK(throws<std::invalid_argument>([&] { eng.write(a, sink, s, {{0, 9}, {0, 1}}); }, "out of range"));
+  CHECK(throws<std::invalid_argument>([&] { eng.write(a, sink, s, {{0}, {0, 1}}); }, "positions"));
+  CHECK(sink->size() == 0);
+  auto dir = make_tempdir();
+  auto dsink = std::make_shared<DirectorySink>(dir);
+  dsink->write("arr", reinterpret_cast<const uint8_t*>(v), 4);  // a file where the array dir goes
+  CHECK(throws<IOError>([&] { eng.write(a, dsink, s, {{0, 1}, {0, 1}}); }, "arr/c/0/0"));
+  // The engine keeps working after an error.
+  eng.write(a, sink, s, {{0, 1}, {0, 1}});
+  CHECK(sink->size() == 1);
+  CHECK(std::system(("rm -rf " + dir).c_str()) == 0);
+}
+
+TEST(engine_staging_stays_bounded_under_many_chunks) {
+  ArraySpec a = make_array({64, 1024}, {1, 1024}, true);  // 64 chunks of 4 KiB
+  Engine eng(2, 3 * 64 * 1024);                          // room for 3 chunks in flight
+  auto sink = std::make_shared<MemorySink>();
+  std::vector<float> d(64 * 1024, 1.5f);
+  Slab s{reinterpret_cast<const uint8_t*>(d.data()), {64, 1024}, {4096, 4}, 4};
+  for (int step = 0; step < 5; ++step) eng.write(a, sink, s, {iota(0, 64), iota(0, 1024)});
+  auto st = eng.buffers().stats();
+  CHECK(st.peak_bytes <= 3 * 64 * 1024);
+  CHECK(st.leased_bytes == 0);
+  CHECK(sink->size() == 64);
+  CHECK(throws<std::invalid_argument>(
+      [&] {
+        Engine small(1, 1024);
+        small.write(a, sink, s, {iota(0, 64), iota(0, 1024)});
+      },
+      "max_buffer_bytes"));
+}
+
+}  // namespace
+
+int main() {
+  for (auto& [name, fn] : registry()) {
+    int before = g_failures;
+    try {
+      fn();
+    } catch (const std::exception& e) {
+      std::cerr << name << ": unexpected exception: " << e.what() << "\n";
+      ++g_failures;
+    }
+    std::cout << (g_failures == before ? "PASS " : "FAIL ") << name << "\n";
+  }
+  std::cout << registry().size() << " tests, " << g_failures << " failed checks\n";
+  return g_failures == 0 ? 0 : 1;
+}

@@ -1,0 +1,353 @@
+"""ZarrBackend: Earth2Studio's surface, real readers, partial writes, bad input."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+import zarr
+import zarr.storage
+
+import e2fastio
+from e2fastio import ZarrBackend
+from e2fastio.errors import (
+    ArrayNameError,
+    BackendClosedError,
+    CoordinateError,
+    DataShapeError,
+    UnknownDimensionError,
+    UnsupportedDTypeError,
+)
+
+BLOSC = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+
+
+def _split(x: torch.Tensor, coords, dim="variable"):
+    """Earth2Studio's split_coords: list of views along `dim` (non-contiguous)."""
+    c = OrderedDict(coords)
+    i = list(c).index(dim)
+    values = c.pop(dim)
+    return [xi.squeeze(i) for xi in x.split(1, dim=i)], c, values
+
+
+def _plain_zarr_run(path, coords, steps, codec, chunks):
+    """The same workflow the way Earth2Studio's ZarrBackend drives zarr-python."""
+    root = zarr.group(zarr.storage.LocalStore(str(path)), overwrite=True)
+    for dim, v in coords.items():
+        root.create_array(dim, shape=v.shape, chunks=v.shape, dtype=v.dtype, dimension_names=[dim],
+                          compressors=codec, fill_value=None)[...] = v
+    shape = tuple(len(v) for v in coords.values())
+    ch = tuple(chunks.get(d, len(v)) for d, v in coords.items())
+    for name in ("t2m", "tcwv"):
+        root.create_array(name, shape=shape, chunks=ch, dtype="float32", dimension_names=list(coords),
+                          compressors=codec, fill_value=None)
+    for step, (xs, sc) in enumerate(steps):
+        for xi, name in zip(xs, ("t2m", "tcwv")):
+            idx = [np.where(np.isin(coords[d], v))[0] for d, v in sc.items()]
+            root[name].set_orthogonal_selection(tuple(idx), xi.numpy())
+
+
+def _steps(coords, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    full = torch.randn(len(coords["ensemble"]), 1, 2, 9, 16, generator=g)
+    out = []
+    for k in range(len(coords["lead_time"])):
+        x = full + k  # (ensemble, time, variable, lat, lon)
+        x = x.unsqueeze(2)  # lead_time axis
+        sc = OrderedDict(coords)
+        sc["lead_time"] = coords["lead_time"][k:k + 1]
+        sc = OrderedDict(list(sc.items())[:3] + [("variable", np.array(["t2m", "tcwv"]))] + list(sc.items())[3:])
+        xs, c, _ = _split(x, sc)
+        out.append((xs, c))
+    return out
+
+
+@pytest.mark.parametrize("codec", [None, BLOSC], ids=["raw", "blosc"])
+def test_xarray_matches_plain_zarr(tmp_path, seed_coords, codec):
+    chunks = {"time": 1, "lead_time": 1}
+    steps = _steps(seed_coords)
+    io = ZarrBackend(str(tmp_path / "ours.zarr"), chunks=chunks, backend_kwargs={"overwrite": True},
+                     zarr_codecs=codec)
+    io.add_array(seed_coords, ["t2m", "tcwv"])
+    for xs, c in steps:
+        assert not xs[0].is_contiguous()
+        io.write(xs, c, ["t2m", "tcwv"])
+    io.close()
+    _plain_zarr_run(tmp_path / "ref.zarr", seed_coords, steps, codec, chunks)
+    ours = xr.open_zarr(tmp_path / "ours.zarr", consolidated=False)
+    ref = xr.open_zarr(tmp_path / "ref.zarr", consolidated=False)
+    xr.testing.assert_identical(ours.load(), ref.load())
+    assert ours["time"].dtype == np.dtype("datetime64[ns]")
+    assert ours["lead_time"].dtype == np.dtype("timedelta64[ns]")
+    # Same chunk files, same bytes.
+    for name in ("t2m", "tcwv"):
+        a, b = zarr.open_array(str(tmp_path / "ours.zarr" / name)), zarr.open_array(str(tmp_path / "ref.zarr" / name))
+        assert a.metadata.to_dict() == b.metadata.to_dict()
+    for dirpath, _, files in os.walk(tmp_path / "ref.zarr" / "t2m" / "c"):
+        for f in files:
+            rel = os.path.relpath(os.path.join(dirpath, f), tmp_path / "ref.zarr")
+            assert (tmp_path / "ours.zarr" / rel).read_bytes() == (tmp_path / "ref.zarr" / rel).read_bytes()
+
+
+def test_earth2studio_surface_memory_store():
+    coords = OrderedDict(time=np.array([np.datetime64("1971-06-01T06:00:00"), np.datetime64("2021-11-23T12:00:00")]),
+                         variable=np.array(["t2m", "tcwv"]), lat=np.linspace(-90, 90, 18),
+                         lon=np.linspace(0, 360, 36, endpoint=False))
+    z = ZarrBackend(chunks=OrderedDict(time=1, variable=1, lat=18, lon=18))
+    assert isinstance(z.store, zarr.storage.MemoryStore)
+    assert isinstance(z.root, zarr.Group)
+    z.add_array(coords, "fields")
+    for dim in coords:
+        assert dim in z and dim in z.coords and z[dim].shape == coords[dim].shape
+    assert "fields" in z and len(z) == 5
+    assert set(z) == {"fields", "time", "variable", "lat", "lon"}
+    shape = tuple(len(v) for v in coords.values())
+    z.add_array(coords, "dummy_1", data=torch.randn(shape))
+    z.add_array(coords, ["dummy_1"], data=[torch.randn(shape)], overwrite=True)
+    x = torch.randn(shape)
+    z.write(x, coords, "fields_1")  # created on first write
+    np.testing.assert_array_equal(z["fields_1"][...], x.numpy())
+    partial = OrderedDict(time=coords["time"][:1], variable=coords["variable"][:1], lat=coords["lat"],
+                          lon=coords["lon"][:18])
+    p = torch.randn(1, 1, 18, 18)
+    z.write(p, partial, "fields")
+    np.testing.assert_array_equal(z["fields"][0, 0, :, :18], p.numpy()[0, 0])
+    xx, c = z.read(partial, "fields")
+    assert torch.equal(xx, p) and c is partial
+    assert z.chunks["lat"] == 18
+    # The in-memory store is readable by zarr-python and xarray.
+    ds = xr.open_zarr(z.store, consolidated=False)
+    np.testing.assert_array_equal(ds["fields_1"].values, x.numpy())
+    assert z.stats()["chunks_written"] > 0
+
+
+def test_partial_out_of_order_repeated_writes_keep_the_rest(tmp_path, rng):
+    coords = OrderedDict(a=np.arange(10), b=np.arange(13) * 0.5)
+    io = ZarrBackend(str(tmp_path / "p.zarr"), chunks={"a": 4, "b": 5}, zarr_codecs=BLOSC)
+    full = rng.normal(size=(10, 13)).astype("float32")
+    io.add_array(coords, "v", data=full)
+    ref = full.copy()
+    for trial in range(5):
+        ia = rng.choice(10, size=rng.integers(1, 10), replace=False)
+        ib = rng.choice(13, size=rng.integers(1, 13), replace=False)
+        vals = rng.normal(size=(len(ia), len(ib))).astype("float32")
+        io.write(vals, OrderedDict(a=coords["a"][ia], b=coords["b"][ib]), "v")
+        ref[np.ix_(ia, ib)] = vals
+        np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "p.zarr" / "v"))[...], ref)
+    # Unwritten parts of a fresh array keep the fill value.
+    io.add_array(coords, "w", fill_value=np.nan)
+    io.write(np.ones((1, 1), "float32"), OrderedDict(a=[9], b=[6.0]), "w")
+    w = zarr.open_array(str(tmp_path / "p.zarr" / "w"))[...]
+    assert w[9, 12] == 1 and np.isnan(w).sum() == 129
+    io.close()
+
+
+def test_reopen_rebuilds_coords_and_chunks_and_appends(tmp_path, seed_coords):
+    path = str(tmp_path / "r.zarr")
+    with ZarrBackend(path, chunks={"time": 1, "lead_time": 2}, zarr_codecs=BLOSC) as io:
+        io.add_array(seed_coords, "t2m")
+        io.write(torch.ones(3, 1, 1, 9, 16), OrderedDict(seed_coords, lead_time=seed_coords["lead_time"][:1]), "t2m")
+    io2 = ZarrBackend(path)
+    assert list(io2.coords) == list(seed_coords)
+    for k in seed_coords:
+        np.testing.assert_array_equal(io2.coords[k], seed_coords[k])
+    assert io2.chunks["lead_time"] == 2 and io2.chunks["lat"] == 9
+    io2.write(torch.full((3, 1, 1, 9, 16), 2.0), OrderedDict(seed_coords, lead_time=seed_coords["lead_time"][1:2]), "t2m")
+    io2.close()
+    v = xr.open_zarr(path, consolidated=False)["t2m"].values
+    assert (v[:, :, 0] == 1).all() and (v[:, :, 1] == 2).all() and (v[:, :, 2:] == 0).all()
+
+
+def test_overwrite_array_and_store(tmp_path, seed_coords):
+    path = str(tmp_path / "o.zarr")
+    io = ZarrBackend(path, chunks={"time": 1, "lead_time": 1})
+    shape = tuple(len(v) for v in seed_coords.values())
+    io.add_array(seed_coords, "t2m", data=torch.ones(shape))
+    io.add_array(seed_coords, "t2m", data=torch.full(shape, 3.0), overwrite=True)
+    np.testing.assert_array_equal(zarr.open_array(path + "/t2m")[...], 3.0)
+    io.close()
+    io = ZarrBackend(path, backend_kwargs={"overwrite": True})
+    assert len(io) == 0 and not io.coords
+
+
+def test_multidimensional_coordinates(tmp_path):
+    lat2d, lon2d = np.meshgrid(np.linspace(-10, 10, 6), np.linspace(0, 20, 8), indexing="ij")
+    coords = OrderedDict(time=np.arange(2), lat=lat2d, lon=lon2d)
+    io = ZarrBackend(str(tmp_path / "m.zarr"), chunks={"time": 1})
+    x = torch.randn(2, 6, 8)
+    io.add_array(coords, "v")
+    io.write(x, coords, "v")
+    assert set(io.coords) == {"time", "ilat", "ilon"}
+    ds = xr.open_zarr(tmp_path / "m.zarr", consolidated=False)
+    np.testing.assert_array_equal(ds["v"].values, x.numpy())
+    np.testing.assert_array_equal(ds["lat"].values, lat2d)
+    assert ds["lat"].dims == ("ilat", "ilon")
+    # Writing with the multidimensional coordinate only partly given is refused.
+    with pytest.raises(CoordinateError, match="in full"):
+        io.write(x[:, :3], OrderedDict(time=np.arange(2), lat=lat2d[:3], lon=lon2d[:3]), "v")
+
+
+def test_numpy_inputs_dtypes_and_casting(tmp_path):
+    coords = OrderedDict(a=np.arange(4), b=np.arange(5))
+    io = ZarrBackend(str(tmp_path / "d.zarr"))
+    for dt in ("float16", "float64", "int32", "int64", "uint8", "bool"):
+        data = (np.arange(20).reshape(4, 5) % 7).astype(dt)
+        io.add_array(coords, f"v_{dt}", data=data)
+        np.testing.assert_array_equal(io[f"v_{dt}"][...], data)
+        assert io[f"v_{dt}"].dtype == np.dtype(dt)
+    # float64 data into a float32 array is cast (same kind), as zarr-python does.
+    io.add_array(coords, "f32")
+    io.write(np.full((4, 5), 1.5), coords, "f32")
+    np.testing.assert_array_equal(io["f32"][...], 1.5)
+    # Fortran-ordered and negative-stride views.
+    f = np.asfortranarray(np.arange(20, dtype="float32").reshape(4, 5))
+    io.write(f[::-1], OrderedDict(a=coords["a"][::-1], b=coords["b"]), "f32")
+    np.testing.assert_array_equal(io["f32"][...], f)
+
+
+def test_bad_input_clear_errors_store_unchanged(tmp_path, seed_coords):
+    path = tmp_path / "bad.zarr"
+    io = ZarrBackend(str(path), chunks={"time": 1, "lead_time": 1}, zarr_codecs=BLOSC)
+    io.add_array(seed_coords, ["t2m", "tcwv"])
+    good = torch.ones(3, 1, 1, 9, 16)
+    step = OrderedDict(seed_coords, lead_time=seed_coords["lead_time"][:1])
+    io.write([good, good], step, ["t2m", "tcwv"])
+
+    def snapshot():
+        return {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+    before = snapshot()
+    with pytest.raises(UnknownDimensionError, match="pressure"):
+        io.write(good, OrderedDict(step, pressure=np.arange(1)), "t2m")
+    with pytest.raises(AssertionError):  # Earth2Studio raises AssertionError here
+        io.write(good, OrderedDict(foo=np.arange(3)), "t2m")
+    with pytest.raises(CoordinateError, match="lead_time"):
+        io.write(good, OrderedDict(step, lead_time=np.array([999], dtype="timedelta64[h]")), "t2m")
+    with pytest.raises(DataShapeError, match="shape"):
+        io.write(torch.ones(3, 1, 1, 9, 15), step, "t2m")
+    with pytest.raises(ValueError, match="must be the same"):
+        io.write([good, good], step, ["t2m"])
+    with pytest.raises(UnsupportedDTypeError, match="complex"):
+        io.write(torch.ones(3, 1, 1, 9, 16, dtype=torch.complex64), step, "t2m")
+    with pytest.raises(UnsupportedDTypeError, match="bfloat16"):
+        io.write(good.bfloat16(), step, "t2m")
+    with pytest.raises(UnsupportedDTypeError, match="x must be"):
+        io.write("not data", step, "t2m")
+    for bad in ("../x", "", "a/b", "/abs", "..", ".hidden", "__x", "zarr.json", "a\\b", 3):
+        with pytest.raises(ArrayNameError, match="array_name"):
+            io.write(good, step, bad)
+        with pytest.raises(ArrayNameError):
+            io.add_array(seed_coords, bad)
+    # A failing item anywhere in a list writes nothing (checked before any data moves).
+    with pytest.raises(DataShapeError):
+        io.write([good * 5, torch.ones(3, 1, 1, 9, 15)], step, ["t2m", "tcwv"])
+    with pytest.raises(CoordinateError, match="order"):
+        io.write(good.permute(1, 0, 2, 3, 4),
+                 OrderedDict([("time", step["time"]), ("ensemble", step["ensemble"])] +
+                             [(k, step[k]) for k in ("lead_time", "lat", "lon")]), "t2m")
+    with pytest.raises(CoordinateError, match="repeats"):
+        io.write(torch.ones(2, 1, 1, 9, 16), OrderedDict(step, ensemble=np.array([0, 0])), "t2m")
+    assert snapshot() == before
+    assert not (path / "x").exists() and not (tmp_path / "x").exists()
+    io.close()
+    io.close()  # idempotent
+    with pytest.raises(BackendClosedError, match="closed"):
+        io.write(good, step, "t2m")
+    with pytest.raises(BackendClosedError):
+        io.add_array(seed_coords, "new")
+    assert snapshot() == before
+
+
+def test_integer_data_into_float_array_is_cast_but_float_into_int_is_refused(tmp_path):
+    coords = OrderedDict(a=np.arange(3))
+    io = ZarrBackend(str(tmp_path / "c.zarr"))
+    io.add_array(coords, "i", data=np.zeros(3, "int32"))
+    with pytest.raises(UnsupportedDTypeError, match="int32"):
+        io.write(np.ones(3, "float32"), coords, "i")
+    io.add_array(coords, "f")
+    io.write(np.arange(3, dtype="int16"), coords, "f")
+    np.testing.assert_array_equal(io["f"][...], [0, 1, 2])
+
+
+def test_bad_constructor_options(tmp_path):
+    with pytest.raises(ValueError, match="threads"):
+        ZarrBackend(str(tmp_path / "t.zarr"), threads=0)
+    with pytest.raises(ValueError, match="max_buffer_bytes"):
+        ZarrBackend(str(tmp_path / "t.zarr"), max_buffer_bytes=-1)
+    with pytest.raises(ValueError, match=r"chunks\['time'\]"):
+        ZarrBackend(str(tmp_path / "t.zarr"), chunks={"time": 0})
+    # A chunk larger than the staging bound is refused with the knob to turn.
+    io = ZarrBackend(str(tmp_path / "t.zarr"), max_buffer_bytes=1 << 16)
+    coords = OrderedDict(a=np.arange(100), b=np.arange(200))
+    io.add_array(coords, "v")
+    with pytest.raises(ValueError, match="max_buffer_bytes"):
+        io.write(np.ones((100, 200), "float32"), coords, "v")
+
+
+def test_os_error_names_chunk_and_other_arrays_still_land(tmp_path):
+    path = tmp_path / "e.zarr"
+    coords = OrderedDict(a=np.arange(4), b=np.arange(3))
+    io = ZarrBackend(str(path), chunks={"a": 2})
+    io.add_array(coords, ["good", "bad"])
+    # Sabotage: a plain file where the chunk directory of "bad" must go.
+    (path / "bad" / "c").write_bytes(b"not a directory")
+    with pytest.raises(OSError, match=r"writing chunk .bad/c/[01]/0") as err:
+        io.write([np.ones((4, 3), "float32")] * 2, coords, ["good", "bad"])
+    assert err.value.errno is not None
+    np.testing.assert_array_equal(zarr.open_array(str(path / "good"))[...], 1)
+    # The backend stays usable.
+    (path / "bad" / "c").unlink()
+    io.write(np.full((4, 3), 2, "float32"), coords, "bad")
+    np.testing.assert_array_equal(zarr.open_array(str(path / "bad"))[...], 2)
+
+
+def test_unsupported_codecs_fall_back_to_zarr_python(tmp_path):
+    coords = OrderedDict(a=np.arange(6), b=np.arange(4))
+    io = ZarrBackend(str(tmp_path / "g.zarr"), chunks={"a": 2}, zarr_codecs=zarr.codecs.GzipCodec(level=1))
+    data = np.arange(24, dtype="float32").reshape(6, 4)
+    io.add_array(coords, "v")
+    io.write(data, coords, "v")
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "g.zarr" / "v"))[...], data)
+
+
+def test_no_thread_left_after_close(tmp_path, seed_coords):
+    before = threading.active_count()
+    native_before = len(os.listdir("/proc/self/task"))
+    io = ZarrBackend(str(tmp_path / "t.zarr"), threads=3)
+    io.add_array(seed_coords, "v", data=torch.zeros(3, 1, 4, 9, 16))
+    assert len(os.listdir("/proc/self/task")) >= native_before + 3
+    io.close()
+    assert len(os.listdir("/proc/self/task")) == native_before
+    assert threading.active_count() == before
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_writes_with_fresh_threads(tmp_path):
+    coords = OrderedDict(a=np.arange(4), b=np.arange(3))
+    io = ZarrBackend(str(tmp_path / "f.zarr"), chunks={"a": 1})
+    io.add_array(coords, ["parent", "child"], data=[np.zeros((4, 3), "float32")] * 2)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            io.write(np.full((4, 3), 7, "float32"), coords, "child")
+            io.close()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    io.write(np.full((4, 3), 5, "float32"), coords, "parent")
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "f.zarr" / "child"))[...], 7)
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "f.zarr" / "parent"))[...], 5)
+
+
+def test_info_reports_core():
+    i = e2fastio.info()
+    assert i["blosc_version"].startswith("1.")
+    assert i["default_threads"] >= 1
