@@ -95,8 +95,10 @@ class ZarrBackend:
         # Rebuild coordinates and chunks of an existing store (as Earth2Studio does).
         self.coords: OrderedDict[str, np.ndarray] = OrderedDict()
         self.chunks: dict[str, int] = dict(chunks)
-        members = dict(self.root.arrays())
-        for name, arr in members.items():
+        members = dict(sorted(self.root.arrays()))
+        # Data arrays first, so coords follow their dimension order.
+        ordered = sorted(members.items(), key=lambda kv: tuple(kv[1].metadata.dimension_names or ()) == (kv[0],))
+        for name, arr in ordered:
             for dim in arr.metadata.dimension_names or ():
                 if dim not in self.coords and dim in members:
                     self.coords[dim] = members[dim][:]
