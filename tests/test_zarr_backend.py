@@ -354,3 +354,26 @@ def test_info_reports_core():
     i = e2fastio.info()
     assert i["blosc_version"].startswith("1.")
     assert i["default_threads"] >= 1
+
+
+@pytest.mark.parametrize("direct_io", [None, True, False])
+def test_large_chunks_direct_io_bytes_match_zarr_python(tmp_path, direct_io):
+    """Chunks >= 1 MiB take the O_DIRECT path (when allowed); bytes equal zarr-python's."""
+    coords = OrderedDict(t=np.arange(2), y=np.arange(301), x=np.arange(1003))  # odd sizes
+    data = (np.arange(2 * 301 * 1003, dtype="float32").reshape(2, 301, 1003) % 977) / 8
+    for codec in (None, BLOSC):
+        tag = "raw" if codec is None else "blosc"
+        io = ZarrBackend(str(tmp_path / f"ours-{tag}.zarr"), chunks={"t": 1}, zarr_codecs=codec,
+                         direct_io=direct_io)
+        io.add_array(coords, "v")
+        io.write(data, coords, "v")
+        io.close()
+        ref = zarr.create_array(str(tmp_path / f"ref-{tag}.zarr"), shape=data.shape, chunks=(1, 301, 1003),
+                                dtype="float32", compressors=codec, fill_value=None)
+        ref[...] = data
+        for k in range(2):
+            ours = (tmp_path / f"ours-{tag}.zarr" / "v" / "c" / str(k) / "0" / "0").read_bytes()
+            assert ours == (tmp_path / f"ref-{tag}.zarr" / "c" / str(k) / "0" / "0").read_bytes()
+        np.testing.assert_array_equal(zarr.open_array(str(tmp_path / f"ours-{tag}.zarr" / "v"))[...], data)
+    with pytest.raises(ValueError, match="direct_io"):
+        ZarrBackend(str(tmp_path / "x.zarr"), direct_io="yes")

@@ -41,25 +41,43 @@ void register_engine(py::module_& m) {
       .def_property_readonly("threads", &Engine::threads)
       .def("staging_bytes_per_chunk", &Engine::staging_bytes_per_chunk)
       .def(
-          "write",
-          [](Engine& e, const ArraySpec& a, const std::shared_ptr<Sink>& sink, const py::array& data,
-             const std::vector<py::array_t<int64_t, py::array::c_style | py::array::forcecast>>& index) {
-            Slab slab;
-            slab.data = static_cast<const uint8_t*>(data.data());
-            slab.itemsize = static_cast<std::size_t>(data.itemsize());
-            for (py::ssize_t d = 0; d < data.ndim(); ++d) {
-              slab.shape.push_back(static_cast<int64_t>(data.shape(d)));
-              slab.strides.push_back(static_cast<int64_t>(data.strides(d)));
+          "write_batch",
+          [](Engine& e, const py::list& requests) {
+            // requests: [(ArraySpec, Sink, ndarray, [int64 index per dim]), ...]
+            // Convert everything with the GIL held; the arrays stay referenced
+            // by `requests` (the caller's list) for the whole call.
+            std::vector<ArraySpec> specs;
+            specs.reserve(requests.size());
+            std::vector<Engine::Request> reqs;
+            reqs.reserve(requests.size());
+            for (const auto& item : requests) {
+              auto t = item.cast<py::tuple>();
+              E2F_EXPECT(t.size() == 4, "each request is (ArraySpec, Sink, data, index)");
+              specs.push_back(t[0].cast<ArraySpec>());
+              auto sink = t[1].cast<std::shared_ptr<Sink>>();
+              E2F_EXPECT(py::isinstance<py::array>(t[2]), "request data must be a numpy.ndarray");
+              auto data = py::reinterpret_borrow<py::array>(t[2]);
+              Slab slab;
+              slab.data = static_cast<const uint8_t*>(data.data());
+              slab.itemsize = static_cast<std::size_t>(data.itemsize());
+              for (py::ssize_t d = 0; d < data.ndim(); ++d) {
+                slab.shape.push_back(static_cast<int64_t>(data.shape(d)));
+                slab.strides.push_back(static_cast<int64_t>(data.strides(d)));
+              }
+              std::vector<std::vector<int64_t>> idx;
+              for (const auto& ix : t[3].cast<py::list>()) {
+                auto a = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(ix);
+                E2F_EXPECT(a, "index entries must be integer arrays");
+                idx.emplace_back(a.data(), a.data() + a.size());
+              }
+              reqs.push_back(Engine::Request{nullptr, std::move(sink), std::move(slab), std::move(idx)});
             }
-            std::vector<std::vector<int64_t>> idx;
-            idx.reserve(index.size());
-            for (auto& ix : index) idx.emplace_back(ix.data(), ix.data() + ix.size());
-            // `data` stays referenced by the caller's frame for the whole call.
+            for (std::size_t i = 0; i < reqs.size(); ++i) reqs[i].array = &specs[i];
             py::gil_scoped_release nogil;
-            e.write(a, sink, slab, idx);
+            e.write_batch(reqs);
           },
-          py::arg("array"), py::arg("sink"), py::arg("data"), py::arg("index"),
-          "Write `data` at the orthogonal selection `index`; returns when every chunk is stored.")
+          py::arg("requests"),
+          "Write [(ArraySpec, Sink, data, index), ...] as one batch; returns when every chunk is stored.")
       .def("stats",
            [](const Engine& e) {
              auto s = e.stats();

@@ -25,9 +25,16 @@ void register_sink(py::module_& m) {
           },
           py::arg("key"), py::arg("data"));
 
+  py::enum_<DirectIO>(m, "DirectIO")
+      .value("off", DirectIO::off)
+      .value("on", DirectIO::on)
+      .value("automatic", DirectIO::automatic);
+
   py::class_<DirectorySink, Sink, std::shared_ptr<DirectorySink>>(m, "DirectorySink")
-      .def(py::init<std::string, bool>(), py::arg("root"), py::arg("fsync") = false)
-      .def_property_readonly("root", &DirectorySink::root);
+      .def(py::init<std::string, bool, DirectIO>(), py::arg("root"), py::arg("fsync") = false,
+           py::arg("direct_io") = DirectIO::automatic)
+      .def_property_readonly("root", &DirectorySink::root)
+      .def_property_readonly("direct_io_active", &DirectorySink::direct_io_active);
 
   py::class_<MemorySink, Sink, std::shared_ptr<MemorySink>>(m, "MemorySink")
       .def(py::init<>())

@@ -13,7 +13,7 @@ namespace e2fastio {
 
 namespace {
 
-constexpr std::size_t kEncAlign = 64;
+constexpr std::size_t kEncAlign = 4096;  // encoded bytes stay O_DIRECT-aligned
 
 std::size_t align_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
 
@@ -139,86 +139,130 @@ EngineStats Engine::stats() const {
 
 void Engine::write(const ArraySpec& a, const std::shared_ptr<Sink>& sink, const Slab& slab,
                    const std::vector<std::vector<int64_t>>& index) {
+  write_batch({Request{&a, sink, slab, index}});
+}
+
+namespace {
+
+void validate_request(const Engine::Request& r) {
+  const ArraySpec& a = *r.array;
   a.validate();
-  E2F_EXPECT(sink != nullptr, "no sink");
+  E2F_EXPECT(r.sink != nullptr, "no sink");
   const std::size_t nd = a.shape.size();
-  E2F_EXPECT(slab.shape.size() == nd && slab.strides.size() == nd && index.size() == nd,
+  const Slab& slab = r.slab;
+  E2F_EXPECT(slab.shape.size() == nd && slab.strides.size() == nd && r.index.size() == nd,
              "data has " + std::to_string(slab.shape.size()) + " dimensions but array '" + a.path + "' has " +
                  std::to_string(nd));
   E2F_EXPECT(slab.itemsize == a.codec.itemsize, "data itemsize " + std::to_string(slab.itemsize) +
                                                     " does not match array '" + a.path + "' itemsize " +
                                                     std::to_string(a.codec.itemsize));
   for (std::size_t d = 0; d < nd; ++d) {
-    E2F_EXPECT(static_cast<int64_t>(index[d].size()) == slab.shape[d],
+    E2F_EXPECT(static_cast<int64_t>(r.index[d].size()) == slab.shape[d],
                "dimension " + std::to_string(d) + ": data has " + std::to_string(slab.shape[d]) +
-                   " positions but the selection has " + std::to_string(index[d].size()));
-    for (auto t : index[d])
+                   " positions but the selection has " + std::to_string(r.index[d].size()));
+    for (auto t : r.index[d])
       E2F_EXPECT(t >= 0 && t < a.shape[d], "dimension " + std::to_string(d) + ": index " + std::to_string(t) +
                                                " out of range [0, " + std::to_string(a.shape[d]) + ")");
-    if (slab.shape[d] == 0) return;
+  }
+}
+
+// One chunk's work item, planned on the caller's thread.
+struct ChunkJob {
+  const Engine::Request* req;
+  std::vector<int64_t> coords;
+  Scatter scatter;
+  bool full;
+  bool edge;
+};
+
+}  // namespace
+
+void Engine::write_batch(const std::vector<Request>& requests) {
+  // 1. Validate everything and reserve nothing: a bad request stores nothing.
+  for (const auto& r : requests) {
+    validate_request(r);
+    E2F_EXPECT(staging_bytes_per_chunk(*r.array) <= buffers_.capacity(),
+               "a chunk of array '" + r.array->path + "' needs " + std::to_string(staging_bytes_per_chunk(*r.array)) +
+                   " bytes of staging memory but max_buffer_bytes is " + std::to_string(buffers_.capacity()) +
+                   "; raise max_buffer_bytes or use smaller chunks");
   }
 
-  std::vector<DimPlan> plans;
-  plans.reserve(nd);
-  std::size_t nchunks = 1;
-  for (std::size_t d = 0; d < nd; ++d) {
-    plans.push_back(plan_dimension(index[d], a.chunks[d]));
-    nchunks *= plans.back().chunk_ids.size();
-  }
-
-  const std::size_t raw_n = a.chunk_nbytes();
-  const std::size_t enc_off = align_up(raw_n, kEncAlign);
-  const std::size_t staging = staging_bytes_per_chunk(a);
-  const std::size_t enc_cap = a.codec.max_encoded_size(raw_n);
-  // One thread budget: chunk parallelism first, the rest inside blosc.
-  const unsigned nthreads = pool_.size();
-  const int blosc_threads =
-      static_cast<int>(std::max<std::size_t>(1, nthreads / std::max<std::size_t>(1, std::min<std::size_t>(nchunks, nthreads))));
-
-  std::vector<int64_t> dst_strides(nd);
-  {
-    int64_t s = static_cast<int64_t>(a.codec.itemsize);
+  // 2. Plan every chunk of every request.
+  std::vector<std::vector<DimPlan>> plans(requests.size());
+  std::vector<ChunkJob> jobs;
+  for (std::size_t ri = 0; ri < requests.size(); ++ri) {
+    const Request& r = requests[ri];
+    const ArraySpec& a = *r.array;
+    const std::size_t nd = a.shape.size();
+    bool empty = false;
+    for (auto n : r.slab.shape) empty = empty || n == 0;
+    if (empty) continue;
+    std::size_t nchunks = 1;
+    for (std::size_t d = 0; d < nd; ++d) {
+      plans[ri].push_back(plan_dimension(r.index[d], a.chunks[d]));
+      nchunks *= plans[ri].back().chunk_ids.size();
+    }
+    std::vector<int64_t> dst_strides(nd);
+    int64_t st = static_cast<int64_t>(a.codec.itemsize);
     for (std::size_t d = nd; d-- > 0;) {
-      dst_strides[d] = s;
-      s *= a.chunks[d];
+      dst_strides[d] = st;
+      st *= a.chunks[d];
+    }
+    std::vector<std::size_t> pos(nd, 0);  // odometer over each dim's chunk list
+    for (std::size_t i = 0; i < nchunks; ++i) {
+      ChunkJob job{&r, std::vector<int64_t>(nd), Scatter{&r.slab, std::vector<const std::vector<Run>*>(nd), dst_strides, a.codec.itemsize}, true, false};
+      for (std::size_t d = 0; d < nd; ++d) {
+        const DimPlan& p = plans[ri][d];
+        job.coords[d] = p.chunk_ids[pos[d]];
+        job.scatter.runs[d] = &p.runs[pos[d]];
+        const int64_t extent = std::min(a.chunks[d], a.shape[d] - job.coords[d] * a.chunks[d]);
+        if (p.covered[pos[d]] != extent) job.full = false;
+        if (extent != a.chunks[d]) job.edge = true;
+      }
+      jobs.push_back(std::move(job));
+      for (std::size_t d = nd; d-- > 0;) {
+        if (++pos[d] < plans[ri][d].chunk_ids.size()) break;
+        pos[d] = 0;
+      }
     }
   }
+  if (jobs.empty()) return;
 
+  // 3. One thread budget: chunk parallelism first, the rest inside blosc.
+  const std::size_t nthreads = pool_.size();
+  const int blosc_threads = static_cast<int>(
+      std::max<std::size_t>(1, (nthreads + jobs.size() - 1) / jobs.size()));
+
+  // 4. Queue every chunk; leasing staging memory here (on the caller's
+  //    thread) is the backpressure: it blocks while the pool is full.
   TaskGroup group;
-  std::vector<std::size_t> pos(nd, 0);  // position in each dim's chunk list
   try {
-    for (std::size_t i = 0; i < nchunks; ++i) {
-      std::vector<int64_t> cc(nd);
-      bool full = true, edge = false;
-      Scatter sc{&slab, std::vector<const std::vector<Run>*>(nd), dst_strides, a.codec.itemsize};
-      const uint8_t* src = slab.data;
-      for (std::size_t d = 0; d < nd; ++d) {
-        cc[d] = plans[d].chunk_ids[pos[d]];
-        sc.runs[d] = &plans[d].runs[pos[d]];
-        const int64_t extent = std::min(a.chunks[d], a.shape[d] - cc[d] * a.chunks[d]);
-        if (plans[d].covered[pos[d]] != extent) full = false;
-        if (extent != a.chunks[d]) edge = true;
-      }
-      auto lease = std::make_shared<Lease>(buffers_.acquire(staging));
-      std::string key = a.chunk_key(cc);
-      pool_.submit(group.wrap([this, &a, sink, sc = std::move(sc), src, lease, key = std::move(key), full, edge,
-                               raw_n, enc_off, enc_cap, blosc_threads]() {
+    for (const ChunkJob& job : jobs) {
+      const ArraySpec& a = *job.req->array;
+      const std::size_t raw_n = a.chunk_nbytes();
+      const std::size_t enc_off = align_up(raw_n, kEncAlign);
+      const std::size_t enc_cap = a.codec.max_encoded_size(raw_n);
+      auto lease = std::make_shared<Lease>(buffers_.acquire(staging_bytes_per_chunk(a)));
+      pool_.submit(group.wrap([this, &job, lease, raw_n, enc_off, enc_cap, blosc_threads]() {
+        const ArraySpec& a = *job.req->array;
+        Sink& sink = *job.req->sink;
+        const std::string key = a.chunk_key(job.coords);
         uint8_t* raw = lease->data();
         try {
-          if (!full) {
+          if (!job.full) {
             std::vector<uint8_t> existing;
-            if (sink->read(key, existing))
+            if (sink.read(key, existing))
               decode_chunk(a.codec, existing.data(), existing.size(), raw, raw_n, blosc_threads);
             else
               fill_with(raw, raw_n, a.fill_value);
             chunks_merged_.fetch_add(1);
-          } else if (edge) {
+          } else if (job.edge) {
             fill_with(raw, raw_n, a.fill_value);
           }
-          sc.copy(0, src, raw);
+          job.scatter.copy(0, job.req->slab.data, raw);
           const uint8_t* out = nullptr;
           std::size_t n = encode_chunk(a.codec, raw, raw_n, raw + enc_off, enc_cap, blosc_threads, &out);
-          sink->write(key, out, n);
+          sink.write(key, out, n);
           chunks_written_.fetch_add(1);
           bytes_in_.fetch_add(raw_n);
           bytes_out_.fetch_add(n);
@@ -227,15 +271,10 @@ void Engine::write(const ArraySpec& a, const std::shared_ptr<Sink>& sink, const 
         } catch (const std::invalid_argument& e) {
           throw std::invalid_argument("chunk '" + key + "': " + e.what());
         } catch (const std::exception& e) {
-          throw std::runtime_error("chunk '" + key + "' (" + sink->describe() + "): " + e.what());
+          throw std::runtime_error("chunk '" + key + "' (" + sink.describe() + "): " + e.what());
         }
         lease->release();
       }));
-      // Advance the odometer over chunk ids (last dimension fastest).
-      for (std::size_t d = nd; d-- > 0;) {
-        if (++pos[d] < plans[d].chunk_ids.size()) break;
-        pos[d] = 0;
-      }
     }
   } catch (...) {
     try {

@@ -1,5 +1,8 @@
 #include "e2fastio/sink.hpp"
 
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE  // O_DIRECT
+#endif
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -44,7 +47,8 @@ void write_all(int fd, const uint8_t* data, std::size_t n, const std::string& wh
 
 }  // namespace
 
-DirectorySink::DirectorySink(std::string root, bool fsync) : root_(std::move(root)), fsync_(fsync) {
+DirectorySink::DirectorySink(std::string root, bool fsync, DirectIO direct)
+    : root_(std::move(root)), fsync_(fsync), direct_(direct) {
   while (root_.size() > 1 && root_.back() == '/') root_.pop_back();
   ensure_dir(root_);
 }
@@ -101,6 +105,27 @@ bool DirectorySink::read(const std::string& key, std::vector<uint8_t>& out) {
   return true;
 }
 
+int DirectorySink::open_temp(const std::string& key, const std::string& path, const std::string& tmp,
+                             bool direct) {
+  const int flags = O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | (direct ? O_DIRECT : 0);
+  int fd = ::open(tmp.c_str(), flags, 0666);
+  if (fd < 0 && errno == ENOENT) {
+    // The directory was removed behind our back (e.g. an array was
+    // overwritten through zarr-python): forget what we made and retry once.
+    {
+      std::lock_guard<std::mutex> lk(dirs_mu_);
+      made_dirs_.clear();
+    }
+    try {
+      ensure_dir(parent_of(path));
+    } catch (const IOError& e) {
+      throw IOError("writing chunk '" + key + "': " + e.context(), e.error_code());
+    }
+    fd = ::open(tmp.c_str(), flags, 0666);
+  }
+  return fd;
+}
+
 void DirectorySink::write(const std::string& key, const uint8_t* data, std::size_t nbytes) {
   const std::string path = root_ + "/" + key;
   try {
@@ -109,20 +134,41 @@ void DirectorySink::write(const std::string& key, const uint8_t* data, std::size
     throw IOError("writing chunk '" + key + "': " + e.context(), e.error_code());
   }
   const std::string tmp = temp_name_for(path);
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-  if (fd < 0 && errno == ENOENT) {
-    // The directory was removed behind our back (e.g. an array was
-    // overwritten through zarr-python): forget what we made and retry once.
-    {
-      std::lock_guard<std::mutex> lk(dirs_mu_);
-      made_dirs_.clear();
-    }
-    ensure_dir(parent_of(path));
-    fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+  const std::size_t body = nbytes / kDirectAlign * kDirectAlign;
+  bool direct = direct_ != DirectIO::off && !direct_refused_.load() && body > 0 &&
+                reinterpret_cast<std::uintptr_t>(data) % kDirectAlign == 0 &&
+                (direct_ == DirectIO::on || nbytes >= kDirectMin);
+  int fd = open_temp(key, path, tmp, direct);
+  if (fd < 0 && direct && errno == EINVAL) {  // file system without O_DIRECT
+    direct_refused_ = true;
+    direct = false;
+    fd = open_temp(key, path, tmp, false);
   }
   if (fd < 0) throw IOError("writing chunk '" + key + "': cannot create " + tmp, errno);
   try {
-    write_all(fd, data, nbytes, "chunk '" + key + "' to " + tmp);
+    std::size_t done = 0;
+    if (direct) {
+      ssize_t w = 0;
+      while (done < body) {
+        w = ::write(fd, data + done, body - done);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) break;
+        done += static_cast<std::size_t>(w);
+      }
+      if (done < body && w < 0 && errno == EINVAL) {
+        // Alignment the device does not accept: finish without O_DIRECT.
+        if (direct_ == DirectIO::automatic) direct_refused_ = true;
+      } else if (done < body) {
+        throw IOError("writing chunk '" + key + "' to " + tmp, w < 0 ? errno : EIO);
+      }
+      int fl = ::fcntl(fd, F_GETFL);
+      if (fl < 0 || ::fcntl(fd, F_SETFL, fl & ~O_DIRECT) != 0)
+        throw IOError("writing chunk '" + key + "': clearing O_DIRECT on " + tmp, errno);
+      done = done / kDirectAlign * kDirectAlign;
+      if (::lseek(fd, static_cast<off_t>(done), SEEK_SET) < 0)
+        throw IOError("writing chunk '" + key + "': seeking in " + tmp, errno);
+    }
+    write_all(fd, data + done, nbytes - done, "chunk '" + key + "' to " + tmp);
     if (fsync_ && ::fsync(fd) != 0) throw IOError("fsync of chunk '" + key + "'", errno);
   } catch (...) {
     ::close(fd);

@@ -68,12 +68,17 @@ def make_store(file_name: str | os.PathLike[str] | None) -> tuple[Store, _core.S
     return zarr.storage.LocalStore(os.fspath(file_name)), None
 
 
-def sink_for(store: Store, memory_sink: _core.Sink | None, fsync: bool) -> _core.Sink | None:
+def sink_for(
+    store: Store, memory_sink: _core.Sink | None, fsync: bool, direct_io: bool | None
+) -> _core.Sink | None:
     """The native sink for `store`, or None when chunks must go through zarr-python."""
     if memory_sink is not None:
         return memory_sink
     if isinstance(store, zarr.storage.LocalStore):
-        return _core.DirectorySink(str(store.root), fsync)
+        mode = {None: _core.DirectIO.automatic, True: _core.DirectIO.on, False: _core.DirectIO.off}
+        if direct_io not in mode:
+            raise ValueError(f"direct_io must be None (automatic), True or False, got {direct_io!r}")
+        return _core.DirectorySink(str(store.root), fsync, mode[direct_io])
     if isinstance(store, zarr.storage.MemoryStore) and isinstance(store._store_dict, NativeMemoryMapping):
         return store._store_dict.sink
     return None

@@ -57,6 +57,19 @@ class Engine {
   void write(const ArraySpec& array, const std::shared_ptr<Sink>& sink, const Slab& slab,
              const std::vector<std::vector<int64_t>>& index);
 
+  // Several writes (e.g. one per variable of a model step) as one batch: all
+  // are validated first, then every chunk of every request is queued at once,
+  // so chunks of different arrays compress in parallel. Blocks until all are
+  // stored; every chunk is attempted even if another fails; the first error
+  // is rethrown.
+  struct Request {
+    const ArraySpec* array;
+    std::shared_ptr<Sink> sink;
+    Slab slab;
+    std::vector<std::vector<int64_t>> index;
+  };
+  void write_batch(const std::vector<Request>& requests);
+
   // Bytes of staging one chunk of `array` needs (raw + encode buffer).
   std::size_t staging_bytes_per_chunk(const ArraySpec& array) const;
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -26,18 +27,33 @@ class Sink {
 // A directory store: key "a/c/0/1" is the file <root>/a/c/0/1. Each object is
 // written to a hidden temporary file in the same directory and renamed over
 // the target, so neither a reader nor a crash sees a partial chunk.
+// Direct I/O (O_DIRECT) bypasses the page cache for the aligned body of
+// large objects: on these VMs fresh page-cache pages fault in at ~0.5 GB/s
+// while O_DIRECT writes reach the device at ~1.6-2.6 GB/s, and the data needs
+// no later writeback. Falls back to buffered writes when the buffer is not
+// aligned or the file system refuses O_DIRECT (tmpfs, some network FS).
+enum class DirectIO : int { off = 0, on = 1, automatic = 2 };
+
 class DirectorySink : public Sink {
  public:
-  explicit DirectorySink(std::string root, bool fsync = false);
+  static constexpr std::size_t kDirectAlign = 4096;
+  static constexpr std::size_t kDirectMin = 1 << 20;  // automatic: objects of at least 1 MiB
+
+  explicit DirectorySink(std::string root, bool fsync = false, DirectIO direct = DirectIO::automatic);
   bool read(const std::string& key, std::vector<uint8_t>& out) override;
   void write(const std::string& key, const uint8_t* data, std::size_t nbytes) override;
   std::string describe() const override { return "directory " + root_; }
   const std::string& root() const noexcept { return root_; }
+  // Whether O_DIRECT was used for the last eligible object (false once refused).
+  bool direct_io_active() const noexcept { return direct_ != DirectIO::off && !direct_refused_.load(); }
 
  private:
   void ensure_dir(const std::string& dir);
+  int open_temp(const std::string& key, const std::string& path, const std::string& tmp, bool direct);
   std::string root_;
   bool fsync_;
+  DirectIO direct_;
+  std::atomic<bool> direct_refused_{false};
   std::mutex dirs_mu_;
   std::unordered_set<std::string> made_dirs_;
 };

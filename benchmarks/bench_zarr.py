@@ -1,0 +1,209 @@
+"""Seed workload to a local Zarr v3 store: e2fastio vs pure Python vs tensorstore vs the machine.
+
+Runs every competitor in one process, interleaved and repeated, and reports the
+median time until the data is closed and until it is synced (``os.sync``),
+the size on disk, MB/s and speed-ups, as a table and a JSON record.
+
+    python benchmarks/bench_zarr.py                 # full seed workload (1.33 GB)
+    python benchmarks/bench_zarr.py --quick         # seconds, for CI smoke runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numcodecs
+import numpy as np
+import zarr
+import zarr.storage
+
+sys.path.insert(0, str(Path(__file__).parent))
+import common  # noqa: E402
+
+import e2fastio  # noqa: E402
+
+VARS = ("t2m", "tcwv")
+
+
+def zarr_codec(compressed: bool):
+    return zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle") if compressed else None
+
+
+# ----------------------------------------------------------------------------- competitors
+def run_e2fastio(w: common.Workload, compressed: bool, path: str) -> None:
+    io = e2fastio.ZarrBackend(path, chunks={"time": 1, "lead_time": 1}, backend_kwargs={"overwrite": True},
+                              zarr_codecs=zarr_codec(compressed))
+    io.add_array(w.coords, list(VARS))
+    for k in range(w.steps):
+        xs, c = w.step(k)
+        io.write(xs, c, list(VARS))
+    io.close()
+
+
+def run_earth2studio_way(w: common.Workload, compressed: bool, path: str) -> None:
+    """zarr-python setitem per write, as Earth2Studio's ZarrBackend drives it."""
+    try:  # the real thing when installed
+        from earth2studio.io import ZarrBackend  # type: ignore[import-not-found]
+    except ImportError:
+        ZarrBackend = None
+    if ZarrBackend is not None:
+        import torch
+
+        io = ZarrBackend(path, chunks={"time": 1, "lead_time": 1}, backend_kwargs={"overwrite": True},
+                         zarr_codecs=zarr_codec(compressed))
+        io.add_array(w.coords, list(VARS))
+        for k in range(w.steps):
+            xs, c = w.step(k)
+            io.write([torch.from_numpy(x) for x in xs], c, list(VARS))
+        return
+    coords = w.coords
+    root = zarr.group(zarr.storage.LocalStore(path), overwrite=True)
+    for dim, v in coords.items():
+        root.create_array(dim, shape=v.shape, chunks=v.shape, dtype=v.dtype, dimension_names=[dim],
+                          compressors=zarr_codec(compressed), fill_value=None)[...] = v
+    shape = tuple(len(v) for v in coords.values())
+    chunks = (w.members, 1, 1, w.nlat, w.nlon)
+    for name in VARS:
+        root.create_array(name, shape=shape, chunks=chunks, dtype="float32", dimension_names=list(coords),
+                          compressors=zarr_codec(compressed), fill_value=None)
+    for k in range(w.steps):
+        xs, c = w.step(k)
+        for x, name in zip(xs, VARS):
+            idx = tuple(np.where(np.isin(coords[d], v))[0] for d, v in c.items())
+            root[name][np.ix_(*idx)] = x
+
+
+def run_zarr_slices(w: common.Workload, compressed: bool, path: str) -> None:
+    """zarr-python at its best from Python: one slice assignment per array and step."""
+    coords = w.coords
+    root = zarr.group(zarr.storage.LocalStore(path), overwrite=True)
+    for dim, v in coords.items():
+        root.create_array(dim, shape=v.shape, chunks=v.shape, dtype=v.dtype, dimension_names=[dim],
+                          compressors=zarr_codec(compressed), fill_value=None)[...] = v
+    shape = tuple(len(v) for v in coords.values())
+    arrays = [root.create_array(name, shape=shape, chunks=(w.members, 1, 1, w.nlat, w.nlon), dtype="float32",
+                                dimension_names=list(coords), compressors=zarr_codec(compressed), fill_value=None)
+              for name in VARS]
+    for k in range(w.steps):
+        xs, _ = w.step(k)
+        for x, arr in zip(xs, arrays):
+            arr[:, :, k : k + 1] = x
+
+
+def run_tensorstore(w: common.Workload, compressed: bool, path: str) -> None:
+    """tensorstore zarr3, fastest mode: all writes issued, then awaited; no per-chunk fsync."""
+    import tensorstore as ts
+
+    codecs = [{"name": "bytes", "configuration": {"endian": "little"}}]
+    if compressed:
+        codecs.append({"name": "blosc", "configuration": {"cname": "zstd", "clevel": 3, "shuffle": "shuffle",
+                                                           "typesize": 4, "blocksize": 0}})
+    ctx = ts.Context({"file_io_sync": False})
+    shape = [w.members, 1, w.steps, w.nlat, w.nlon]
+    arrays = []
+    for name in VARS:
+        arrays.append(ts.open({
+            "driver": "zarr3",
+            "kvstore": {"driver": "file", "path": os.path.join(path, name)},
+            "metadata": {
+                "shape": shape, "data_type": "float32",
+                "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [w.members, 1, 1, w.nlat, w.nlon]}},
+                "codecs": codecs, "fill_value": 0, "dimension_names": ["ensemble", "time", "lead_time", "lat", "lon"],
+            },
+            "create": True, "delete_existing": True,
+        }, context=ctx).result())
+    futures = []
+    for k in range(w.steps):
+        xs, _ = w.step(k)
+        for arr, x in zip(arrays, xs):
+            futures.append(arr[:, :, k : k + 1].write(x, can_reference_source_data_indefinitely=True))
+    for f in futures:
+        f.result()
+
+
+def _chunk_files(w: common.Workload, path: str):
+    for k in range(w.steps):
+        xs, _ = w.step(k)
+        for x, name in zip(xs, VARS):
+            yield os.path.join(path, name, "c", "0", "0", str(k), "0", "0"), x
+
+
+def run_raw_compress_write(w: common.Workload, compressed: bool, path: str) -> None:
+    """The machine's limit: the same chunks compressed on all cores and written as plain files."""
+    codec = numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.SHUFFLE, typesize=4)
+
+    def job(item):
+        p, x = item
+        data = codec.encode(np.ascontiguousarray(x)) if compressed else np.ascontiguousarray(x)
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        with open(p, "wb") as f:
+            f.write(data)
+
+    with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
+        list(pool.map(job, _chunk_files(w, path)))
+
+
+COMPETITORS = {
+    "e2fastio ZarrBackend": run_e2fastio,
+    "pure Python (Earth2Studio's way)": run_earth2studio_way,
+    "zarr-python slices": run_zarr_slices,
+    "tensorstore zarr3 (all issued)": run_tensorstore,
+    "raw: chunks as plain files": run_raw_compress_write,
+}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny grid, one repeat (CI smoke run)")
+    ap.add_argument("--repeats", type=int, default=None, help="rounds per competitor (default 5, quick 1)")
+    ap.add_argument("--modes", default="compressed,uncompressed")
+    ap.add_argument("--dir", default=None, help="where stores are written (default: a temp dir)")
+    ap.add_argument("--json", default="bench-out/bench_zarr.json")
+    ap.add_argument("--skip", default="", help="comma-separated competitors to skip")
+    args = ap.parse_args(argv)
+    size = common.QUICK if args.quick else common.FULL
+    repeats = args.repeats or (1 if args.quick else 5)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    for m in modes:
+        if m not in ("compressed", "uncompressed"):
+            ap.error(f"--modes: unknown mode {m!r}; use compressed and/or uncompressed")
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    comps = {n: f for n, f in COMPETITORS.items() if not any(s in n for s in skip)}
+    try:
+        import tensorstore  # noqa: F401
+    except ImportError:
+        comps.pop("tensorstore zarr3 (all issued)", None)
+        print("tensorstore not installed (pip install e2fastio[bench]); skipping it")
+
+    t0 = time.perf_counter()
+    w = common.make_workload(**size)
+    print(f"workload: {w.steps} writes of {w.members} x {len(VARS)} x {w.nlat} x {w.nlon} float32 "
+          f"= {w.nbytes / 1e9:.2f} GB (generated in {time.perf_counter() - t0:.1f} s)")
+    record = {"benchmark": "bench_zarr", "machine": common.machine(), "git": common.git_rev(),
+              "command": " ".join([os.path.basename(sys.executable)] + sys.argv), "workload": size,
+              "repeats": repeats, "e2fastio": e2fastio.info(), "results": {}}
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        for mode in modes:
+            compressed = mode == "compressed"
+            print(f"\n[{mode}]")
+            fns = {n: (lambda path, f=f: f(w, compressed, path)) for n, f in comps.items()}
+            res = common.run_interleaved(fns, Path(tmp), repeats, w.nbytes)
+            record["results"][mode] = res
+            common.print_table(f"{mode}: median of {repeats}", res, "pure Python (Earth2Studio's way)", w.nbytes)
+            ours = res["e2fastio ZarrBackend"]["synced_s"]
+            ratios = {f"vs {n}": res[n]["synced_s"] / ours for n in res if n != "e2fastio ZarrBackend"}
+            record["results"][mode + "_ratios_synced"] = ratios
+            print("  e2fastio speed-up (synced): " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
+    common.save_json(args.json, record)
+    print(f"\nJSON record: {args.json}")
+    return record
+
+
+if __name__ == "__main__":
+    main()

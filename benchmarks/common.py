@@ -1,0 +1,184 @@
+"""Shared pieces of the benchmarks: the seed workload, timing, reporting."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+# The seed workload (Earth2Studio's IO example): 21 writes of 8 members x 2
+# variables x 721 x 1440 float32, chunks time=1, lead_time=1 (1.33 GB).
+FULL = dict(members=8, steps=21, nlat=721, nlon=1440)
+QUICK = dict(members=2, steps=4, nlat=91, nlon=180)
+
+
+@dataclass
+class Workload:
+    members: int
+    steps: int
+    nlat: int
+    nlon: int
+    variables: tuple[str, ...] = ("t2m", "tcwv")
+    fields: list[np.ndarray] = field(default_factory=list)  # one (members, 1, 1, nvar, lat, lon) per step
+
+    @property
+    def coords(self) -> OrderedDict[str, np.ndarray]:
+        return OrderedDict(
+            ensemble=np.arange(self.members),
+            time=np.array(["2022-12-20T00"], dtype="datetime64[ns]"),
+            lead_time=(np.arange(self.steps) * np.timedelta64(6, "h")).astype("timedelta64[ns]"),
+            lat=np.linspace(90, -90, self.nlat),
+            lon=np.linspace(0, 360, self.nlon, endpoint=False),
+        )
+
+    @property
+    def nbytes(self) -> int:
+        return sum(f.nbytes for f in self.fields)
+
+    def step(self, k: int) -> tuple[list[np.ndarray], OrderedDict[str, np.ndarray]]:
+        """Step k as Earth2Studio's split_coords hands it over: non-contiguous views."""
+        x = self.fields[k]
+        c = self.coords
+        c["lead_time"] = c["lead_time"][k : k + 1]
+        return [x[:, :, :, i] for i in range(len(self.variables))], c
+
+
+def make_workload(members: int, steps: int, nlat: int, nlon: int, seed: int = 0) -> Workload:
+    """Smooth, weather-like fields with ~8 meaningful fraction bits (zstd-3+shuffle ~3x)."""
+    rng = np.random.default_rng(seed)
+    lat = np.deg2rad(np.linspace(90, -90, nlat))[:, None]
+    lon = np.deg2rad(np.linspace(0, 360, nlon, endpoint=False))[None, :]
+    t2m0 = 255 + 45 * np.cos(lat) ** 2 + 8 * np.sin(2 * lon) * np.cos(lat)
+    tcwv0 = 55 * np.cos(lat) ** 4 + 4 * np.sin(3 * lon + 1) * np.cos(lat) ** 2
+    w = Workload(members, steps, nlat, nlon)
+    for k in range(steps):
+        x = np.empty((members, 1, 1, 2, nlat, nlon), dtype=np.float32)
+        for m in range(members):
+            for v, (base, amp) in enumerate(((t2m0, 6.0), (tcwv0, 5.0))):
+                f = base.copy()
+                for _ in range(4):  # travelling low-wavenumber waves
+                    kl, kx = rng.integers(1, 8), rng.integers(1, 12)
+                    ph = rng.uniform(0, 2 * np.pi) + 0.3 * k
+                    f += amp * rng.uniform(0.2, 1) * np.sin(kl * lat + ph) * np.cos(kx * lon - ph)
+                if v == 1:
+                    f = np.maximum(f, 0)
+                x[m, 0, 0, v] = np.round(f * 256) / 256  # multiples of 2^-8
+        w.fields.append(x)
+    return w
+
+
+def dir_size(path: str | Path) -> int:
+    p = Path(path)
+    if p.is_file():
+        return p.stat().st_size
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def rm(path: str | Path) -> None:
+    p = Path(path)
+    if p.is_dir():
+        shutil.rmtree(p)
+    elif p.exists():
+        p.unlink()
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem = 0
+    try:
+        mem = int(next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal"))) * 1024
+    except (OSError, StopIteration):
+        pass
+    return {
+        "host": platform.node(),
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)),
+        "memory_gib": round(mem / 2**30, 1),
+        "python": platform.python_version(),
+    }
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, float]:
+    """(seconds until fn returned = files closed, seconds until synced)."""
+    t0 = time.perf_counter()
+    fn()
+    t1 = time.perf_counter()
+    os.sync()
+    t2 = time.perf_counter()
+    return t1 - t0, t2 - t0
+
+
+def run_interleaved(
+    competitors: dict[str, Callable[[str], None]],
+    outdir: Path,
+    repeats: int,
+    nbytes: int,
+    log: Callable[[str], None] = print,
+) -> dict[str, dict[str, Any]]:
+    """Run each competitor `repeats` times, rotating the order every round."""
+    names = list(competitors)
+    samples: dict[str, dict[str, list[float]]] = {n: {"closed": [], "synced": []} for n in names}
+    sizes: dict[str, int] = {}
+    for r in range(repeats):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for n in order:
+            target = outdir / n.replace(" ", "_").replace("/", "_")
+            rm(target)
+            os.sync()
+            closed, synced = timed(lambda: competitors[n](str(target)))
+            samples[n]["closed"].append(closed)
+            samples[n]["synced"].append(synced)
+            sizes[n] = dir_size(target)
+            log(f"  round {r + 1}/{repeats} {n:<34s} closed {closed:7.3f} s  synced {synced:7.3f} s")
+            rm(target)
+    out = {}
+    for n in names:
+        c, s = statistics.median(samples[n]["closed"]), statistics.median(samples[n]["synced"])
+        out[n] = {
+            "closed_s": c,
+            "synced_s": s,
+            "closed_all_s": samples[n]["closed"],
+            "synced_all_s": samples[n]["synced"],
+            "bytes_on_disk": sizes[n],
+            "ratio": nbytes / sizes[n] if sizes[n] else None,
+            "mb_per_s_synced": nbytes / s / 1e6,
+        }
+    return out
+
+
+def print_table(title: str, results: dict[str, dict[str, Any]], baseline: str, nbytes: int) -> None:
+    print(f"\n{title}  ({nbytes / 1e9:.2f} GB raw)")
+    print(f"{'backend':<36s}{'closed s':>10s}{'synced s':>10s}{'MB/s':>9s}{'size MB':>10s}{'ratio':>7s}{'speed-up':>10s}")
+    base = results[baseline]["synced_s"]
+    for n, r in results.items():
+        print(
+            f"{n:<36s}{r['closed_s']:>10.3f}{r['synced_s']:>10.3f}{r['mb_per_s_synced']:>9.0f}"
+            f"{r['bytes_on_disk'] / 1e6:>10.1f}{(r['ratio'] or 0):>7.2f}{base / r['synced_s']:>9.2f}x"
+        )
+
+
+def git_rev() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=False).stdout.strip()
+    except OSError:
+        return ""
+
+
+def save_json(path: str | Path, record: dict[str, Any]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(record, indent=2, default=str))

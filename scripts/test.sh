@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The test command: installs what a fresh machine needs, builds e2fastio from
+# source (c-blosc comes from the 'blosc' wheel as a build requirement), and runs
+# the C++ and Python test suites. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+# torch first, pinned to the CPU build: an unpinned request can pull a
+# multi-GB CUDA build. Users with GPUs bring their own torch.
+"$PY" -m pip install --quiet "torch==2.13.0"
+"$PY" -m pip install --quiet ".[test,bench]"
+
+# Run from the tests' folder view of the installed package, not python/.
+exec "$PY" -m pytest "$@"

@@ -1,0 +1,37 @@
+"""Build and run the C++ tests of the core (pool, staging bound, codec, sinks)
+under AddressSanitizer + UndefinedBehaviorSanitizer."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.timeout(600)
+def test_cpp_core_under_sanitizers(tmp_path_factory):
+    cmake = shutil.which("cmake")
+    assert cmake, "cmake is a test requirement (pip install e2fastio[test])"
+    sanitize = os.environ.get("E2FASTIO_SANITIZE", "address,undefined")
+    build = ROOT / "build" / f"cpptests-{sanitize.replace(',', '-') or 'plain'}"
+    gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+    subprocess.run(
+        [cmake, "-S", str(ROOT), "-B", str(build), *gen, "-DCMAKE_BUILD_TYPE=Debug",
+         "-DE2FASTIO_BUILD_PYTHON=OFF", "-DE2FASTIO_BUILD_TESTS=ON", f"-DE2FASTIO_SANITIZE={sanitize}",
+         f"-DPython_EXECUTABLE={sys.executable}"],
+        check=True, capture_output=True, text=True,
+    )
+    b = subprocess.run([cmake, "--build", str(build), "-j", "2"], capture_output=True, text=True)
+    assert b.returncode == 0, b.stdout[-4000:] + b.stderr[-4000:]
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0", UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1")
+    r = subprocess.run([str(build / "e2fastio_cpp_tests")], capture_output=True, text=True, env=env, timeout=300)
+    print(r.stdout)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    assert "0 failed checks" in r.stdout
+    assert "runtime error" not in r.stderr and "Sanitizer" not in r.stderr, r.stderr[-4000:]
