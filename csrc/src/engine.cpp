@@ -228,10 +228,20 @@ void Engine::write_batch(const std::vector<Request>& requests) {
   }
   if (jobs.empty()) return;
 
-  // 3. One thread budget: chunk parallelism first, the rest inside blosc.
+  // 3. One thread budget shared by chunk parallelism and blosc's internal
+  //    threads. With few large chunks (one per variable and step is typical)
+  //    chunks compress at different speeds, and a core whose chunk finished
+  //    early would idle until the slowest is done: give each large chunk up
+  //    to 2 x threads / chunks internal threads (at most `threads`), so the
+  //    cores stay busy until the last block of the batch. Small chunks
+  //    (< 4 MiB) use one thread each: thread start-up would cost more.
   const std::size_t nthreads = pool_.size();
-  const int blosc_threads = static_cast<int>(
-      std::max<std::size_t>(1, (nthreads + jobs.size() - 1) / jobs.size()));
+  std::size_t max_chunk = 0;
+  for (const auto& r : requests) max_chunk = std::max(max_chunk, r.array->chunk_nbytes());
+  const int blosc_threads =
+      max_chunk < (std::size_t{4} << 20)
+          ? 1
+          : static_cast<int>(std::min(nthreads, std::max<std::size_t>(1, (2 * nthreads + jobs.size() - 1) / jobs.size())));
 
   // 4. Queue every chunk; leasing staging memory here (on the caller's
   //    thread) is the backpressure: it blocks while the pool is full.

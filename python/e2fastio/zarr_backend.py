@@ -235,6 +235,10 @@ class ZarrBackend:
             if h is not None:
                 self._write_arrays([(name, h, [np.arange(s, dtype=np.int64) for s in shape])])
 
+    def _has_array(self, name: str) -> bool:
+        # Known targets are cached: a zarr membership test reads metadata from the store.
+        return name in self._targets or name in self.root
+
     def _target(self, name: str) -> _Target:
         t = self._targets.get(name)
         if t is None:
@@ -250,7 +254,7 @@ class ZarrBackend:
     def _selection(self, coords: CoordSystem, verb: str) -> tuple[OrderedDict[str, np.ndarray], list[np.ndarray]]:
         adjusted, mapping = _data.convert_multidim_to_singledim(coords)
         for dim in adjusted:
-            if dim not in self.root or dim not in self.coords:
+            if dim not in self.coords:
                 raise UnknownDimensionError(
                     f"Coordinate dimension {dim} not in zarr store; "
                     f"create it first with add_array (the store has {list(self.coords)})."
@@ -296,7 +300,7 @@ class ZarrBackend:
         for xi, name in zip(xs, names):
             arr = _data.to_host_array(xi, "x")
             _data.check_shape(arr, index, dims, name)
-            if name in self.root:
+            if self._has_array(name):
                 t = self._target(name)
                 if t.dims != dims:
                     raise CoordinateError(
@@ -306,7 +310,7 @@ class ZarrBackend:
                 arr = _data.cast_for_array(arr, t.dtype, name)
             planned.append((name, arr))
         for name, _ in planned:
-            if name not in self.root:
+            if not self._has_array(name):
                 self.add_array(adjusted, name)
         self._write_arrays([(name, arr, index) for name, arr in planned])
 
