@@ -45,7 +45,7 @@ def test_wheel_is_self_contained_and_installs_in_fresh_venv(tmp_path):
         "import numpy as np, zarr, e2fastio, numcodecs\n"
         "io = e2fastio.ZarrBackend('s.zarr', chunks={'a': 2}, zarr_codecs=zarr.codecs.BloscCodec(cname='zstd'))\n"
         "c = {'a': np.arange(4), 'b': np.arange(3)}\n"
-        "io.write(np.arange(12, dtype='float32').reshape(4, 3), c, 'v'); io.close()\n"
+        "io.add_array(c, 'v'); io.write(np.arange(12, dtype='float32').reshape(4, 3), c, 'v'); io.close()\n"
         "assert (zarr.open_array('s.zarr/v')[...] == np.arange(12).reshape(4, 3)).all()\n"
         "print('ok', e2fastio.info()['blosc_version'])\n"
     )
