@@ -13,6 +13,47 @@ namespace py = pybind11;
 
 namespace e2fastio::py_bindings {
 
+namespace {
+
+// Requests converted with the GIL held. The data arrays stay referenced by
+// the caller's list for the whole (blocking part of the) call.
+struct Converted {
+  std::vector<ArraySpec> specs;
+  std::vector<Engine::Request> requests;
+};
+
+Converted convert(const py::list& requests) {
+  Converted c;
+  c.specs.reserve(requests.size());
+  c.requests.reserve(requests.size());
+  for (const auto& item : requests) {
+    auto t = item.cast<py::tuple>();
+    E2F_EXPECT(t.size() == 4, "each request is (ArraySpec, Sink, data, index)");
+    c.specs.push_back(t[0].cast<ArraySpec>());
+    auto sink = t[1].cast<std::shared_ptr<Sink>>();
+    E2F_EXPECT(py::isinstance<py::array>(t[2]), "request data must be a numpy.ndarray");
+    auto data = py::reinterpret_borrow<py::array>(t[2]);
+    Slab slab;
+    slab.data = static_cast<const uint8_t*>(data.data());
+    slab.itemsize = static_cast<std::size_t>(data.itemsize());
+    for (py::ssize_t d = 0; d < data.ndim(); ++d) {
+      slab.shape.push_back(static_cast<int64_t>(data.shape(d)));
+      slab.strides.push_back(static_cast<int64_t>(data.strides(d)));
+    }
+    std::vector<std::vector<int64_t>> idx;
+    for (const auto& ix : t[3].cast<py::list>()) {
+      auto a = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(ix);
+      E2F_EXPECT(a, "index entries must be integer arrays");
+      idx.emplace_back(a.data(), a.data() + a.size());
+    }
+    c.requests.push_back(Engine::Request{nullptr, std::move(sink), std::move(slab), std::move(idx)});
+  }
+  for (std::size_t i = 0; i < c.requests.size(); ++i) c.requests[i].array = &c.specs[i];
+  return c;
+}
+
+}  // namespace
+
 void register_engine(py::module_& m) {
   py::class_<ArraySpec>(m, "ArraySpec")
       .def(py::init<>())
@@ -37,47 +78,48 @@ void register_engine(py::module_& m) {
       .def("chunk_key", &ArraySpec::chunk_key);
 
   py::class_<Engine, std::shared_ptr<Engine>>(m, "Engine")
-      .def(py::init<unsigned, std::size_t>(), py::arg("threads"), py::arg("max_buffer_bytes"))
+      .def(py::init<unsigned, std::size_t, std::size_t>(), py::arg("threads"), py::arg("max_buffer_bytes"),
+           py::arg("ring_bytes") = 0)
       .def_property_readonly("threads", &Engine::threads)
       .def("staging_bytes_per_chunk", &Engine::staging_bytes_per_chunk)
       .def(
           "write_batch",
           [](Engine& e, const py::list& requests) {
-            // requests: [(ArraySpec, Sink, ndarray, [int64 index per dim]), ...]
-            // Convert everything with the GIL held; the arrays stay referenced
-            // by `requests` (the caller's list) for the whole call.
-            std::vector<ArraySpec> specs;
-            specs.reserve(requests.size());
-            std::vector<Engine::Request> reqs;
-            reqs.reserve(requests.size());
-            for (const auto& item : requests) {
-              auto t = item.cast<py::tuple>();
-              E2F_EXPECT(t.size() == 4, "each request is (ArraySpec, Sink, data, index)");
-              specs.push_back(t[0].cast<ArraySpec>());
-              auto sink = t[1].cast<std::shared_ptr<Sink>>();
-              E2F_EXPECT(py::isinstance<py::array>(t[2]), "request data must be a numpy.ndarray");
-              auto data = py::reinterpret_borrow<py::array>(t[2]);
-              Slab slab;
-              slab.data = static_cast<const uint8_t*>(data.data());
-              slab.itemsize = static_cast<std::size_t>(data.itemsize());
-              for (py::ssize_t d = 0; d < data.ndim(); ++d) {
-                slab.shape.push_back(static_cast<int64_t>(data.shape(d)));
-                slab.strides.push_back(static_cast<int64_t>(data.strides(d)));
-              }
-              std::vector<std::vector<int64_t>> idx;
-              for (const auto& ix : t[3].cast<py::list>()) {
-                auto a = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(ix);
-                E2F_EXPECT(a, "index entries must be integer arrays");
-                idx.emplace_back(a.data(), a.data() + a.size());
-              }
-              reqs.push_back(Engine::Request{nullptr, std::move(sink), std::move(slab), std::move(idx)});
-            }
-            for (std::size_t i = 0; i < reqs.size(); ++i) reqs[i].array = &specs[i];
+            Converted c = convert(requests);
             py::gil_scoped_release nogil;
-            e.write_batch(reqs);
+            e.write_batch(c.requests);
           },
           py::arg("requests"),
           "Write [(ArraySpec, Sink, data, index), ...] as one batch; returns when every chunk is stored.")
+      .def(
+          "submit",
+          [](Engine& e, const py::list& requests) {
+            Converted c = convert(requests);
+            py::gil_scoped_release nogil;
+            e.submit(c.requests);  // copies the data into the staging ring, then returns
+          },
+          py::arg("requests"),
+          "Stage [(ArraySpec, Sink, data, index), ...] and return; chunks are stored in the background.")
+      .def("flush", &Engine::flush, py::call_guard<py::gil_scoped_release>(),
+           "Wait until every submitted chunk is stored; raise the first background error.")
+      .def("wait_idle", &Engine::wait_idle, py::arg("timeout"), py::call_guard<py::gil_scoped_release>(),
+           "Wait up to `timeout` seconds for every submitted chunk; False if some are still pending.")
+      .def("check", &Engine::check, "Raise the first background error (once), if any.")
+      .def_property_readonly("pending_chunks", &Engine::pending_chunks)
+      .def_property_readonly("failed_chunks", &Engine::failed_chunks)
+      .def_property_readonly("has_ring", &Engine::has_ring)
+      .def("ring_stats",
+           [](const Engine& e) {
+             auto s = e.ring_stats();
+             py::dict d;
+             d["capacity"] = s.capacity;
+             d["used_bytes"] = s.used_bytes;
+             d["peak_used_bytes"] = s.peak_used_bytes;
+             d["reservations"] = s.reservations;
+             d["waits"] = s.waits;
+             d["wait_seconds"] = s.wait_seconds;
+             return d;
+           })
       .def("stats",
            [](const Engine& e) {
              auto s = e.stats();

@@ -1,6 +1,7 @@
 #include "e2fastio/engine.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -117,7 +118,14 @@ std::string ArraySpec::chunk_key(const std::vector<int64_t>& cc) const {
   return key;
 }
 
-Engine::Engine(unsigned threads, std::size_t max_buffer_bytes) : pool_(threads), buffers_(max_buffer_bytes) {}
+Engine::Engine(unsigned threads, std::size_t max_buffer_bytes, std::size_t ring_bytes)
+    : pool_(threads), buffers_(ring_bytes > 0 && ring_bytes < max_buffer_bytes ? max_buffer_bytes - ring_bytes
+                                                                                : max_buffer_bytes) {
+  if (ring_bytes > 0) {
+    E2F_EXPECT(ring_bytes < max_buffer_bytes, "the staging ring must be smaller than max_buffer_bytes");
+    ring_ = std::make_unique<StagingRing>(ring_bytes);
+  }
+}
 
 Engine::~Engine() { shutdown(); }
 
@@ -166,32 +174,56 @@ void validate_request(const Engine::Request& r) {
   }
 }
 
+}  // namespace
+
 // One chunk's work item, planned on the caller's thread.
-struct ChunkJob {
-  const Engine::Request* req;
+struct Engine::Job {
+  const Request* req;
   std::vector<int64_t> coords;
   Scatter scatter;
   bool full;
   bool edge;
+  bool direct;  // the slab is exactly this chunk, C-contiguous: encode from it, no gather
 };
+
+struct Engine::Batch {
+  std::vector<ArraySpec> specs;
+  std::vector<Request> requests;
+  std::vector<std::vector<DimPlan>> plans;
+  std::vector<Job> jobs;
+  StagingRing* ring = nullptr;
+  StagingRing::Slot slot;
+  std::atomic<std::size_t> remaining{0};
+  int blosc_threads = 1;
+  ~Batch() {
+    if (ring && slot.id) ring->release(slot.id);
+  }
+};
+
+namespace {
+
+bool c_contiguous(const Slab& s) {
+  int64_t st = static_cast<int64_t>(s.itemsize);
+  for (std::size_t d = s.shape.size(); d-- > 0;) {
+    if (s.shape[d] != 1 && s.strides[d] != st) return false;
+    st *= s.shape[d];
+  }
+  return true;
+}
+
+// Plan the chunk jobs of `requests` (which must outlive the jobs).
+void plan_jobs(const std::vector<Engine::Request>& requests, std::vector<std::vector<DimPlan>>& plans,
+               std::vector<Engine::Job>& jobs);
 
 }  // namespace
 
-void Engine::write_batch(const std::vector<Request>& requests) {
-  // 1. Validate everything and reserve nothing: a bad request stores nothing.
-  for (const auto& r : requests) {
-    validate_request(r);
-    E2F_EXPECT(staging_bytes_per_chunk(*r.array) <= buffers_.capacity(),
-               "a chunk of array '" + r.array->path + "' needs " + std::to_string(staging_bytes_per_chunk(*r.array)) +
-                   " bytes of staging memory but max_buffer_bytes is " + std::to_string(buffers_.capacity()) +
-                   "; raise max_buffer_bytes or use smaller chunks");
-  }
+namespace {
 
-  // 2. Plan every chunk of every request.
-  std::vector<std::vector<DimPlan>> plans(requests.size());
-  std::vector<ChunkJob> jobs;
+void plan_jobs(const std::vector<Engine::Request>& requests, std::vector<std::vector<DimPlan>>& plans,
+               std::vector<Engine::Job>& jobs) {
+  plans.assign(requests.size(), {});
   for (std::size_t ri = 0; ri < requests.size(); ++ri) {
-    const Request& r = requests[ri];
+    const Engine::Request& r = requests[ri];
     const ArraySpec& a = *r.array;
     const std::size_t nd = a.shape.size();
     bool empty = false;
@@ -208,9 +240,13 @@ void Engine::write_batch(const std::vector<Request>& requests) {
       dst_strides[d] = st;
       st *= a.chunks[d];
     }
+    const bool slab_contig = c_contiguous(r.slab);
     std::vector<std::size_t> pos(nd, 0);  // odometer over each dim's chunk list
     for (std::size_t i = 0; i < nchunks; ++i) {
-      ChunkJob job{&r, std::vector<int64_t>(nd), Scatter{&r.slab, std::vector<const std::vector<Run>*>(nd), dst_strides, a.codec.itemsize}, true, false};
+      Engine::Job job{&r, std::vector<int64_t>(nd),
+                      Scatter{&r.slab, std::vector<const std::vector<Run>*>(nd), dst_strides, a.codec.itemsize},
+                      true, false, false};
+      bool whole = nchunks == 1 && slab_contig;
       for (std::size_t d = 0; d < nd; ++d) {
         const DimPlan& p = plans[ri][d];
         job.coords[d] = p.chunk_ids[pos[d]];
@@ -218,7 +254,10 @@ void Engine::write_batch(const std::vector<Request>& requests) {
         const int64_t extent = std::min(a.chunks[d], a.shape[d] - job.coords[d] * a.chunks[d]);
         if (p.covered[pos[d]] != extent) job.full = false;
         if (extent != a.chunks[d]) job.edge = true;
+        const auto& runs = p.runs[pos[d]];
+        whole = whole && r.slab.shape[d] == a.chunks[d] && runs.size() == 1 && runs[0].src == 0 && runs[0].dst == 0;
       }
+      job.direct = whole && job.full && !job.edge && !(a.codec.big_endian && a.codec.itemsize > 1);
       jobs.push_back(std::move(job));
       for (std::size_t d = nd; d-- > 0;) {
         if (++pos[d] < plans[ri][d].chunk_ids.size()) break;
@@ -226,63 +265,106 @@ void Engine::write_batch(const std::vector<Request>& requests) {
       }
     }
   }
-  if (jobs.empty()) return;
+}
 
-  // 3. One thread budget shared by chunk parallelism and blosc's internal
-  //    threads. With few large chunks (one per variable and step is typical)
-  //    chunks compress at different speeds, and a core whose chunk finished
-  //    early would idle until the slowest is done: give each large chunk up
-  //    to 2 x threads / chunks internal threads (at most `threads`), so the
-  //    cores stay busy until the last block of the batch. Small chunks
-  //    (< 4 MiB) use one thread each: thread start-up would cost more.
-  const std::size_t nthreads = pool_.size();
+// One thread budget shared by chunk parallelism and blosc's internal
+// threads. With few large chunks (one per variable and step is typical)
+// chunks compress at different speeds, and a core whose chunk finished early
+// would idle until the slowest is done: give each large chunk up to
+// 2 x threads / chunks internal threads (at most `threads`), so the cores
+// stay busy until the last block of the batch. Small chunks (< 4 MiB) use one
+// thread each: thread start-up would cost more.
+int blosc_threads_for(const std::vector<Engine::Request>& requests, std::size_t njobs, std::size_t nthreads) {
   std::size_t max_chunk = 0;
   for (const auto& r : requests) max_chunk = std::max(max_chunk, r.array->chunk_nbytes());
-  const int blosc_threads =
-      max_chunk < (std::size_t{4} << 20)
-          ? 1
-          : static_cast<int>(std::min(nthreads, std::max<std::size_t>(1, (2 * nthreads + jobs.size() - 1) / jobs.size())));
+  if (max_chunk < (std::size_t{4} << 20) || njobs == 0) return 1;
+  return static_cast<int>(std::min(nthreads, std::max<std::size_t>(1, (2 * nthreads + njobs - 1) / njobs)));
+}
 
-  // 4. Queue every chunk; leasing staging memory here (on the caller's
+std::size_t job_staging_bytes(const Engine::Job& job) {
+  const ArraySpec& a = *job.req->array;
+  const std::size_t raw_n = a.chunk_nbytes();
+  return (job.direct ? 0 : align_up(raw_n, kEncAlign)) + a.codec.max_encoded_size(raw_n);
+}
+
+}  // namespace
+
+void Engine::run_job(const Job& job, Lease* lease, int blosc_threads) {
+  const ArraySpec& a = *job.req->array;
+  Sink& sink = *job.req->sink;
+  const std::string key = a.chunk_key(job.coords);
+  const std::size_t raw_n = a.chunk_nbytes();
+  const std::size_t enc_cap = a.codec.max_encoded_size(raw_n);
+  try {
+    Lease local;
+    const std::size_t need = job_staging_bytes(job);
+    if (!lease && need > 0) {
+      local = buffers_.acquire(need);
+      lease = &local;
+    }
+    uint8_t* raw;
+    uint8_t* enc;
+    if (job.direct) {
+      // The staged slab is this chunk: encode from it (never modified: no byte swap here).
+      raw = const_cast<uint8_t*>(job.req->slab.data);
+      enc = lease ? lease->data() : nullptr;
+    } else {
+      raw = lease->data();
+      enc = raw + align_up(raw_n, kEncAlign);
+      if (!job.full) {
+        std::vector<uint8_t> existing;
+        if (sink.read(key, existing))
+          decode_chunk(a.codec, existing.data(), existing.size(), raw, raw_n, blosc_threads);
+        else
+          fill_with(raw, raw_n, a.fill_value);
+        chunks_merged_.fetch_add(1);
+      } else if (job.edge) {
+        fill_with(raw, raw_n, a.fill_value);
+      }
+      job.scatter.copy(0, job.req->slab.data, raw);
+    }
+    const uint8_t* out = nullptr;
+    std::size_t n = encode_chunk(a.codec, raw, raw_n, enc, enc_cap, blosc_threads, &out);
+    sink.write(key, out, n);
+    chunks_written_.fetch_add(1);
+    bytes_in_.fetch_add(raw_n);
+    bytes_out_.fetch_add(n);
+  } catch (const IOError&) {
+    failed_chunks_.fetch_add(1);
+    throw;  // already names the key and carries errno
+  } catch (const std::invalid_argument& e) {
+    failed_chunks_.fetch_add(1);
+    throw std::invalid_argument("chunk '" + key + "': " + e.what());
+  } catch (const std::exception& e) {
+    failed_chunks_.fetch_add(1);
+    throw std::runtime_error("chunk '" + key + "' (" + sink.describe() + "): " + e.what());
+  }
+}
+
+void Engine::write_batch(const std::vector<Request>& requests) {
+  // 1. Validate everything first: a bad request stores nothing.
+  for (const auto& r : requests) {
+    validate_request(r);
+    E2F_EXPECT(staging_bytes_per_chunk(*r.array) <= buffers_.capacity(),
+               "a chunk of array '" + r.array->path + "' needs " + std::to_string(staging_bytes_per_chunk(*r.array)) +
+                   " bytes of staging memory but max_buffer_bytes is " + std::to_string(buffers_.capacity()) +
+                   "; raise max_buffer_bytes or use smaller chunks");
+  }
+  // 2. Plan every chunk of every request.
+  std::vector<std::vector<DimPlan>> plans;
+  std::vector<Job> jobs;
+  plan_jobs(requests, plans, jobs);
+  if (jobs.empty()) return;
+  const int blosc_threads = blosc_threads_for(requests, jobs.size(), pool_.size());
+  // 3. Queue every chunk; leasing staging memory here (on the caller's
   //    thread) is the backpressure: it blocks while the pool is full.
   TaskGroup group;
   try {
-    for (const ChunkJob& job : jobs) {
-      const ArraySpec& a = *job.req->array;
-      const std::size_t raw_n = a.chunk_nbytes();
-      const std::size_t enc_off = align_up(raw_n, kEncAlign);
-      const std::size_t enc_cap = a.codec.max_encoded_size(raw_n);
-      auto lease = std::make_shared<Lease>(buffers_.acquire(staging_bytes_per_chunk(a)));
-      pool_.submit(group.wrap([this, &job, lease, raw_n, enc_off, enc_cap, blosc_threads]() {
-        const ArraySpec& a = *job.req->array;
-        Sink& sink = *job.req->sink;
-        const std::string key = a.chunk_key(job.coords);
-        uint8_t* raw = lease->data();
-        try {
-          if (!job.full) {
-            std::vector<uint8_t> existing;
-            if (sink.read(key, existing))
-              decode_chunk(a.codec, existing.data(), existing.size(), raw, raw_n, blosc_threads);
-            else
-              fill_with(raw, raw_n, a.fill_value);
-            chunks_merged_.fetch_add(1);
-          } else if (job.edge) {
-            fill_with(raw, raw_n, a.fill_value);
-          }
-          job.scatter.copy(0, job.req->slab.data, raw);
-          const uint8_t* out = nullptr;
-          std::size_t n = encode_chunk(a.codec, raw, raw_n, raw + enc_off, enc_cap, blosc_threads, &out);
-          sink.write(key, out, n);
-          chunks_written_.fetch_add(1);
-          bytes_in_.fetch_add(raw_n);
-          bytes_out_.fetch_add(n);
-        } catch (const IOError&) {
-          throw;  // already names the key and carries errno
-        } catch (const std::invalid_argument& e) {
-          throw std::invalid_argument("chunk '" + key + "': " + e.what());
-        } catch (const std::exception& e) {
-          throw std::runtime_error("chunk '" + key + "' (" + sink.describe() + "): " + e.what());
-        }
+    for (const Job& job : jobs) {
+      const std::size_t need = job_staging_bytes(job);
+      auto lease = std::make_shared<Lease>(need ? buffers_.acquire(need) : Lease());
+      pool_.submit(group.wrap([this, &job, lease, blosc_threads]() {
+        run_job(job, lease->data() ? lease.get() : nullptr, blosc_threads);
         lease->release();
       }));
     }
@@ -295,5 +377,141 @@ void Engine::write_batch(const std::vector<Request>& requests) {
   }
   group.wait();
 }
+
+// ------------------------------------------------------------------ non-blocking
+
+void Engine::record_error(std::exception_ptr e) {
+  std::lock_guard<std::mutex> lk(async_mu_);
+  if (!bg_error_) bg_error_ = e;
+}
+
+void Engine::submit(const std::vector<Request>& requests) {
+  E2F_EXPECT(ring_ != nullptr, "this engine was created without a staging ring (non-blocking writes are off)");
+  for (const auto& r : requests) {
+    validate_request(r);
+    E2F_EXPECT(staging_bytes_per_chunk(*r.array) <= buffers_.capacity(),
+               "a chunk of array '" + r.array->path + "' needs " + std::to_string(staging_bytes_per_chunk(*r.array)) +
+                   " bytes of encode buffers but only " + std::to_string(buffers_.capacity()) +
+                   " of max_buffer_bytes are left beside the staging ring; raise max_buffer_bytes or use smaller chunks");
+  }
+  auto batch = std::make_shared<Batch>();
+  batch->specs.reserve(requests.size());
+  std::size_t total = 0;
+  std::vector<std::size_t> offsets;
+  for (const auto& r : requests) {
+    batch->specs.push_back(*r.array);
+    std::size_t n = r.slab.itemsize;
+    for (auto e : r.slab.shape) n *= static_cast<std::size_t>(e);
+    offsets.push_back(total);
+    total += align_up(n, StagingRing::kAlign);
+  }
+  // Copy into the ring (blocks while it is full: backpressure).
+  batch->ring = ring_.get();
+  batch->slot = ring_->reserve(std::max<std::size_t>(total, 1));
+  batch->requests.reserve(requests.size());
+  for (std::size_t i = 0; i < requests.size(); ++i) {
+    const Request& r = requests[i];
+    const std::size_t nd = r.slab.shape.size();
+    Slab staged;
+    staged.data = batch->slot.data + offsets[i];
+    staged.shape = r.slab.shape;
+    staged.itemsize = r.slab.itemsize;
+    staged.strides.assign(nd, 0);
+    int64_t st = static_cast<int64_t>(r.slab.itemsize);
+    for (std::size_t d = nd; d-- > 0;) {
+      staged.strides[d] = st;
+      st *= r.slab.shape[d];
+    }
+    bool empty = false;
+    for (auto e : r.slab.shape) empty = empty || e == 0;
+    if (!empty) {
+      // Gather the (possibly strided) source into C order in the slot.
+      std::vector<std::vector<Run>> whole(nd);
+      Scatter sc{&r.slab, std::vector<const std::vector<Run>*>(nd), staged.strides, r.slab.itemsize};
+      for (std::size_t d = 0; d < nd; ++d) {
+        whole[d] = {Run{0, 0, r.slab.shape[d]}};
+        sc.runs[d] = &whole[d];
+      }
+      sc.copy(0, r.slab.data, const_cast<uint8_t*>(staged.data));
+    }
+    batch->requests.push_back(Request{&batch->specs[i], r.sink, std::move(staged), r.index});
+  }
+  plan_jobs(batch->requests, batch->plans, batch->jobs);
+  if (batch->jobs.empty()) return;
+  batch->blosc_threads = blosc_threads_for(batch->requests, batch->jobs.size(), pool_.size());
+  batch->remaining = batch->jobs.size();
+  {
+    std::lock_guard<std::mutex> lk(async_mu_);
+    pending_ += batch->jobs.size();
+  }
+  for (std::size_t j = 0; j < batch->jobs.size(); ++j) dispatch_ordered(batch, j);
+}
+
+void Engine::dispatch_ordered(const std::shared_ptr<Batch>& batch, std::size_t j) {
+  const Job& job = batch->jobs[j];
+  // Chunks of one key (in one sink) run one at a time, in submission order.
+  std::string order_key = std::to_string(reinterpret_cast<std::uintptr_t>(job.req->sink.get())) + ":" +
+                          job.req->array->chunk_key(job.coords);
+  auto task = [this, batch, j, order_key]() noexcept {
+    try {
+      run_job(batch->jobs[j], nullptr, batch->blosc_threads);
+    } catch (...) {
+      record_error(std::current_exception());
+    }
+    job_finished(order_key);
+  };
+  std::lock_guard<std::mutex> lk(async_mu_);
+  auto it = key_waiters_.find(order_key);
+  if (it != key_waiters_.end()) {
+    it->second.push_back(std::move(task));
+  } else {
+    key_waiters_.emplace(order_key, std::deque<std::function<void()>>{});
+    pool_.submit(std::move(task));
+  }
+}
+
+void Engine::job_finished(const std::string& order_key) {
+  std::lock_guard<std::mutex> lk(async_mu_);
+  auto it = key_waiters_.find(order_key);
+  if (it != key_waiters_.end()) {
+    if (it->second.empty()) {
+      key_waiters_.erase(it);
+    } else {
+      pool_.submit(std::move(it->second.front()));
+      it->second.pop_front();
+    }
+  }
+  if (--pending_ == 0) async_cv_.notify_all();
+}
+
+void Engine::check() {
+  std::exception_ptr e;
+  {
+    std::lock_guard<std::mutex> lk(async_mu_);
+    e = bg_error_;
+    bg_error_ = nullptr;
+  }
+  if (e) std::rethrow_exception(e);
+}
+
+void Engine::flush() {
+  {
+    std::unique_lock<std::mutex> lk(async_mu_);
+    async_cv_.wait(lk, [this] { return pending_ == 0; });
+  }
+  check();
+}
+
+bool Engine::wait_idle(double timeout_seconds) {
+  std::unique_lock<std::mutex> lk(async_mu_);
+  return async_cv_.wait_for(lk, std::chrono::duration<double>(timeout_seconds), [this] { return pending_ == 0; });
+}
+
+std::size_t Engine::pending_chunks() const {
+  std::lock_guard<std::mutex> lk(async_mu_);
+  return pending_;
+}
+
+RingStats Engine::ring_stats() const { return ring_ ? ring_->stats() : RingStats{}; }
 
 }  // namespace e2fastio

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from e2fastio import _core
 from e2fastio._version import __version__
+from e2fastio.async_zarr import AsyncZarrBackend
 from e2fastio.errors import (
     ArrayNameError,
     BackendClosedError,
+    BackgroundWriteError,
     CoordinateError,
     E2FastIOError,
     UnknownDimensionError,
@@ -16,7 +18,9 @@ from e2fastio.zarr_backend import ZarrBackend
 
 __all__ = [
     "ArrayNameError",
+    "AsyncZarrBackend",
     "BackendClosedError",
+    "BackgroundWriteError",
     "CoordinateError",
     "E2FastIOError",
     "UnknownDimensionError",

@@ -19,9 +19,10 @@ class EngineHandle:
     never inherited by a forked child: the child starts its own on demand.
     """
 
-    def __init__(self, threads: int, max_buffer_bytes: int) -> None:
+    def __init__(self, threads: int, max_buffer_bytes: int, ring_bytes: int = 0) -> None:
         self.threads = threads
         self.max_buffer_bytes = max_buffer_bytes
+        self.ring_bytes = ring_bytes
         self._engine: _core.Engine | None = None
         self._last_stats: dict[str, object] = {}
         self._lock = threading.Lock()
@@ -31,7 +32,7 @@ class EngineHandle:
     def get(self) -> _core.Engine:
         with self._lock:
             if self._engine is None:
-                self._engine = _core.Engine(self.threads, self.max_buffer_bytes)
+                self._engine = _core.Engine(self.threads, self.max_buffer_bytes, self.ring_bytes)
             return self._engine
 
     @property
@@ -42,7 +43,12 @@ class EngineHandle:
         e = self._engine
         if e is None:
             return dict(self._last_stats)
-        return {**e.stats(), "buffers": e.buffer_stats(), "threads": e.threads}
+        out = {**e.stats(), "buffers": e.buffer_stats(), "threads": e.threads}
+        if e.has_ring:
+            out["ring"] = e.ring_stats()
+            out["pending_chunks"] = e.pending_chunks
+            out["failed_chunks"] = e.failed_chunks
+        return out
 
     def close(self) -> None:
         with self._lock:

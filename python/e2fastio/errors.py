@@ -33,3 +33,12 @@ class ArrayNameError(E2FastIOError, ValueError):
 
 class BackendClosedError(E2FastIOError, RuntimeError):
     """The backend was closed; open a new one to write again."""
+
+
+class BackgroundWriteError(E2FastIOError, RuntimeError):
+    """A non-blocking write failed in the background.
+
+    Raised at the next ``write``, ``flush`` or ``close``; ``__cause__`` holds the
+    original error (an ``OSError`` naming the chunk key, for example). Every
+    other chunk was still stored.
+    """

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import threading
+import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -14,13 +18,38 @@ import zarr
 from e2fastio import _data
 from e2fastio._engine import EngineHandle
 from e2fastio._zarr_native import array_spec, engine_kwargs, make_store, sink_for
-from e2fastio.errors import BackendClosedError, CoordinateError, UnknownDimensionError
+from e2fastio.errors import BackendClosedError, BackgroundWriteError, CoordinateError, UnknownDimensionError
 
 logger = logging.getLogger(__name__)
 
 CoordSystem = Mapping[str, np.ndarray]
 
 _DEFAULT_CHUNKS = {"ensemble": 1, "time": 1, "lead_time": 1, "variable": 1}
+
+# Non-blocking backends still open; drained (with a warning) at interpreter exit,
+# because Earth2Studio's workflows never call close().
+_open_nonblocking: weakref.WeakSet[ZarrBackend] = weakref.WeakSet()
+_open_lock = threading.Lock()
+
+
+@atexit.register
+def _drain_at_exit() -> None:
+    with _open_lock:
+        backends = list(_open_nonblocking)
+    for b in backends:
+        if b.closed:
+            continue
+        pending = b.stats().get("pending_chunks", 0)
+        warnings.warn(
+            f"e2fastio: a non-blocking backend for {b.store} was not closed; storing its "
+            f"{pending} pending chunk(s) at exit. Call close() (or use `with`) to control when.",
+            RuntimeWarning,
+            stacklevel=1,
+        )
+        try:
+            b.close()
+        except Exception as err:  # noqa: BLE001 - exit: report, never raise
+            logger.error("e2fastio: draining at exit failed: %s", err)
 
 
 class _Target:
@@ -69,6 +98,12 @@ class ZarrBackend:
         Write large chunks (>= 1 MiB) with O_DIRECT, bypassing the page cache
         (local stores). ``None`` (default) uses it where the file system
         accepts it; ``False`` always writes through the page cache.
+    blocking : bool, optional
+        ``True`` (default, Earth2Studio's semantics): ``write`` returns when the
+        data is stored. ``False``: ``write`` copies the data into a staging
+        ring (3/4 of ``max_buffer_bytes``) and returns; chunks are encoded and
+        stored in the background. The caller may reuse its tensor at once.
+        Errors surface at the next ``write``, ``flush`` or ``close``.
     """
 
     def __init__(
@@ -82,18 +117,27 @@ class ZarrBackend:
         max_buffer_bytes: int | None = None,
         fsync: bool = False,
         direct_io: bool | None = None,
+        blocking: bool = True,
     ) -> None:
         if not isinstance(chunks, Mapping):
             raise TypeError(f"chunks must be a dict of dimension name to chunk size, got {type(chunks).__name__}")
         for dim, size in chunks.items():
             if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
                 raise ValueError(f"chunks[{dim!r}] must be a positive int, got {size!r}")
-        self._engine = EngineHandle(**engine_kwargs(threads, max_buffer_bytes))
+        if not isinstance(blocking, bool):
+            raise TypeError(f"blocking must be True or False, got {blocking!r}")
+        self.blocking = blocking
+        self.flush_timeout = 600.0  # seconds flush()/close() wait for pending chunks
+        ekw = engine_kwargs(threads, max_buffer_bytes)
+        self._engine = EngineHandle(**ekw, ring_bytes=0 if blocking else ekw["max_buffer_bytes"] * 3 // 4)
         self.store, memory_sink = make_store(file_name)
         self.root = zarr.group(self.store, **dict(backend_kwargs))
         self._sink = sink_for(self.store, memory_sink, fsync, direct_io)
         self.zarr_codecs = zarr_codecs
         self._closed = False
+        if not blocking:
+            with _open_lock:
+                _open_nonblocking.add(self)
         self._targets: dict[str, _Target] = {}
         self._indexes: dict[str, _data.CoordinateIndex] = {}
 
@@ -118,6 +162,8 @@ class ZarrBackend:
         return item in self.root
 
     def __getitem__(self, item: str) -> zarr.Array:
+        if not self.blocking and not self._closed:
+            self.flush()  # what readers get must include every write so far
         return self.root[item]
 
     def __len__(self) -> int:
@@ -134,15 +180,45 @@ class ZarrBackend:
         self.close()
 
     def flush(self) -> None:
-        """Make everything written so far visible to readers (writes are already stored)."""
+        """Wait until every write so far is stored; raise a background error if one occurred."""
         self._check_open("flush")
+        self._drain()
+
+    def _drain(self) -> None:
+        if self.blocking or not self._engine.started:
+            return
+        engine = self._engine.get()
+        if not engine.wait_idle(self.flush_timeout):
+            raise TimeoutError(
+                f"{engine.pending_chunks} chunk(s) were still pending after {self.flush_timeout:g} s; "
+                "the store may be slow or unreachable (flush again to keep waiting)"
+            )
+        self._background(engine.check)
 
     def close(self) -> None:
-        """Stop the encoder threads and release staging memory. Idempotent."""
+        """Store what is pending, stop the encoder threads, release staging memory. Idempotent.
+
+        Raises the first background error (after every other chunk was stored).
+        """
         if self._closed:
             return
         self._closed = True
-        self._engine.close()
+        try:
+            self._drain()
+        finally:
+            self._engine.close()
+            with _open_lock:
+                _open_nonblocking.discard(self)
+
+    def _background(self, fn: Any) -> None:
+        """Run an engine call that may rethrow a background error; wrap it."""
+        try:
+            fn()
+        except Exception as err:
+            raise BackgroundWriteError(
+                f"an earlier non-blocking write failed: {err} (every other chunk, including this "
+                f"call's, is stored; {self._engine.stats().get('failed_chunks', '?')} chunk(s) failed so far)"
+            ) from err
 
     @property
     def closed(self) -> bool:
@@ -192,6 +268,7 @@ class ZarrBackend:
                 f"but got {len(datas)} and {len(names)}."
             )
         host = [None if d is None else _data.to_host_array(d, "data") for d in datas]
+        dtype_kw = kwargs.pop("dtype", None)
         kwargs.setdefault("fill_value", None)
         kwargs.setdefault("compressors", self.zarr_codecs)
         adjusted, mapping = _data.convert_multidim_to_singledim(coords)
@@ -227,7 +304,9 @@ class ZarrBackend:
             if name in self.root and not kwargs.get("overwrite", False):
                 logger.warning("%s is already in Zarr Store. Skipping add_array.", name)
                 continue
-            dtype = h.dtype if h is not None else np.dtype("float32")
+            if name in self.root and not self.blocking:
+                self.flush()  # pending chunks of the old array must not land in the new one
+            dtype = h.dtype if h is not None else np.dtype(dtype_kw if dtype_kw is not None else "float32")
             arr = self.root.create_array(
                 name, shape=shape, chunks=chunks, dtype=dtype, dimension_names=list(adjusted), **kwargs
             )
@@ -294,6 +373,8 @@ class ZarrBackend:
             )
         for n in names:
             _data.check_array_name(n)
+        if len(set(names)) != len(names):
+            raise ValueError(f"array_name lists an array twice ({names}); write each array once per call")
         adjusted, index = self._selection(coords, "writing")
         dims = tuple(adjusted)
         planned = []
@@ -324,12 +405,21 @@ class ZarrBackend:
                 batch.append((t.spec, self._sink, arr, index))
             else:
                 t.array.set_orthogonal_selection(tuple(index), arr)
-        if batch:
-            self._engine.get().write_batch(batch)
+        if not batch:
+            return
+        engine = self._engine.get()
+        if self.blocking:
+            engine.write_batch(batch)
+        else:
+            engine.submit(batch)
+            # An earlier write's failure surfaces here; this write is already staged and lands.
+            self._background(engine.check)
 
     def read(self, coords: CoordSystem, array_name: str, device: Any = "cpu") -> tuple[Any, CoordSystem]:
         """Read the values of `array_name` at `coords` as a torch tensor on `device`."""
         self._check_open("read")
+        if not self.blocking:
+            self.flush()
         _, index = self._selection(coords, "reading")
         values = self.root[array_name].get_orthogonal_selection(tuple(index))
         import torch

@@ -3,7 +3,13 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstddef>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <unordered_map>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -12,6 +18,7 @@
 #include "e2fastio/buffer_pool.hpp"
 #include "e2fastio/codec.hpp"
 #include "e2fastio/sink.hpp"
+#include "e2fastio/staging_ring.hpp"
 #include "e2fastio/thread_pool.hpp"
 
 namespace e2fastio {
@@ -48,7 +55,9 @@ struct EngineStats {
 
 class Engine {
  public:
-  Engine(unsigned threads, std::size_t max_buffer_bytes);
+  // `ring_bytes` > 0 enables non-blocking submits: that much of
+  // `max_buffer_bytes` becomes the staging ring, the rest encode buffers.
+  Engine(unsigned threads, std::size_t max_buffer_bytes, std::size_t ring_bytes = 0);
   ~Engine();
 
   // Write `slab` at the orthogonal selection `index[d]` (one target index per
@@ -69,6 +78,21 @@ class Engine {
     std::vector<std::vector<int64_t>> index;
   };
   void write_batch(const std::vector<Request>& requests);
+  struct Job;    // one chunk's work (engine.cpp)
+  struct Batch;  // one non-blocking submit's staged data and jobs (engine.cpp)
+
+  // Non-blocking: copy every slab into the staging ring (waiting only while
+  // the ring is full), queue the chunks and return. The caller may reuse its
+  // memory at once. Chunks of the same key are stored in submission order.
+  // Background errors are kept and rethrown (once) by check()/flush().
+  void submit(const std::vector<Request>& requests);
+  void flush();           // wait until every submitted chunk is stored, then check()
+  bool wait_idle(double timeout_seconds);  // false when chunks are still pending after the timeout
+  void check();           // rethrow the first background error, if any
+  std::size_t pending_chunks() const;
+  std::uint64_t failed_chunks() const noexcept { return failed_chunks_.load(); }
+  bool has_ring() const noexcept { return ring_ != nullptr; }
+  RingStats ring_stats() const;
 
   // Bytes of staging one chunk of `array` needs (raw + encode buffer).
   std::size_t staging_bytes_per_chunk(const ArraySpec& array) const;
@@ -80,9 +104,22 @@ class Engine {
   void abandon_after_fork() noexcept { pool_.abandon_after_fork(); }
 
  private:
+  void run_job(const Job& job, Lease* lease, int blosc_threads);
+  void dispatch_ordered(const std::shared_ptr<Batch>& batch, std::size_t j);
+  void job_finished(const std::string& order_key);
+  void record_error(std::exception_ptr e);
+
   ThreadPool pool_;
   BufferPool buffers_;
+  std::unique_ptr<StagingRing> ring_;
   std::atomic<std::uint64_t> chunks_written_{0}, chunks_merged_{0}, bytes_in_{0}, bytes_out_{0};
+  std::atomic<std::uint64_t> failed_chunks_{0};
+  // Non-blocking bookkeeping.
+  mutable std::mutex async_mu_;
+  std::condition_variable async_cv_;
+  std::size_t pending_ = 0;
+  std::exception_ptr bg_error_;
+  std::unordered_map<std::string, std::deque<std::function<void()>>> key_waiters_;
 };
 
 }  // namespace e2fastio

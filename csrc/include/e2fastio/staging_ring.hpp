@@ -1,0 +1,61 @@
+// The host staging ring of non-blocking writes: one block of fixed capacity,
+// allocated and touched once, handed out in FIFO order as variable-size slots.
+// reserve() blocks while the ring is full (backpressure); slots may be
+// released in any order, space is reclaimed from the oldest slot on.
+#pragma once
+
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+
+namespace e2fastio {
+
+struct RingStats {
+  std::size_t capacity = 0;
+  std::size_t used_bytes = 0;
+  std::size_t peak_used_bytes = 0;
+  std::uint64_t reservations = 0;
+  std::uint64_t waits = 0;       // reservations that had to wait for space
+  double wait_seconds = 0.0;
+};
+
+class StagingRing {
+ public:
+  static constexpr std::size_t kAlign = 4096;
+  explicit StagingRing(std::size_t capacity);
+  ~StagingRing();
+  StagingRing(const StagingRing&) = delete;
+  StagingRing& operator=(const StagingRing&) = delete;
+
+  struct Slot {
+    uint64_t id = 0;
+    uint8_t* data = nullptr;
+    std::size_t size = 0;
+  };
+  // Blocks until `nbytes` fit; std::invalid_argument if they never can.
+  Slot reserve(std::size_t nbytes);
+  void release(uint64_t id);
+  RingStats stats() const;
+  std::size_t capacity() const noexcept { return capacity_; }
+
+ private:
+  struct Live {
+    uint64_t id;
+    std::size_t offset;
+    std::size_t size;  // including padding up to kAlign
+    bool released;
+  };
+  bool fits(std::size_t n, std::size_t* offset) const;
+  const std::size_t capacity_;
+  uint8_t* base_ = nullptr;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Live> live_;
+  std::size_t head_ = 0;  // next free offset
+  uint64_t next_id_ = 1;
+  RingStats stats_;
+};
+
+}  // namespace e2fastio

@@ -1,0 +1,93 @@
+#include "e2fastio/staging_ring.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <stdexcept>
+#include <string>
+
+namespace e2fastio {
+
+StagingRing::StagingRing(std::size_t capacity)
+    : capacity_((capacity + kAlign - 1) / kAlign * kAlign) {
+  if (capacity == 0) throw std::invalid_argument("staging ring capacity must be positive");
+  base_ = static_cast<uint8_t*>(std::aligned_alloc(kAlign, capacity_));
+  if (!base_) throw std::bad_alloc();
+  // Pages are touched on first use and then reused as the ring wraps (never
+  // returned to the OS): only the first lap pays the page-fault cost, and a
+  // small workload never maps the whole capacity.
+  stats_.capacity = capacity_;
+}
+
+StagingRing::~StagingRing() { std::free(base_); }
+
+bool StagingRing::fits(std::size_t n, std::size_t* offset) const {
+  if (live_.empty()) {
+    *offset = 0;
+    return n <= capacity_;
+  }
+  const std::size_t tail = live_.front().offset;
+  if (head_ > tail || (head_ == tail && live_.empty())) {
+    if (head_ + n <= capacity_) {
+      *offset = head_;
+      return true;
+    }
+    if (n <= tail) {  // wrap to the start
+      *offset = 0;
+      return true;
+    }
+    return false;
+  }
+  // head_ <= tail with live slots: free space is [head_, tail).
+  if (head_ + n <= tail) {
+    *offset = head_;
+    return true;
+  }
+  return false;
+}
+
+StagingRing::Slot StagingRing::reserve(std::size_t nbytes) {
+  const std::size_t n = std::max<std::size_t>(kAlign, (nbytes + kAlign - 1) / kAlign * kAlign);
+  if (n > capacity_)
+    throw std::invalid_argument("one write stages " + std::to_string(nbytes) + " bytes but the staging ring holds " +
+                                std::to_string(capacity_) + "; raise max_buffer_bytes or write smaller pieces");
+  std::unique_lock<std::mutex> lk(mu_);
+  std::size_t off = 0;
+  if (!fits(n, &off)) {
+    ++stats_.waits;
+    auto t0 = std::chrono::steady_clock::now();
+    cv_.wait(lk, [&] { return fits(n, &off); });
+    stats_.wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  Live l{next_id_++, off, n, false};
+  live_.push_back(l);
+  head_ = off + n;
+  stats_.used_bytes += n;
+  stats_.peak_used_bytes = std::max(stats_.peak_used_bytes, stats_.used_bytes);
+  ++stats_.reservations;
+  return Slot{l.id, base_ + off, nbytes};
+}
+
+void StagingRing::release(uint64_t id) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    for (auto& l : live_)
+      if (l.id == id && !l.released) {
+        l.released = true;
+        stats_.used_bytes -= l.size;
+        break;
+      }
+    while (!live_.empty() && live_.front().released) live_.pop_front();
+    if (live_.empty()) head_ = 0;
+  }
+  cv_.notify_all();
+}
+
+RingStats StagingRing::stats() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return stats_;
+}
+
+}  // namespace e2fastio

@@ -1,0 +1,223 @@
+"""Non-blocking writes: AsyncZarrBackend and ZarrBackend(blocking=False) on the staging ring."""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import textwrap
+from collections import OrderedDict
+from datetime import timedelta
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+import zarr
+
+from e2fastio import AsyncZarrBackend, ZarrBackend
+from e2fastio.errors import BackgroundWriteError, CoordinateError
+
+BLOSC = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+LEAD = np.array([timedelta(hours=6 * i) for i in range(5)], dtype="timedelta64[ns]")
+TIME = np.array(["2022-12-20"], dtype="datetime64[ns]")
+
+
+def _coords(nens=3, nlat=9, nlon=16):
+    return OrderedDict(ensemble=np.arange(nens), time=TIME, lead_time=LEAD,
+                       lat=np.linspace(90, -90, nlat), lon=np.linspace(0, 360, nlon, endpoint=False))
+
+
+def _step_coords(c, k):
+    return OrderedDict(c, lead_time=c["lead_time"][k : k + 1])
+
+
+@pytest.mark.parametrize("blocking", [True, False])
+def test_async_backend_surface_and_readback(tmp_path, blocking):
+    c = _coords()
+    io = AsyncZarrBackend(str(tmp_path / "a.zarr"), parallel_coords={"time": TIME, "lead_time": LEAD},
+                          blocking=blocking, zarr_codecs=BLOSC)
+    io.add_array(c, ["t2m"])
+    io.add_array(c, ["t2m"])  # idempotent
+    ref = np.random.default_rng(0).normal(size=(3, 1, 5, 2, 9, 16)).astype("float32")
+    for k in range(5):
+        x = torch.from_numpy(ref[:, :, k : k + 1])
+        io.write([x[:, :, :, 0], x[:, :, :, 1]], _step_coords(c, k), ["t2m", "tcwv"])  # tcwv created lazily
+    assert "t2m" in io and "tcwv" in io and len(io) == 7
+    assert set(io) == {"t2m", "tcwv", "ensemble", "time", "lead_time", "lat", "lon"}
+    np.testing.assert_array_equal(io["tcwv"][...], ref[:, :, :, 1])  # __getitem__ flushes first
+    io.close()
+    io.close()
+    ds = xr.open_zarr(tmp_path / "a.zarr", consolidated=False)
+    np.testing.assert_array_equal(ds["t2m"].values, ref[:, :, :, 0])
+    assert ds["tcwv"].encoding["chunks"] == (3, 1, 1, 9, 16)  # chunk 1 along parallel coords
+    # A coordinate clash is refused, naming the coordinate.
+    io2 = AsyncZarrBackend(str(tmp_path / "a.zarr"), parallel_coords={"time": TIME, "lead_time": LEAD})
+    with pytest.raises(CoordinateError, match="lat"):
+        io2.add_array(OrderedDict(c, lat=np.linspace(0, 1, 9)), "other")
+    with pytest.raises(CoordinateError, match="Non-index coordinate lon"):
+        io2.write(torch.zeros(3, 1, 1, 9, 8), OrderedDict(_step_coords(c, 0), lon=c["lon"][:8]), "t2m")
+    io2.close()
+
+
+def test_mutating_the_tensor_right_after_write_changes_nothing(tmp_path):
+    c = _coords(nens=4, nlat=91, nlon=180)
+    io = ZarrBackend(str(tmp_path / "m.zarr"), chunks={"time": 1, "lead_time": 1}, zarr_codecs=BLOSC,
+                     blocking=False)
+    io.add_array(c, "t2m")
+    buf = torch.empty(4, 1, 1, 91, 180)
+    for k in range(5):
+        buf.fill_(float(k))
+        io.write(buf, _step_coords(c, k), "t2m")
+        buf.fill_(-999.0)  # the model reuses its output buffer at once
+    io.close()
+    got = zarr.open_array(str(tmp_path / "m.zarr" / "t2m"))[...]
+    for k in range(5):
+        assert (got[:, :, k] == k).all()
+
+
+def test_backpressure_with_a_tiny_ring_and_bounded_memory(tmp_path):
+    c = _coords(nens=2, nlat=181, nlon=360)  # one write = 2 x 260 KiB
+    step_bytes = 2 * 181 * 360 * 4
+    io = ZarrBackend(str(tmp_path / "b.zarr"), chunks={"time": 1, "lead_time": 1, "ensemble": 1},
+                     zarr_codecs=BLOSC, blocking=False, threads=1, max_buffer_bytes=6 * step_bytes)
+    io.add_array(c, "v")
+    rng = np.random.default_rng(1)
+    ref = rng.normal(size=(2, 1, 5, 181, 360)).astype("float32")
+    for rep in range(4):
+        for k in range(5):
+            io.write(ref[:, :, k : k + 1] + rep, _step_coords(c, k), "v")
+    io.flush()
+    s = io.stats()
+    assert s["ring"]["waits"] > 0 and s["ring"]["wait_seconds"] > 0
+    assert s["ring"]["peak_used_bytes"] <= s["ring"]["capacity"]
+    assert s["buffers"]["peak_bytes"] <= s["buffers"]["capacity"]
+    assert s["ring"]["capacity"] + s["buffers"]["capacity"] <= 6 * step_bytes + 4096
+    io.close()
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "b.zarr" / "v"))[...], ref + 3)
+
+
+def test_write_larger_than_the_ring_is_refused(tmp_path):
+    c = _coords(nens=2, nlat=181, nlon=360)
+    io = ZarrBackend(str(tmp_path / "r.zarr"), chunks={"time": 1, "lead_time": 1, "ensemble": 1},
+                     blocking=False, max_buffer_bytes=1 << 20)
+    io.add_array(c, "v")
+    with pytest.raises(ValueError, match="max_buffer_bytes"):
+        io.write(np.zeros((2, 1, 5, 181, 360), "float32"), c, "v")
+    io.close()
+
+
+def test_same_chunk_written_by_queued_writes_lands_in_order(tmp_path):
+    coords = OrderedDict(a=np.arange(8), b=np.arange(64))
+    io = ZarrBackend(str(tmp_path / "o.zarr"), chunks={"a": 8}, zarr_codecs=BLOSC, blocking=False, threads=2)
+    io.add_array(coords, "v", fill_value=-1.0)
+    for i in range(40):  # partial writes of one chunk: read-modify-write must serialise
+        row = i % 8
+        io.write(np.full((1, 64), i, "float32"), OrderedDict(a=[row], b=coords["b"]), "v")
+    io.close()
+    got = zarr.open_array(str(tmp_path / "o.zarr" / "v"))[...]
+    np.testing.assert_array_equal(got[:, 0], np.arange(32, 40))
+
+
+def test_background_error_surfaces_at_next_call_and_others_land(tmp_path):
+    c = _coords()
+    path = tmp_path / "e.zarr"
+    io = ZarrBackend(str(path), chunks={"time": 1, "lead_time": 1}, blocking=False)
+    io.add_array(c, ["good", "bad"])
+    (path / "bad" / "c").write_bytes(b"a file where the chunk directory goes")
+    x = torch.ones(3, 1, 1, 9, 16)
+    io.write([x, x], _step_coords(c, 0), ["good", "bad"])  # returns: the failure is in the background
+    with pytest.raises(BackgroundWriteError, match="bad/c/0") as err:
+        io.flush()
+    assert isinstance(err.value.__cause__, OSError)
+    io.flush()  # reported once
+    io.write([x * 2, x * 2], _step_coords(c, 1), ["good", "bad"])
+    raised = 0
+    try:  # raised at the next write if the failure is known by then...
+        io.write([x * 3], _step_coords(c, 2), ["good"])
+    except BackgroundWriteError:
+        raised += 1
+    try:  # ...else at close
+        io.close()
+    except BackgroundWriteError:
+        raised += 1
+    assert raised == 1
+    got = zarr.open_array(str(path / "good"))[...]
+    assert (got[:, :, 0] == 1).all() and (got[:, :, 1] == 2).all() and (got[:, :, 2] == 3).all()
+    assert io.closed
+
+
+def test_unclosed_backend_drains_at_exit_with_a_warning(tmp_path):
+    script = textwrap.dedent(f"""
+        import numpy as np, zarr
+        from collections import OrderedDict
+        from e2fastio import ZarrBackend
+        io = ZarrBackend({str(tmp_path / 'x.zarr')!r}, chunks={{"a": 1}}, zarr_codecs=zarr.codecs.BloscCodec(),
+                         blocking=False)
+        c = OrderedDict(a=np.arange(50), b=np.arange(20000))
+        io.add_array(c, "v")
+        for i in range(50):
+            io.write(np.full((1, 20000), i, "float32"), OrderedDict(a=[i], b=c["b"]), "v")
+        # no close(): Earth2Studio's workflows never call it
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "was not closed" in r.stderr and "RuntimeWarning" in r.stderr
+    got = zarr.open_array(str(tmp_path / "x.zarr" / "v"))[...]
+    np.testing.assert_array_equal(got[:, 0], np.arange(50))
+
+
+def test_no_thread_left_after_close_nonblocking(tmp_path):
+    gc.collect()
+    before = len(os.listdir("/proc/self/task"))
+    io = AsyncZarrBackend(str(tmp_path / "t.zarr"), parallel_coords={"lead_time": LEAD}, blocking=False)
+    c = _coords()
+    io.write(torch.zeros(3, 1, 1, 9, 16), _step_coords(c, 0), "v")
+    assert len(os.listdir("/proc/self/task")) > before
+    io.close()
+    assert len(os.listdir("/proc/self/task")) == before
+
+
+def test_blocking_false_matches_blocking(tmp_path):
+    c = _coords(nlat=31, nlon=64)
+    data = np.random.default_rng(5).normal(size=(3, 1, 5, 31, 64)).astype("float32")
+    for blocking in (True, False):
+        with ZarrBackend(str(tmp_path / f"{blocking}.zarr"), chunks={"time": 1, "lead_time": 1},
+                         zarr_codecs=BLOSC, blocking=blocking) as io:
+            io.add_array(c, "v")
+            for k in range(5):
+                io.write(data[:, :, k : k + 1], _step_coords(c, k), "v")
+    a = xr.open_zarr(tmp_path / "True.zarr", consolidated=False).load()
+    b = xr.open_zarr(tmp_path / "False.zarr", consolidated=False).load()
+    xr.testing.assert_identical(a, b)
+
+
+def test_memory_store_nonblocking():
+    c = _coords()
+    io = AsyncZarrBackend(None, parallel_coords={"lead_time": LEAD}, store="memory://", blocking=False)
+    x = torch.arange(3 * 9 * 16, dtype=torch.float32).reshape(3, 1, 1, 9, 16)
+    io.write(x, _step_coords(c, 2), "v")
+    np.testing.assert_array_equal(io["v"][:, :, 2], x[:, :, 0].numpy())
+    io.close()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"shard_coords": {"time": 4}}, "shard_coords"),
+        ({"fs_factory": lambda: None}, "fs_factory"),
+        ({"store": "s3://bucket/x.zarr"}, "store="),
+        ({"store_kwargs": {"endpoint": "x"}}, "store_kwargs"),
+        ({"pool_size": 0}, "pool_size"),
+        ({"async_timeout": 0}, "async_timeout"),
+        ({"zarr_kwargs": {"mode": "r"}}, "mode"),
+        ({"parallel_coords": {"time": np.array([1, 1])}}, "duplicate"),
+    ],
+)
+def test_async_backend_bad_or_unsupported_options_raise(tmp_path, kwargs, match):
+    args = {"file_name": str(tmp_path / "u.zarr"), "parallel_coords": {"time": TIME}} | kwargs
+    with pytest.raises(ValueError, match=match):
+        AsyncZarrBackend(**args)
+    with pytest.raises(ValueError, match="output location"):
+        AsyncZarrBackend(None, parallel_coords={"time": TIME})
