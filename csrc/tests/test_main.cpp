@@ -21,6 +21,7 @@
 #include "e2fastio/engine.hpp"
 #include "e2fastio/error.hpp"
 #include "e2fastio/sink.hpp"
+#include "e2fastio/staging_ring.hpp"
 #include "e2fastio/thread_pool.hpp"
 
 using namespace e2fastio;
@@ -183,6 +184,74 @@ TEST(buffer_pool_reuses_buffers_without_growth) {
   CHECK(s.allocations == 1);
   CHECK(s.reuses == 49);
   CHECK(s.peak_bytes <= (1u << 20));
+}
+
+// ----------------------------------------------------------------- staging ring
+TEST(ring_wraps_releases_out_of_order_and_blocks_when_full) {
+  StagingRing ring(16 * 4096);
+  auto a = ring.reserve(6 * 4096);
+  auto b = ring.reserve(6 * 4096);
+  CHECK(a.data + 6 * 4096 == b.data);
+  CHECK(reinterpret_cast<std::uintptr_t>(a.data) % StagingRing::kAlign == 0);
+  ring.release(b.id);  // out of order: a is still live, nothing is reclaimed before it
+  std::atomic<bool> got{false};
+  std::thread t([&] {
+    auto c = ring.reserve(8 * 4096);  // needs a's space (wraps to the start)
+    got = true;
+    ring.release(c.id);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK(!got.load());
+  ring.release(a.id);
+  t.join();
+  CHECK(got.load());
+  auto st = ring.stats();
+  CHECK(st.waits == 1 && st.used_bytes == 0 && st.peak_used_bytes <= st.capacity);
+  CHECK(throws<std::invalid_argument>([&] { ring.reserve(17 * 4096); }, "max_buffer_bytes"));
+  // Many reservations of mixed sizes never overlap a live slot.
+  std::vector<StagingRing::Slot> live;
+  for (int i = 0; i < 200; ++i) {
+    auto s = ring.reserve(static_cast<std::size_t>(1 + (i * 7919) % (5 * 4096)));
+    std::memset(s.data, i & 0xff, s.size);
+    live.push_back(s);
+    if (live.size() > 2) {
+      for (std::size_t k = 0; k < live[0].size; ++k) CHECK(live[0].data[k] == static_cast<uint8_t>((i - 2) & 0xff));
+      ring.release(live.front().id);
+      live.erase(live.begin());
+    }
+  }
+}
+
+TEST(engine_submit_is_ordered_per_chunk_and_reports_errors_once) {
+  Engine eng(2, 8 << 20, 4 << 20);
+  auto mem = std::make_shared<MemorySink>();
+  ArraySpec a = make_array({4, 64}, {4, 64}, true);  // one chunk: every write is a partial RMW
+  std::vector<float> row(64);
+  for (int i = 0; i < 60; ++i) {
+    std::fill(row.begin(), row.end(), static_cast<float>(i));
+    Slab s{reinterpret_cast<const uint8_t*>(row.data()), {1, 64}, {256, 4}, 4};
+    eng.submit({{&a, mem, s, {{i % 4}, iota(0, 64)}}});
+    std::fill(row.begin(), row.end(), -7.0f);  // the caller reuses its buffer at once
+  }
+  eng.flush();
+  auto out = read_back_2d(*mem, a);
+  for (int r = 0; r < 4; ++r) CHECK(out[static_cast<size_t>(r * 64)] == static_cast<float>(56 + r));
+  // A failing chunk is reported once, later; the others land.
+  auto dir = make_tempdir();
+  auto dsink = std::make_shared<DirectorySink>(dir);
+  float v = 1.0f;
+  dsink->write("arr", reinterpret_cast<const uint8_t*>(&v), 4);  // blocks the array directory
+  ArraySpec other = a;
+  other.path = "ok";
+  std::vector<float> full(256, 3.0f);
+  Slab fs{reinterpret_cast<const uint8_t*>(full.data()), {4, 64}, {256, 4}, 4};
+  eng.submit({{&a, dsink, fs, {iota(0, 4), iota(0, 64)}}, {&other, dsink, fs, {iota(0, 4), iota(0, 64)}}});
+  CHECK(throws<IOError>([&] { eng.flush(); }, "arr/c/0/0"));
+  eng.flush();  // once
+  std::vector<uint8_t> back;
+  CHECK(dsink->read("ok/c/0/0", back));
+  CHECK(eng.failed_chunks() == 1);
+  CHECK(std::system(("rm -rf " + dir).c_str()) == 0);
 }
 
 // ----------------------------------------------------------------- codec
