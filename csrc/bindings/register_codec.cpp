@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "e2fastio/codec.hpp"
+#include "e2fastio/cuda.hpp"
 #include "e2fastio/error.hpp"
 #include "registers.hpp"
 
@@ -68,6 +69,15 @@ void register_codec(py::module_& m) {
       py::arg("spec"), py::arg("encoded"), py::arg("nbytes"));
 
   m.def("blosc_version", &blosc_version);
+  m.def("cuda_info", [] {
+    std::string why;
+    const cuda::Api* a = cuda::api(&why);
+    py::dict d;
+    d["available"] = a != nullptr;
+    d["runtime"] = a ? py::cast(a->path) : py::none();
+    d["reason"] = a ? py::none() : py::cast(why);
+    return d;
+  }, "Whether a CUDA runtime was found (loaded at run time, never linked), and from where.");
 }
 
 }  // namespace e2fastio::py_bindings

@@ -100,6 +100,43 @@ void register_engine(py::module_& m) {
           },
           py::arg("requests"),
           "Stage [(ArraySpec, Sink, data, index), ...] and return; chunks are stored in the background.")
+      .def(
+          "submit_device",
+          [](Engine& e, const py::list& requests, std::uintptr_t stream) {
+            // requests: [(ArraySpec, Sink, (device_ptr, shape, itemsize), index), ...]
+            Converted c;
+            c.specs.reserve(requests.size());
+            for (const auto& item : requests) {
+              auto t = item.cast<py::tuple>();
+              E2F_EXPECT(t.size() == 4, "each request is (ArraySpec, Sink, (ptr, shape, itemsize), index)");
+              c.specs.push_back(t[0].cast<ArraySpec>());
+              auto dev = t[2].cast<py::tuple>();
+              Slab slab;
+              slab.data = reinterpret_cast<const uint8_t*>(dev[0].cast<std::uintptr_t>());
+              slab.shape = dev[1].cast<std::vector<int64_t>>();
+              slab.itemsize = dev[2].cast<std::size_t>();
+              slab.strides.assign(slab.shape.size(), 0);
+              int64_t st = static_cast<int64_t>(slab.itemsize);
+              for (std::size_t d = slab.shape.size(); d-- > 0;) {
+                slab.strides[d] = st;
+                st *= slab.shape[d];
+              }
+              std::vector<std::vector<int64_t>> idx;
+              for (const auto& ix : t[3].cast<py::list>()) {
+                auto a = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(ix);
+                E2F_EXPECT(a, "index entries must be integer arrays");
+                idx.emplace_back(a.data(), a.data() + a.size());
+              }
+              c.requests.push_back(Engine::Request{nullptr, t[1].cast<std::shared_ptr<Sink>>(), std::move(slab), std::move(idx)});
+            }
+            for (std::size_t i = 0; i < c.requests.size(); ++i) c.requests[i].array = &c.specs[i];
+            py::gil_scoped_release nogil;
+            return e.submit_device(c.requests, reinterpret_cast<void*>(stream));
+          },
+          py::arg("requests"), py::arg("stream"),
+          "Stage device data (C-contiguous, C pointers) through the pinned ring on the engine's copy stream.")
+      .def("copies_done", &Engine::copies_done, "Device submits whose copies completed (in order).")
+      .def_property_readonly("cuda_available", &Engine::cuda_available)
       .def("flush", &Engine::flush, py::call_guard<py::gil_scoped_release>(),
            "Wait until every submitted chunk is stored; raise the first background error.")
       .def("wait_idle", &Engine::wait_idle, py::arg("timeout"), py::call_guard<py::gil_scoped_release>(),

@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "e2fastio/cuda.hpp"
 #include "e2fastio/error.hpp"
 
 namespace e2fastio {
@@ -123,7 +124,11 @@ Engine::Engine(unsigned threads, std::size_t max_buffer_bytes, std::size_t ring_
                                                                                 : max_buffer_bytes) {
   if (ring_bytes > 0) {
     E2F_EXPECT(ring_bytes < max_buffer_bytes, "the staging ring must be smaller than max_buffer_bytes");
-    ring_ = std::make_unique<StagingRing>(ring_bytes);
+    ring_ = std::make_unique<StagingRing>(ring_bytes, cuda::available());
+    // Fault the ring's pages in on the pool while it is idle, 32 MiB per task,
+    // so that the first lap of writes copies at memcpy speed.
+    for (std::size_t off = 0; off < ring_->capacity(); off += (32u << 20))
+      pool_.submit([r = ring_.get(), off] { r->prefault(off, 32u << 20); });
   }
 }
 
@@ -186,6 +191,31 @@ struct Engine::Job {
   bool direct;  // the slab is exactly this chunk, C-contiguous: encode from it, no gather
 };
 
+// Events of one device-to-host copy: `ready` (recorded on the producer
+// stream) and `done` (recorded on the copy stream after the copies).
+struct CopyFence {
+  cuda::Event ready = nullptr;
+  cuda::Event done = nullptr;
+  std::once_flag waited;
+  std::exception_ptr error;
+  ~CopyFence() {
+    if (const cuda::Api* a = cuda::api()) {
+      if (done) a->EventDestroy(done);
+      if (ready) a->EventDestroy(ready);
+    }
+  }
+  void wait() {
+    std::call_once(waited, [this] {
+      try {
+        cuda::check(cuda::api()->EventSynchronize(done), "device-to-host copy (cudaEventSynchronize)");
+      } catch (...) {
+        error = std::current_exception();
+      }
+    });
+    if (error) std::rethrow_exception(error);
+  }
+};
+
 struct Engine::Batch {
   std::vector<ArraySpec> specs;
   std::vector<Request> requests;
@@ -195,6 +225,7 @@ struct Engine::Batch {
   StagingRing::Slot slot;
   std::atomic<std::size_t> remaining{0};
   int blosc_threads = 1;
+  std::shared_ptr<CopyFence> fence;  // device submits: chunks wait for the copy
   ~Batch() {
     if (ring && slot.id) ring->release(slot.id);
   }
@@ -385,7 +416,7 @@ void Engine::record_error(std::exception_ptr e) {
   if (!bg_error_) bg_error_ = e;
 }
 
-void Engine::submit(const std::vector<Request>& requests) {
+std::shared_ptr<Engine::Batch> Engine::stage(const std::vector<Request>& requests, bool copy_host) {
   E2F_EXPECT(ring_ != nullptr, "this engine was created without a staging ring (non-blocking writes are off)");
   for (const auto& r : requests) {
     validate_request(r);
@@ -405,7 +436,7 @@ void Engine::submit(const std::vector<Request>& requests) {
     offsets.push_back(total);
     total += align_up(n, StagingRing::kAlign);
   }
-  // Copy into the ring (blocks while it is full: backpressure).
+  // Reserve ring space (blocks while the ring is full: backpressure).
   batch->ring = ring_.get();
   batch->slot = ring_->reserve(std::max<std::size_t>(total, 1));
   batch->requests.reserve(requests.size());
@@ -424,7 +455,7 @@ void Engine::submit(const std::vector<Request>& requests) {
     }
     bool empty = false;
     for (auto e : r.slab.shape) empty = empty || e == 0;
-    if (!empty) {
+    if (copy_host && !empty) {
       // Gather the (possibly strided) source into C order in the slot.
       std::vector<std::vector<Run>> whole(nd);
       Scatter sc{&r.slab, std::vector<const std::vector<Run>*>(nd), staged.strides, r.slab.itemsize};
@@ -437,14 +468,88 @@ void Engine::submit(const std::vector<Request>& requests) {
     batch->requests.push_back(Request{&batch->specs[i], r.sink, std::move(staged), r.index});
   }
   plan_jobs(batch->requests, batch->plans, batch->jobs);
-  if (batch->jobs.empty()) return;
   batch->blosc_threads = blosc_threads_for(batch->requests, batch->jobs.size(), pool_.size());
   batch->remaining = batch->jobs.size();
+  return batch;
+}
+
+void Engine::dispatch_batch(const std::shared_ptr<Batch>& batch) {
+  if (batch->jobs.empty()) return;
   {
     std::lock_guard<std::mutex> lk(async_mu_);
     pending_ += batch->jobs.size();
   }
   for (std::size_t j = 0; j < batch->jobs.size(); ++j) dispatch_ordered(batch, j);
+}
+
+void Engine::submit(const std::vector<Request>& requests) { dispatch_batch(stage(requests, true)); }
+
+bool Engine::cuda_available() const { return cuda::available(); }
+
+std::uint64_t Engine::submit_device(const std::vector<Request>& requests, void* producer_stream) {
+  std::string why;
+  const cuda::Api* api = cuda::api(&why);
+  E2F_EXPECT(api != nullptr, "a device tensor was passed but the CUDA runtime is unavailable: " + why);
+  for (const auto& r : requests) {
+    int64_t st = static_cast<int64_t>(r.slab.itemsize);
+    for (std::size_t d = r.slab.shape.size(); d-- > 0;) {
+      E2F_EXPECT(r.slab.shape[d] <= 1 || r.slab.strides[d] == st, "device data must be C-contiguous");
+      st *= r.slab.shape[d];
+    }
+  }
+  auto batch = stage(requests, false);
+  auto fence = std::make_shared<CopyFence>();
+  {
+    std::lock_guard<std::mutex> lk(async_mu_);
+    if (!copy_stream_) cuda::check(api->StreamCreateWithFlags(&copy_stream_, cuda::kStreamNonBlocking), "cudaStreamCreateWithFlags");
+  }
+  cuda::check(api->EventCreateWithFlags(&fence->ready, cuda::kEventDisableTiming), "cudaEventCreateWithFlags");
+  cuda::check(api->EventCreateWithFlags(&fence->done, cuda::kEventDisableTiming), "cudaEventCreateWithFlags");
+  // 1. The copy waits for the producer's pending work (the kernels computing the data).
+  cuda::check(api->EventRecord(fence->ready, producer_stream), "cudaEventRecord on the producer stream");
+  cuda::check(api->StreamWaitEvent(copy_stream_, fence->ready, 0), "cudaStreamWaitEvent");
+  // 2. Device -> pinned ring, on our stream.
+  for (std::size_t i = 0; i < requests.size(); ++i) {
+    std::size_t n = requests[i].slab.itemsize;
+    for (auto e : requests[i].slab.shape) n *= static_cast<std::size_t>(e);
+    if (n == 0) continue;
+    cuda::check(api->MemcpyAsync(const_cast<uint8_t*>(batch->requests[i].slab.data), requests[i].slab.data, n,
+                                 cuda::kMemcpyDeviceToHost, copy_stream_),
+                "cudaMemcpyAsync (device to host)");
+  }
+  cuda::check(api->EventRecord(fence->done, copy_stream_), "cudaEventRecord on the copy stream");
+  // 3. Later work on the producer stream (which may free or overwrite the source) waits for the copy.
+  cuda::check(api->StreamWaitEvent(producer_stream, fence->done, 0), "cudaStreamWaitEvent on the producer stream");
+  batch->fence = fence;
+  std::uint64_t seq;
+  {
+    std::lock_guard<std::mutex> lk(async_mu_);
+    device_fences_.push_back(fence);
+    seq = ++device_submits_;
+  }
+  if (batch->jobs.empty()) {
+    // Nothing to encode, but the slot must outlive the copy.
+    pool_.submit([batch]() noexcept {
+      try {
+        batch->fence->wait();
+      } catch (...) {
+      }
+    });
+  }
+  dispatch_batch(batch);
+  return seq;
+}
+
+std::uint64_t Engine::copies_done() {
+  const cuda::Api* api = cuda::api();
+  std::lock_guard<std::mutex> lk(async_mu_);
+  while (api && !device_fences_.empty()) {
+    auto* f = static_cast<CopyFence*>(device_fences_.front().get());
+    if (api->EventQuery(f->done) != cuda::kSuccess) break;
+    device_fences_.pop_front();
+    ++device_done_;
+  }
+  return device_done_;
 }
 
 void Engine::dispatch_ordered(const std::shared_ptr<Batch>& batch, std::size_t j) {
@@ -454,6 +559,7 @@ void Engine::dispatch_ordered(const std::shared_ptr<Batch>& batch, std::size_t j
                           job.req->array->chunk_key(job.coords);
   auto task = [this, batch, j, order_key]() noexcept {
     try {
+      if (batch->fence) batch->fence->wait();
       run_job(batch->jobs[j], nullptr, batch->blosc_threads);
     } catch (...) {
       record_error(std::current_exception());

@@ -1,5 +1,7 @@
 #include "e2fastio/staging_ring.hpp"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
@@ -8,12 +10,22 @@
 #include <stdexcept>
 #include <string>
 
+#include "e2fastio/cuda.hpp"
+
 namespace e2fastio {
 
-StagingRing::StagingRing(std::size_t capacity)
+StagingRing::StagingRing(std::size_t capacity, bool pinned)
     : capacity_((capacity + kAlign - 1) / kAlign * kAlign) {
   if (capacity == 0) throw std::invalid_argument("staging ring capacity must be positive");
-  base_ = static_cast<uint8_t*>(std::aligned_alloc(kAlign, capacity_));
+  if (pinned) {
+    const cuda::Api* api = cuda::api();
+    void* p = nullptr;
+    if (api && api->HostAlloc(&p, capacity_, cuda::kHostAllocPortable) == cuda::kSuccess && p) {
+      base_ = static_cast<uint8_t*>(p);
+      pinned_ = true;
+    }
+  }
+  if (!base_) base_ = static_cast<uint8_t*>(std::aligned_alloc(kAlign, capacity_));
   if (!base_) throw std::bad_alloc();
   // Pages are touched on first use and then reused as the ring wraps (never
   // returned to the OS): only the first lap pays the page-fault cost, and a
@@ -21,7 +33,24 @@ StagingRing::StagingRing(std::size_t capacity)
   stats_.capacity = capacity_;
 }
 
-StagingRing::~StagingRing() { std::free(base_); }
+StagingRing::~StagingRing() {
+  if (pinned_) {
+    if (const cuda::Api* api = cuda::api()) api->FreeHost(base_);
+  } else {
+    std::free(base_);
+  }
+}
+
+void StagingRing::prefault(std::size_t offset, std::size_t n) noexcept {
+#ifdef MADV_POPULATE_WRITE
+  if (pinned_ || offset >= capacity_) return;
+  n = std::min(n, capacity_ - offset);
+  ::madvise(base_ + offset, n, MADV_POPULATE_WRITE);
+#else
+  (void)offset;
+  (void)n;
+#endif
+}
 
 bool StagingRing::fits(std::size_t n, std::size_t* offset) const {
   if (live_.empty()) {
@@ -87,7 +116,9 @@ void StagingRing::release(uint64_t id) {
 
 RingStats StagingRing::stats() const {
   std::lock_guard<std::mutex> lk(mu_);
-  return stats_;
+  RingStats s = stats_;
+  s.pinned = pinned_;
+  return s;
 }
 
 }  // namespace e2fastio

@@ -2,6 +2,7 @@
 // A tiny harness (no external test framework: the build must work offline).
 // Build with -DE2FASTIO_BUILD_TESTS=ON [-DE2FASTIO_SANITIZE=address,undefined].
 #include <dirent.h>
+#include <dlfcn.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -18,6 +19,7 @@
 
 #include "e2fastio/buffer_pool.hpp"
 #include "e2fastio/codec.hpp"
+#include "e2fastio/cuda.hpp"
 #include "e2fastio/engine.hpp"
 #include "e2fastio/error.hpp"
 #include "e2fastio/sink.hpp"
@@ -429,9 +431,104 @@ TEST(engine_staging_stays_bounded_under_many_chunks) {
       "max_buffer_bytes"));
 }
 
+// ----------------------------------------------------------------- device path (fake CUDA runtime)
+struct FakeCuda {
+  void* h = dlopen(E2FASTIO_FAKE_CUDART, RTLD_NOW);
+  template <class F>
+  F* fn(const char* name) {
+    return reinterpret_cast<F*>(dlsym(h, name));
+  }
+};
+
+TEST(device_copy_waits_for_producer_and_producer_waits_for_copy) {
+  const cuda::Api* api = cuda::api();
+  CHECK(api != nullptr);
+  if (!api) return;
+  FakeCuda fake;
+  auto hold = fake.fn<void(void*, int)>("fake_cuda_hold_stream");
+  auto copies = fake.fn<unsigned long long()>("fake_cuda_copies");
+  Engine eng(2, 8 << 20, 4 << 20);
+  CHECK(eng.ring_stats().pinned);
+  auto mem = std::make_shared<MemorySink>();
+  ArraySpec a = make_array({4, 64}, {2, 64}, true);
+  std::vector<float> dev(256, -5.0f), later(256, 99.0f);  // "device" memory
+  cuda::Stream producer = nullptr;
+  CHECK(api->StreamCreateWithFlags(&producer, 0) == 0);
+  hold(producer, 1);  // a kernel is still computing `dev`
+  const auto before = copies();
+  Slab s{reinterpret_cast<const uint8_t*>(dev.data()), {4, 64}, {256, 4}, 4};
+  eng.submit_device({{&a, mem, s, {iota(0, 4), iota(0, 64)}}}, producer);
+  std::this_thread::sleep_for(std::chrono::milliseconds(80));
+  CHECK(copies() == before);  // no copy before the producer's work is done
+  CHECK(mem->size() == 0);
+  for (std::size_t i = 0; i < dev.size(); ++i) dev[i] = static_cast<float>(i);  // the kernel's result
+  // Work queued on the producer after write() (here: overwriting the source) runs after the copy.
+  CHECK(api->MemcpyAsync(dev.data(), later.data(), dev.size() * 4, 2, producer) == 0);
+  hold(producer, 0);
+  eng.flush();
+  std::vector<float> expect(256);
+  for (std::size_t i = 0; i < expect.size(); ++i) expect[i] = static_cast<float>(i);
+  CHECK(read_back_2d(*mem, a) == expect);
+  CHECK(eng.copies_done() == 1);
+  api->StreamDestroy(producer);
+}
+
+TEST(device_slots_are_reused_only_after_their_chunks_are_stored) {
+  const cuda::Api* api = cuda::api();
+  if (!api) return;
+  FakeCuda fake;
+  auto delay = fake.fn<void(int)>("fake_cuda_set_copy_delay_ms");
+  Engine eng(2, 1 << 20, 16384);  // the ring holds exactly one 16 KiB write
+  auto mem = std::make_shared<MemorySink>();
+  ArraySpec a = make_array({4, 4096}, {1, 4096}, true);
+  std::vector<std::vector<float>> devs(4, std::vector<float>(4096));
+  delay(60);
+  auto t0 = std::chrono::steady_clock::now();
+  for (int k = 0; k < 4; ++k) {
+    std::fill(devs[static_cast<size_t>(k)].begin(), devs[static_cast<size_t>(k)].end(), static_cast<float>(k));
+    Slab s{reinterpret_cast<const uint8_t*>(devs[static_cast<size_t>(k)].data()), {1, 4096}, {16384, 4}, 4};
+    eng.submit_device({{&a, mem, s, {{k}, iota(0, 4096)}}}, nullptr);
+  }
+  eng.flush();
+  delay(0);
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  CHECK(secs >= 0.18);  // each submit waited for the previous copy + encode (backpressure)
+  CHECK(eng.ring_stats().waits >= 3);
+  std::vector<uint8_t> enc, raw(16384);
+  for (int k = 0; k < 4; ++k) {
+    CHECK(mem->read(a.chunk_key({k, 0}), enc));
+    decode_chunk(a.codec, enc.data(), enc.size(), raw.data(), raw.size(), 1);
+    CHECK(reinterpret_cast<float*>(raw.data())[4095] == static_cast<float>(k));
+  }
+}
+
+TEST(device_copy_errors_surface) {
+  const cuda::Api* api = cuda::api();
+  if (!api) return;
+  FakeCuda fake;
+  Engine eng(2, 8 << 20, 4 << 20);
+  auto mem = std::make_shared<MemorySink>();
+  ArraySpec a = make_array({2, 64}, {1, 64}, true);
+  std::vector<float> dev(128, 1.0f);
+  Slab s{reinterpret_cast<const uint8_t*>(dev.data()), {2, 64}, {256, 4}, 4};
+  fake.fn<void()>("fake_cuda_fail_next_copy")();
+  CHECK(throws<std::runtime_error>([&] { eng.submit_device({{&a, mem, s, {iota(0, 2), iota(0, 64)}}}, nullptr); },
+                                   "cudaMemcpyAsync"));
+  cuda::Stream st = nullptr;
+  api->StreamCreateWithFlags(&st, 0);  // a fresh "device" context for the asynchronous failure
+  Engine eng2(2, 8 << 20, 4 << 20);
+  fake.fn<void()>("fake_cuda_fail_next_copy_async")();
+  eng2.submit_device({{&a, mem, s, {iota(0, 2), iota(0, 64)}}}, st);
+  CHECK(throws<std::runtime_error>([&] { eng2.flush(); }, "device-to-host copy"));
+  CHECK(mem->size() == 0);  // nothing encoded from a failed copy
+  api->StreamDestroy(st);
+}
+
 }  // namespace
 
 int main() {
+  // Every CUDA call in these tests goes to the fake runtime (loaded like the real one).
+  setenv("E2FASTIO_CUDART", E2FASTIO_FAKE_CUDART, 1);
   for (auto& [name, fn] : registry()) {
     int before = g_failures;
     try {

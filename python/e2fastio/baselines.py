@@ -51,3 +51,33 @@ class PythonZarrBackend:
 
     def close(self) -> None:
         """Nothing to drain: every write was synchronous."""
+
+
+class PythonAsyncZarrBackend(PythonZarrBackend):
+    """Pure-Python non-blocking writes, the way Earth2Studio's AsyncZarrBackend does them.
+
+    Each ``write`` copies its tensors to fresh host memory on the caller's
+    thread, then hands zarr-python ``setitem`` calls to a thread pool;
+    ``close`` waits for them. Memory grows with the queue.
+    """
+
+    def __init__(self, file_name: str | os.PathLike[str] | None = None, chunks: Mapping[str, int] | None = None,
+                 zarr_codecs: Any = None, pool_size: int = 8) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        super().__init__(file_name, chunks, zarr_codecs)
+        self._pool = ThreadPoolExecutor(pool_size)
+        self._futures: list[Any] = []
+
+    def write(self, x: Any, coords: Mapping[str, np.ndarray], array_name: str | list[str]) -> None:
+        adjusted, _ = convert_multidim_to_singledim(coords)
+        idx = np.ix_(*[np.where(np.isin(self.coords[d], v))[0] for d, v in adjusted.items()])
+        for xi, name in zip(as_list(x, "x"), as_list(array_name, "array_name")):
+            data = np.array(to_host_array(xi), copy=True)
+            self._futures.append(self._pool.submit(self.root[name].__setitem__, idx, data))
+
+    def close(self) -> None:
+        for f in self._futures:
+            f.result()
+        self._futures.clear()
+        self._pool.shutdown()

@@ -136,6 +136,7 @@ class ZarrBackend:
         self.zarr_codecs = zarr_codecs
         self._closed = False
         if not blocking:
+            self._engine.get()  # start now: the staging ring faults its pages in while the model runs
             with _open_lock:
                 _open_nonblocking.add(self)
         self._targets: dict[str, _Target] = {}

@@ -86,6 +86,18 @@ class Engine {
   // memory at once. Chunks of the same key are stored in submission order.
   // Background errors are kept and rethrown (once) by check()/flush().
   void submit(const std::vector<Request>& requests);
+  // Non-blocking, from device memory: each request's slab.data is a device
+  // pointer to C-contiguous data. An event recorded on `producer_stream` makes
+  // the engine's copy stream wait for the producer's pending work; the
+  // device-to-host copy into the (pinned) ring runs on the copy stream; the
+  // producer stream then waits for the copy, so later work there may free or
+  // overwrite the source. Encoder threads start on a chunk only after its
+  // copy completed. Returns a sequence number for copies_done().
+  std::uint64_t submit_device(const std::vector<Request>& requests, void* producer_stream);
+  // How many device submits (in order) have completed their copies.
+  std::uint64_t copies_done();
+  bool cuda_available() const;
+
   void flush();           // wait until every submitted chunk is stored, then check()
   bool wait_idle(double timeout_seconds);  // false when chunks are still pending after the timeout
   void check();           // rethrow the first background error, if any
@@ -108,6 +120,8 @@ class Engine {
   void dispatch_ordered(const std::shared_ptr<Batch>& batch, std::size_t j);
   void job_finished(const std::string& order_key);
   void record_error(std::exception_ptr e);
+  std::shared_ptr<Batch> stage(const std::vector<Request>& requests, bool copy_host);
+  void dispatch_batch(const std::shared_ptr<Batch>& batch);
 
   ThreadPool pool_;
   BufferPool buffers_;
@@ -120,6 +134,10 @@ class Engine {
   std::size_t pending_ = 0;
   std::exception_ptr bg_error_;
   std::unordered_map<std::string, std::deque<std::function<void()>>> key_waiters_;
+  // Device staging: the copy stream and the fences of device submits, in order.
+  void* copy_stream_ = nullptr;
+  std::uint64_t device_submits_ = 0, device_done_ = 0;
+  std::deque<std::shared_ptr<void>> device_fences_;
 };
 
 }  // namespace e2fastio

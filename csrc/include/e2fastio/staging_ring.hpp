@@ -14,6 +14,7 @@ namespace e2fastio {
 
 struct RingStats {
   std::size_t capacity = 0;
+  bool pinned = false;
   std::size_t used_bytes = 0;
   std::size_t peak_used_bytes = 0;
   std::uint64_t reservations = 0;
@@ -24,7 +25,9 @@ struct RingStats {
 class StagingRing {
  public:
   static constexpr std::size_t kAlign = 4096;
-  explicit StagingRing(std::size_t capacity);
+  // pinned: allocate with the CUDA runtime's cudaHostAlloc (page-locked, so
+  // device-to-host copies run at full speed and asynchronously).
+  explicit StagingRing(std::size_t capacity, bool pinned = false);
   ~StagingRing();
   StagingRing(const StagingRing&) = delete;
   StagingRing& operator=(const StagingRing&) = delete;
@@ -39,6 +42,10 @@ class StagingRing {
   void release(uint64_t id);
   RingStats stats() const;
   std::size_t capacity() const noexcept { return capacity_; }
+  bool pinned() const noexcept { return pinned_; }
+  // Fault pages [offset, offset + n) in without writing them (MADV_POPULATE_WRITE):
+  // safe while slots are in use; a no-op where unsupported.
+  void prefault(std::size_t offset, std::size_t n) noexcept;
 
  private:
   struct Live {
@@ -49,6 +56,7 @@ class StagingRing {
   };
   bool fits(std::size_t n, std::size_t* offset) const;
   const std::size_t capacity_;
+  bool pinned_ = false;
   uint8_t* base_ = nullptr;
   mutable std::mutex mu_;
   std::condition_variable cv_;

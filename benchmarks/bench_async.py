@@ -1,0 +1,145 @@
+"""Non-blocking writes behind a simulated model: e2fastio vs a pure-Python async backend.
+
+Each competitor runs the seed workload (21 writes of 8 x 2 x 721 x 1440
+float32, blosc zstd-3 + shuffle) behind a model step of T seconds (a sleep,
+standing in for GPU compute that leaves the CPU free), in its own child
+process so that its peak RSS is its own. Reports the loop's overhead against
+the same loop without IO, the time until the data is durable after the last
+step (``close()``), and peak RSS growth; interleaved and repeated.
+
+    python benchmarks/bench_async.py                    # T = 0.5 s, 3 rounds
+    python benchmarks/bench_async.py --quick            # small grid, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import common  # noqa: E402
+
+VARS = ["t2m", "tcwv"]
+COMPETITORS = ["no IO", "e2fastio ZarrBackend(blocking=False)", "e2fastio AsyncZarrBackend",
+               "pure Python async (Earth2Studio's way)"]
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def worker(name: str, size: dict, step_s: float, path: str, max_buffer_bytes: int) -> dict:
+    import numpy as np
+    import zarr
+
+    import e2fastio
+    from e2fastio.baselines import PythonAsyncZarrBackend
+
+    w = common.make_workload(size["members"], 2, size["nlat"], size["nlon"])  # two distinct steps, cycled
+    steps = size["steps"]
+    coords = w.coords
+    lead = (np.arange(steps) * np.timedelta64(6, "h")).astype("timedelta64[ns]")
+    coords["lead_time"] = lead
+    codec = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+    base_rss = _rss()
+    if name == "no IO":
+        io = None
+    elif name == "e2fastio ZarrBackend(blocking=False)":
+        io = e2fastio.ZarrBackend(path, chunks={"time": 1, "lead_time": 1}, backend_kwargs={"overwrite": True},
+                                  zarr_codecs=codec, blocking=False, max_buffer_bytes=max_buffer_bytes)
+    elif name == "e2fastio AsyncZarrBackend":
+        io = e2fastio.AsyncZarrBackend(path, parallel_coords={"time": coords["time"], "lead_time": lead},
+                                       blocking=False, zarr_codecs=codec, zarr_kwargs={"mode": "w"},
+                                       max_buffer_bytes=max_buffer_bytes)
+    else:
+        io = PythonAsyncZarrBackend(path, {"time": 1, "lead_time": 1}, codec)
+    if io is not None:
+        io.add_array(coords, VARS)
+    t0 = time.perf_counter()
+    for k in range(steps):
+        time.sleep(step_s)  # the model step (GPU compute: the CPU is free)
+        x = w.fields[k % 2]
+        if io is not None:
+            c = dict(coords)
+            c["lead_time"] = lead[k : k + 1]
+            io.write([x[:, :, :, 0], x[:, :, :, 1]], c, VARS)
+    loop = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    if io is not None:
+        io.close()
+    durable = time.perf_counter() - t1
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    nbytes = steps * w.fields[0].nbytes
+    return {"loop_s": loop, "durable_after_last_step_s": durable, "peak_rss_growth_bytes": peak - base_rss,
+            "bytes": nbytes, "stats": io.stats() if hasattr(io, "stats") else {}}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--step-seconds", type=float, default=0.5)
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--max-buffer-bytes", type=int, default=1 << 30)
+    ap.add_argument("--json", default="bench-out/bench_async.json")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--path", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    size = dict(common.QUICK if args.quick else common.FULL)
+    size["steps"] = size.pop("steps") if args.quick else 21
+    if args.worker:
+        print(json.dumps(worker(args.worker, size, args.step_seconds, args.path, args.max_buffer_bytes)))
+        return {}
+    repeats = args.repeats or (1 if args.quick else 3)
+    samples: dict[str, list[dict]] = {n: [] for n in COMPETITORS}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(repeats):
+            order = COMPETITORS[r % len(COMPETITORS):] + COMPETITORS[: r % len(COMPETITORS)]
+            for n in order:
+                path = os.path.join(tmp, "store.zarr")
+                common.rm(path)
+                cmd = [sys.executable, __file__, "--worker", n, "--path", path, "--step-seconds",
+                       str(args.step_seconds), "--max-buffer-bytes", str(args.max_buffer_bytes)]
+                if args.quick:
+                    cmd.append("--quick")
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                res = json.loads(out.stdout.strip().splitlines()[-1])
+                samples[n].append(res)
+                print(f"  round {r + 1}/{repeats} {n:<40s} loop {res['loop_s']:7.3f} s  durable after "
+                      f"{res['durable_after_last_step_s']:6.3f} s  peak RSS +{res['peak_rss_growth_bytes'] / 2**20:7.0f} MiB")
+                common.rm(path)
+    base = statistics.median(s["loop_s"] for s in samples["no IO"])
+    table = {}
+    for n in COMPETITORS:
+        loop = statistics.median(s["loop_s"] for s in samples[n])
+        table[n] = {
+            "loop_s": loop,
+            "overhead_pct": 100 * (loop - base) / base,
+            "durable_after_last_step_s": statistics.median(s["durable_after_last_step_s"] for s in samples[n]),
+            "peak_rss_growth_mib": statistics.median(s["peak_rss_growth_bytes"] for s in samples[n]) / 2**20,
+            "samples": samples[n],
+        }
+    print(f"\nmodel step {args.step_seconds} s x {size['steps']} steps, {samples['no IO'][0]['bytes'] / 1e9:.2f} GB, "
+          f"blosc zstd-3 + shuffle, max_buffer_bytes {args.max_buffer_bytes / 2**20:.0f} MiB (median of {repeats})")
+    print(f"{'backend':<42s}{'loop s':>9s}{'overhead':>10s}{'durable after s':>17s}{'peak RSS +MiB':>15s}")
+    for n, t in table.items():
+        print(f"{n:<42s}{t['loop_s']:>9.3f}{t['overhead_pct']:>9.1f}%{t['durable_after_last_step_s']:>17.3f}"
+              f"{t['peak_rss_growth_mib']:>15.0f}")
+    record = {"benchmark": "bench_async", "machine": common.machine(), "git": common.git_rev(),
+              "command": " ".join([os.path.basename(sys.executable)] + sys.argv), "size": size,
+              "step_seconds": args.step_seconds, "max_buffer_bytes": args.max_buffer_bytes, "results": table}
+    common.save_json(args.json, record)
+    print(f"\nJSON record: {args.json}")
+    return record
+
+
+if __name__ == "__main__":
+    main()
