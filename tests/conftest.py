@@ -26,3 +26,14 @@ def seed_coords() -> OrderedDict[str, np.ndarray]:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (none here); the fake-CUDA tests cover the logic")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

@@ -150,6 +150,7 @@ void register_engine(py::module_& m) {
              auto s = e.ring_stats();
              py::dict d;
              d["capacity"] = s.capacity;
+             d["pinned"] = s.pinned;
              d["used_bytes"] = s.used_bytes;
              d["peak_used_bytes"] = s.peak_used_bytes;
              d["reservations"] = s.reservations;

@@ -39,6 +39,44 @@ def check_array_name(name: Any, argument: str = "array_name") -> str:
     return name
 
 
+class DeviceTensor:
+    """A CUDA tensor kept on its device, for the non-blocking device-to-host path."""
+
+    __slots__ = ("dtype", "shape", "tensor")
+
+    def __init__(self, tensor: Any) -> None:
+        import torch
+
+        self.tensor = tensor
+        self.shape = tuple(tensor.shape)
+        try:
+            self.dtype = np.dtype(torch.empty((), dtype=tensor.dtype).numpy().dtype)
+        except TypeError as err:
+            raise UnsupportedDTypeError(
+                f"x has dtype {tensor.dtype}, which numpy (and zarr) cannot store; convert it first, e.g. x.float()"
+            ) from err
+        if self.dtype.kind not in _SUPPORTED_KINDS or self.dtype.itemsize not in (1, 2, 4, 8):
+            raise UnsupportedDTypeError(f"x has dtype {tensor.dtype}, which e2fastio does not store")
+
+    def cast(self, dtype: np.dtype, name: str) -> DeviceTensor:
+        if dtype == self.dtype:
+            return self
+        if not np.can_cast(self.dtype, dtype, casting="same_kind"):
+            raise UnsupportedDTypeError(
+                f"x for array {name!r} has dtype {self.dtype} but the array stores {dtype}; cast it first"
+            )
+        import torch
+
+        return DeviceTensor(self.tensor.to(torch.from_numpy(np.zeros((), dtype)).dtype))
+
+
+def to_input(x: Any, device_ok: bool, argument: str = "x") -> np.ndarray | DeviceTensor:
+    """A host view of `x`, or (when `device_ok`) a CUDA tensor left on its device."""
+    if device_ok and is_torch_tensor(x) and x.device.type == "cuda":
+        return DeviceTensor(x.detach())
+    return to_host_array(x, argument)
+
+
 def to_host_array(x: Any, argument: str = "x") -> np.ndarray:
     """A numpy view (no copy when possible) of a tensor or array on the host."""
     if is_torch_tensor(x):
@@ -70,8 +108,10 @@ def to_host_array(x: Any, argument: str = "x") -> np.ndarray:
     return arr
 
 
-def cast_for_array(arr: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
+def cast_for_array(arr: Any, dtype: np.dtype, name: str) -> Any:
     """Cast to the stored dtype when it is safe (same kind); native byte order."""
+    if isinstance(arr, DeviceTensor):
+        return arr.cast(dtype, name)
     if arr.dtype == dtype and arr.dtype.isnative:
         return arr
     if not np.can_cast(arr.dtype, dtype, casting="same_kind"):
@@ -156,7 +196,7 @@ class CoordinateIndex:
         return idx
 
 
-def check_shape(arr: np.ndarray, index: Sequence[np.ndarray], dims: Sequence[str], name: str) -> None:
+def check_shape(arr: np.ndarray | DeviceTensor, index: Sequence[np.ndarray], dims: Sequence[str], name: str) -> None:
     expected = tuple(len(i) for i in index)
     if arr.shape != expected:
         raise DataShapeError(

@@ -17,7 +17,10 @@ def info() -> dict[str, Any]:
     dict
         ``version``, ``core_version``, ``blosc_version`` (the c-blosc 1.x the
         extension is statically linked with), ``default_threads`` and
-        ``default_max_buffer_bytes``.
+        ``default_max_buffer_bytes``, ``default_ring_bytes`` (non-blocking
+        staging), ``cuda`` (whether a CUDA runtime was found, loaded at run time,
+        and from where, or why not) and ``pinned_staging`` (the ring is
+        page-locked memory from that runtime).
     """
     return {
         "version": __version__,
@@ -25,4 +28,7 @@ def info() -> dict[str, Any]:
         "blosc_version": _core.blosc_version(),
         "default_threads": default_threads(),
         "default_max_buffer_bytes": DEFAULT_MAX_BUFFER_BYTES,
+        "default_ring_bytes": DEFAULT_MAX_BUFFER_BYTES * 3 // 4,
+        "cuda": _core.cuda_info(),
+        "pinned_staging": bool(_core.cuda_info()["available"]),
     }

@@ -8,7 +8,7 @@ import os
 import threading
 import warnings
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -140,6 +140,7 @@ class ZarrBackend:
             with _open_lock:
                 _open_nonblocking.add(self)
         self._targets: dict[str, _Target] = {}
+        self._device_refs: deque[tuple[int, list[Any]]] = deque()
         self._indexes: dict[str, _data.CoordinateIndex] = {}
 
         # Rebuild coordinates and chunks of an existing store (as Earth2Studio does).
@@ -194,6 +195,7 @@ class ZarrBackend:
                 f"{engine.pending_chunks} chunk(s) were still pending after {self.flush_timeout:g} s; "
                 "the store may be slow or unreachable (flush again to keep waiting)"
             )
+        self._device_refs.clear()
         self._background(engine.check)
 
     def close(self) -> None:
@@ -379,8 +381,9 @@ class ZarrBackend:
         adjusted, index = self._selection(coords, "writing")
         dims = tuple(adjusted)
         planned = []
+        device_ok = not self.blocking and self._engine.get().cuda_available
         for xi, name in zip(xs, names):
-            arr = _data.to_host_array(xi, "x")
+            arr = _data.to_input(xi, device_ok, "x")
             _data.check_shape(arr, index, dims, name)
             if self._has_array(name):
                 t = self._target(name)
@@ -396,25 +399,53 @@ class ZarrBackend:
                 self.add_array(adjusted, name)
         self._write_arrays([(name, arr, index) for name, arr in planned])
 
-    def _write_arrays(self, items: list[tuple[str, np.ndarray, list[np.ndarray]]]) -> None:
+    def _write_arrays(self, items: list[tuple[str, Any, list[np.ndarray]]]) -> None:
         """Store several arrays' data; native ones as one batch (chunks of all arrays in parallel)."""
-        batch = []
+        batch, device_batch, device_tensors = [], [], []
         for name, arr, index in items:
             t = self._target(name)
             arr = _data.cast_for_array(arr, t.dtype, name)
-            if t.spec is not None and self._sink is not None:
+            native = t.spec is not None and self._sink is not None
+            if isinstance(arr, _data.DeviceTensor):
+                if native:
+                    dt = arr.tensor.contiguous()  # on the device, ordered on the current stream
+                    device_tensors.append(dt)
+                    device_batch.append((t.spec, self._sink, (dt.data_ptr(), list(dt.shape), dt.element_size()), index))
+                    continue
+                arr = arr.tensor.cpu().numpy()
+            if native:
                 batch.append((t.spec, self._sink, arr, index))
             else:
                 t.array.set_orthogonal_selection(tuple(index), arr)
-        if not batch:
+        if not batch and not device_batch:
             return
         engine = self._engine.get()
         if self.blocking:
             engine.write_batch(batch)
-        else:
+            return
+        if batch:
             engine.submit(batch)
-            # An earlier write's failure surfaces here; this write is already staged and lands.
-            self._background(engine.check)
+        if device_batch:
+            self._submit_device(engine, device_batch, device_tensors)
+        # An earlier write's failure surfaces here; this write is already staged and lands.
+        self._background(engine.check)
+
+    def _submit_device(self, engine: Any, requests: list[Any], tensors: list[Any]) -> None:
+        import torch
+
+        devices = {t.device for t in tensors}
+        if len(devices) != 1:
+            raise ValueError(f"x: all tensors of one write must be on one device, got {sorted(map(str, devices))}")
+        (device,) = devices
+        with torch.cuda.device(device):
+            stream = torch.cuda.current_stream(device).cuda_stream
+            seq = engine.submit_device(requests, stream)
+        # The producer stream already waits for the copy; holding the tensors
+        # until it completed also covers memory freed to other streams.
+        self._device_refs.append((seq, tensors))
+        done = engine.copies_done()
+        while self._device_refs and self._device_refs[0][0] <= done:
+            self._device_refs.popleft()
 
     def read(self, coords: CoordSystem, array_name: str, device: Any = "cpu") -> tuple[Any, CoordSystem]:
         """Read the values of `array_name` at `coords` as a torch tensor on `device`."""
