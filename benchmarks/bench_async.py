@@ -37,7 +37,22 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def worker(name: str, size: dict, step_s: float, path: str, max_buffer_bytes: int) -> dict:
+def pinned_d2h_gbps(nbytes: int) -> float:
+    """The machine's reference: one cudaMemcpy of `nbytes` from device to pinned host memory."""
+    import torch
+
+    src = torch.empty(nbytes // 4, device="cuda")
+    dst = torch.empty(nbytes // 4, pin_memory=True)
+    dst.copy_(src)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(5):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    return 5 * nbytes / (time.perf_counter() - t) / 1e9
+
+
+def worker(name: str, size: dict, step_s: float, path: str, max_buffer_bytes: int, device: str = "cpu") -> dict:
     import numpy as np
     import zarr
 
@@ -64,14 +79,23 @@ def worker(name: str, size: dict, step_s: float, path: str, max_buffer_bytes: in
         io = PythonAsyncZarrBackend(path, {"time": 1, "lead_time": 1}, codec)
     if io is not None:
         io.add_array(coords, VARS)
+    fields = w.fields
+    if device != "cpu":
+        import torch
+
+        fields = [torch.from_numpy(f).to(device) for f in w.fields]
+        torch.cuda.synchronize()
+    write_s = []
     t0 = time.perf_counter()
     for k in range(steps):
         time.sleep(step_s)  # the model step (GPU compute: the CPU is free)
-        x = w.fields[k % 2]
+        x = fields[k % 2]
         if io is not None:
             c = dict(coords)
             c["lead_time"] = lead[k : k + 1]
+            tw = time.perf_counter()
             io.write([x[:, :, :, 0], x[:, :, :, 1]], c, VARS)
+            write_s.append(time.perf_counter() - tw)
     loop = time.perf_counter() - t0
     t1 = time.perf_counter()
     if io is not None:
@@ -79,8 +103,13 @@ def worker(name: str, size: dict, step_s: float, path: str, max_buffer_bytes: in
     durable = time.perf_counter() - t1
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     nbytes = steps * w.fields[0].nbytes
-    return {"loop_s": loop, "durable_after_last_step_s": durable, "peak_rss_growth_bytes": peak - base_rss,
-            "bytes": nbytes, "stats": io.stats() if hasattr(io, "stats") else {}}
+    out = {"loop_s": loop, "durable_after_last_step_s": durable, "peak_rss_growth_bytes": peak - base_rss,
+           "bytes": nbytes, "write_s_median": statistics.median(write_s) if write_s else 0.0,
+           "write_s_max": max(write_s) if write_s else 0.0, "stats": io.stats() if hasattr(io, "stats") else {}}
+    if device != "cpu":
+        out["pinned_d2h_gbps"] = pinned_d2h_gbps(w.fields[0].nbytes)
+        out["write_gbps_median"] = w.fields[0].nbytes / out["write_s_median"] / 1e9 if write_s else 0.0
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -90,13 +119,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--max-buffer-bytes", type=int, default=1 << 30)
     ap.add_argument("--json", default="bench-out/bench_async.json")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda to write CUDA tensors (needs a GPU)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--path", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     size = dict(common.QUICK if args.quick else common.FULL)
     size["steps"] = size.pop("steps") if args.quick else 21
     if args.worker:
-        print(json.dumps(worker(args.worker, size, args.step_seconds, args.path, args.max_buffer_bytes)))
+        print(json.dumps(worker(args.worker, size, args.step_seconds, args.path, args.max_buffer_bytes, args.device)))
         return {}
     repeats = args.repeats or (1 if args.quick else 3)
     samples: dict[str, list[dict]] = {n: [] for n in COMPETITORS}
@@ -107,7 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
                 path = os.path.join(tmp, "store.zarr")
                 common.rm(path)
                 cmd = [sys.executable, __file__, "--worker", n, "--path", path, "--step-seconds",
-                       str(args.step_seconds), "--max-buffer-bytes", str(args.max_buffer_bytes)]
+                       str(args.step_seconds), "--max-buffer-bytes", str(args.max_buffer_bytes),
+                       "--device", args.device]
                 if args.quick:
                     cmd.append("--quick")
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -129,10 +160,17 @@ def main(argv: list[str] | None = None) -> dict:
         }
     print(f"\nmodel step {args.step_seconds} s x {size['steps']} steps, {samples['no IO'][0]['bytes'] / 1e9:.2f} GB, "
           f"blosc zstd-3 + shuffle, max_buffer_bytes {args.max_buffer_bytes / 2**20:.0f} MiB (median of {repeats})")
-    print(f"{'backend':<42s}{'loop s':>9s}{'overhead':>10s}{'durable after s':>17s}{'peak RSS +MiB':>15s}")
+    print(f"{'backend':<42s}{'loop s':>9s}{'overhead':>10s}{'durable after s':>17s}{'peak RSS +MiB':>15s}"
+          f"{'write ms (median/max)':>24s}")
     for n, t in table.items():
+        wm = statistics.median(s["write_s_median"] for s in samples[n]) * 1e3
+        wx = max(s["write_s_max"] for s in samples[n]) * 1e3
+        t["write_ms_median"], t["write_ms_max"] = wm, wx
         print(f"{n:<42s}{t['loop_s']:>9.3f}{t['overhead_pct']:>9.1f}%{t['durable_after_last_step_s']:>17.3f}"
-              f"{t['peak_rss_growth_mib']:>15.0f}")
+              f"{t['peak_rss_growth_mib']:>15.0f}{wm:>14.2f} / {wx:<8.2f}")
+        if args.device != "cpu" and n != "no IO":
+            print(f"    device->host: write {statistics.median(s['write_gbps_median'] for s in samples[n]):.1f} GB/s, "
+                  f"pinned cudaMemcpy {statistics.median(s['pinned_d2h_gbps'] for s in samples[n]):.1f} GB/s")
     record = {"benchmark": "bench_async", "machine": common.machine(), "git": common.git_rev(),
               "command": " ".join([os.path.basename(sys.executable)] + sys.argv), "size": size,
               "step_seconds": args.step_seconds, "max_buffer_bytes": args.max_buffer_bytes, "results": table}

@@ -221,3 +221,25 @@ def test_async_backend_bad_or_unsupported_options_raise(tmp_path, kwargs, match)
         AsyncZarrBackend(**args)
     with pytest.raises(ValueError, match="output location"):
         AsyncZarrBackend(None, parallel_coords={"time": TIME})
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_of_a_nonblocking_backend_starts_its_own_threads(tmp_path):
+    coords = OrderedDict(a=np.arange(4), b=np.arange(300))
+    io = ZarrBackend(str(tmp_path / "f.zarr"), chunks={"a": 1}, blocking=False)
+    io.add_array(coords, ["parent", "child"])
+    io.write(np.full((4, 300), 1, "float32"), coords, "parent")  # maybe still pending at fork
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            io.write(np.full((4, 300), 7, "float32"), coords, "child")
+            io.close()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    io.close()
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "f.zarr" / "child"))[...], 7)
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "f.zarr" / "parent"))[...], 1)

@@ -125,9 +125,13 @@ Engine::Engine(unsigned threads, std::size_t max_buffer_bytes, std::size_t ring_
   if (ring_bytes > 0) {
     E2F_EXPECT(ring_bytes < max_buffer_bytes, "the staging ring must be smaller than max_buffer_bytes");
     ring_ = std::make_unique<StagingRing>(ring_bytes, cuda::available());
-    // Fault the ring's pages in on the pool while it is idle, 32 MiB per task,
-    // so that the first lap of writes copies at memcpy speed.
-    for (std::size_t off = 0; off < ring_->capacity(); off += (32u << 20))
+    // Fault the start of the ring in on the pool while it is idle, 32 MiB per
+    // task, so that the first writes copy at memcpy speed. Only the start:
+    // the ring restarts at offset 0 whenever it drains, so a writer that the
+    // pool keeps up with reuses the same (warm) pages, and RSS stays at what
+    // is actually used.
+    const std::size_t warm = std::min<std::size_t>(ring_->capacity(), std::size_t{128} << 20);
+    for (std::size_t off = 0; off < warm; off += (32u << 20))
       pool_.submit([r = ring_.get(), off] { r->prefault(off, 32u << 20); });
   }
 }

@@ -10,6 +10,7 @@ from e2fastio import _core
 
 _live: weakref.WeakSet[EngineHandle] = weakref.WeakSet()
 _live_lock = threading.Lock()
+_abandoned: list[_core.Engine] = []
 
 
 class EngineHandle:
@@ -63,6 +64,9 @@ class EngineHandle:
         self._lock = threading.Lock()
         if e is not None:
             e.abandon_after_fork()
+            # Never destroy it here: its locks may have been held by parent
+            # threads at fork time. The child keeps it (a leak in the child only).
+            _abandoned.append(e)
 
 
 def _after_fork_in_child() -> None:

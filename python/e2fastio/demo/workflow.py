@@ -47,7 +47,7 @@ def _blosc() -> Any:
 
 def backend_cases() -> dict[str, BackendCase]:
     from e2fastio import ZarrBackend
-    from e2fastio.baselines import PythonZarrBackend
+    from e2fastio.baselines import PythonAsyncZarrBackend, PythonZarrBackend
 
     ch = {"time": 1, "lead_time": 1}
     cases = [
@@ -58,12 +58,18 @@ def backend_cases() -> dict[str, BackendCase]:
             lambda d: d / "zarr-blosc.zarr"),
         BackendCase("zarr-memory", "e2fastio Zarr in memory", lambda d: ZarrBackend(
             chunks=ch, backend_kwargs={"overwrite": True}), lambda d: None),
+        BackendCase("zarr-blosc-nonblocking", "e2fastio Zarr zstd non-blocking", lambda d: ZarrBackend(
+            str(d / "zarr-blosc-nb.zarr"), chunks=ch, backend_kwargs={"overwrite": True}, zarr_codecs=_blosc(),
+            blocking=False), lambda d: d / "zarr-blosc-nb.zarr"),
         BackendCase("python-zarr", "pure Python Zarr", lambda d: PythonZarrBackend(str(d / "python-zarr.zarr"), ch),
                     lambda d: d / "python-zarr.zarr", baseline=True),
         BackendCase("python-zarr-blosc", "pure Python Zarr zstd", lambda d: PythonZarrBackend(
             str(d / "python-zarr-blosc.zarr"), ch, _blosc()), lambda d: d / "python-zarr-blosc.zarr", baseline=True),
         BackendCase("python-zarr-memory", "pure Python Zarr in memory", lambda d: PythonZarrBackend(None, ch),
                     lambda d: None, baseline=True),
+        BackendCase("python-zarr-blosc-async", "pure Python Zarr zstd async", lambda d: PythonAsyncZarrBackend(
+            str(d / "python-zarr-blosc-async.zarr"), ch, _blosc()), lambda d: d / "python-zarr-blosc-async.zarr",
+            baseline=True),
     ]
     try:
         from earth2studio.io import ZarrBackend as E2SZarr  # type: ignore[import-not-found]
@@ -81,7 +87,8 @@ def backend_cases() -> dict[str, BackendCase]:
 
 
 # Which baseline each backend's speed-up is measured against.
-BASELINE_OF = {"zarr": "python-zarr", "zarr-blosc": "python-zarr-blosc", "zarr-memory": "python-zarr-memory"}
+BASELINE_OF = {"zarr": "python-zarr", "zarr-blosc": "python-zarr-blosc", "zarr-memory": "python-zarr-memory",
+               "zarr-blosc-nonblocking": "python-zarr-blosc-async"}
 
 
 def christmas_five_day_ensemble(model: AdvectionDiffusionModel, x0: torch.Tensor, io: Any, nsteps: int,
