@@ -10,6 +10,10 @@ PY=${PYTHON:-python3}
 # multi-GB CUDA build. Users with GPUs bring their own torch.
 "$PY" -m pip install --quiet "torch==2.13.0"
 "$PY" -m pip install --quiet ".[test,bench]"
+# Earth2Studio (the 'compare' extra) so the interop tests run; skip with E2FASTIO_NO_COMPARE=1.
+if [[ -z "${E2FASTIO_NO_COMPARE:-}" ]]; then
+  "$PY" -m pip install --quiet ".[compare]"
+fi
 
 # Run from the tests' folder view of the installed package, not python/.
 exec "$PY" -m pytest "$@"

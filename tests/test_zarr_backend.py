@@ -377,3 +377,14 @@ def test_large_chunks_direct_io_bytes_match_zarr_python(tmp_path, direct_io):
         np.testing.assert_array_equal(zarr.open_array(str(tmp_path / f"ours-{tag}.zarr" / "v"))[...], data)
     with pytest.raises(ValueError, match="direct_io"):
         ZarrBackend(str(tmp_path / "x.zarr"), direct_io="yes")
+
+
+def test_array_names_as_numpy_array_like_split_coords(tmp_path):
+    """Earth2Studio's split_coords returns the variable names as a numpy array."""
+    coords = OrderedDict(a=np.arange(3), b=np.arange(4))
+    io = ZarrBackend(str(tmp_path / "n.zarr"))
+    names = np.array(["t2m", "tcwv"])
+    io.add_array(coords, names)
+    io.write([np.ones((3, 4), "float32"), np.zeros((3, 4), "float32")], coords, names)
+    assert set(io) >= {"t2m", "tcwv"}
+    np.testing.assert_array_equal(io["t2m"][...], 1)

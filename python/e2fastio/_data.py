@@ -24,6 +24,9 @@ def is_torch_tensor(x: Any) -> bool:
 def as_list(x: Any, what: str) -> list[Any]:
     if isinstance(x, (list, tuple)):
         return list(x)
+    if what == "array_name" and isinstance(x, np.ndarray):
+        # Earth2Studio's split_coords hands names over as a numpy array of str.
+        return [str(v) for v in x.ravel()]
     return [x]
 
 
