@@ -22,6 +22,17 @@ struct Converted {
   std::vector<Engine::Request> requests;
 };
 
+// [int64 array per dimension] -> vectors (copied: the arrays may go away).
+std::vector<std::vector<int64_t>> to_index(const py::handle& obj) {
+  std::vector<std::vector<int64_t>> idx;
+  for (const auto& ix : obj.cast<py::list>()) {
+    auto a = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(ix);
+    E2F_EXPECT(a, "index entries must be integer arrays");
+    idx.emplace_back(a.data(), a.data() + a.size());
+  }
+  return idx;
+}
+
 Converted convert(const py::list& requests) {
   Converted c;
   c.specs.reserve(requests.size());
@@ -40,13 +51,7 @@ Converted convert(const py::list& requests) {
       slab.shape.push_back(static_cast<int64_t>(data.shape(d)));
       slab.strides.push_back(static_cast<int64_t>(data.strides(d)));
     }
-    std::vector<std::vector<int64_t>> idx;
-    for (const auto& ix : t[3].cast<py::list>()) {
-      auto a = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(ix);
-      E2F_EXPECT(a, "index entries must be integer arrays");
-      idx.emplace_back(a.data(), a.data() + a.size());
-    }
-    c.requests.push_back(Engine::Request{nullptr, std::move(sink), std::move(slab), std::move(idx)});
+    c.requests.push_back(Engine::Request{nullptr, std::move(sink), std::move(slab), to_index(t[3])});
   }
   for (std::size_t i = 0; i < c.requests.size(); ++i) c.requests[i].array = &c.specs[i];
   return c;
@@ -121,13 +126,7 @@ void register_engine(py::module_& m) {
                 slab.strides[d] = st;
                 st *= slab.shape[d];
               }
-              std::vector<std::vector<int64_t>> idx;
-              for (const auto& ix : t[3].cast<py::list>()) {
-                auto a = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(ix);
-                E2F_EXPECT(a, "index entries must be integer arrays");
-                idx.emplace_back(a.data(), a.data() + a.size());
-              }
-              c.requests.push_back(Engine::Request{nullptr, t[1].cast<std::shared_ptr<Sink>>(), std::move(slab), std::move(idx)});
+              c.requests.push_back(Engine::Request{nullptr, t[1].cast<std::shared_ptr<Sink>>(), std::move(slab), to_index(t[3])});
             }
             for (std::size_t i = 0; i < c.requests.size(); ++i) c.requests[i].array = &c.specs[i];
             py::gil_scoped_release nogil;

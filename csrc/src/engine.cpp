@@ -376,15 +376,21 @@ void Engine::run_job(const Job& job, Lease* lease, int blosc_threads) {
   }
 }
 
-void Engine::write_batch(const std::vector<Request>& requests) {
-  // 1. Validate everything first: a bad request stores nothing.
+void Engine::validate_requests(const std::vector<Request>& requests) const {
   for (const auto& r : requests) {
     validate_request(r);
     E2F_EXPECT(staging_bytes_per_chunk(*r.array) <= buffers_.capacity(),
                "a chunk of array '" + r.array->path + "' needs " + std::to_string(staging_bytes_per_chunk(*r.array)) +
-                   " bytes of staging memory but max_buffer_bytes is " + std::to_string(buffers_.capacity()) +
+                   " bytes of encode buffers but " + (ring_ ? "only " : "max_buffer_bytes is ") +
+                   std::to_string(buffers_.capacity()) +
+                   (ring_ ? " of max_buffer_bytes are left beside the staging ring" : "") +
                    "; raise max_buffer_bytes or use smaller chunks");
   }
+}
+
+void Engine::write_batch(const std::vector<Request>& requests) {
+  // 1. Validate everything first: a bad request stores nothing.
+  validate_requests(requests);
   // 2. Plan every chunk of every request.
   std::vector<std::vector<DimPlan>> plans;
   std::vector<Job> jobs;
@@ -422,13 +428,7 @@ void Engine::record_error(std::exception_ptr e) {
 
 std::shared_ptr<Engine::Batch> Engine::stage(const std::vector<Request>& requests, bool copy_host) {
   E2F_EXPECT(ring_ != nullptr, "this engine was created without a staging ring (non-blocking writes are off)");
-  for (const auto& r : requests) {
-    validate_request(r);
-    E2F_EXPECT(staging_bytes_per_chunk(*r.array) <= buffers_.capacity(),
-               "a chunk of array '" + r.array->path + "' needs " + std::to_string(staging_bytes_per_chunk(*r.array)) +
-                   " bytes of encode buffers but only " + std::to_string(buffers_.capacity()) +
-                   " of max_buffer_bytes are left beside the staging ring; raise max_buffer_bytes or use smaller chunks");
-  }
+  validate_requests(requests);
   auto batch = std::make_shared<Batch>();
   batch->specs.reserve(requests.size());
   std::size_t total = 0;

@@ -117,6 +117,7 @@ class Engine {
 
  private:
   void run_job(const Job& job, Lease* lease, int blosc_threads);
+  void validate_requests(const std::vector<Request>& requests) const;
   void dispatch_ordered(const std::shared_ptr<Batch>& batch, std::size_t j);
   void job_finished(const std::string& order_key);
   void record_error(std::exception_ptr e);
