@@ -29,6 +29,9 @@ void register_codec(py::module_& m) {
       .def_readwrite("shuffle", &CodecSpec::shuffle)
       .def_readwrite("typesize", &CodecSpec::typesize)
       .def_readwrite("blocksize", &CodecSpec::blocksize)
+      .def_readwrite("deflate", &CodecSpec::deflate)
+      .def_readwrite("deflate_level", &CodecSpec::deflate_level)
+      .def_readwrite("hdf5_shuffle", &CodecSpec::hdf5_shuffle)
       .def("validate", &CodecSpec::validate)
       .def("__repr__", [](const CodecSpec& c) {
         return "CodecSpec(itemsize=" + std::to_string(c.itemsize) + ", blosc=" + (c.blosc ? "True" : "False") +

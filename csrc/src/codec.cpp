@@ -6,14 +6,29 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "e2fastio/error.hpp"
+
+// zlib, as bundled inside c-blosc's static library (stable C ABI; no header needed).
+extern "C" {
+int compress2(unsigned char* dest, unsigned long* destLen, const unsigned char* source, unsigned long sourceLen,
+              int level);
+unsigned long compressBound(unsigned long sourceLen);
+int uncompress(unsigned char* dest, unsigned long* destLen, const unsigned char* source, unsigned long sourceLen);
+}
 
 namespace e2fastio {
 
 void CodecSpec::validate() const {
   E2F_EXPECT(itemsize == 1 || itemsize == 2 || itemsize == 4 || itemsize == 8,
              "itemsize must be 1, 2, 4 or 8, got " + std::to_string(itemsize));
+  E2F_EXPECT(!(blosc && deflate), "a chunk uses either blosc or deflate, not both");
+  if (deflate) {
+    E2F_EXPECT(deflate_level >= 0 && deflate_level <= 9,
+               "deflate level (complevel) must be in 0..9, got " + std::to_string(deflate_level));
+    return;
+  }
   if (!blosc) return;
   static const char* kNames[] = {"blosclz", "lz4", "lz4hc", "snappy", "zlib", "zstd"};
   bool known = std::any_of(std::begin(kNames), std::end(kNames), [&](const char* n) { return cname == n; });
@@ -26,6 +41,8 @@ void CodecSpec::validate() const {
 }
 
 std::size_t CodecSpec::max_encoded_size(std::size_t nbytes) const {
+  // deflate: the zlib bound, plus room for the shuffled copy of the chunk.
+  if (deflate) return compressBound(static_cast<unsigned long>(nbytes)) + (hdf5_shuffle ? nbytes : 0);
   return blosc ? nbytes + BLOSC_MAX_OVERHEAD : (big_endian && itemsize > 1 ? nbytes : 0);
 }
 
@@ -34,9 +51,40 @@ void byteswap_inplace(uint8_t* data, std::size_t nbytes, std::size_t itemsize) {
   for (std::size_t off = 0; off + itemsize <= nbytes; off += itemsize) std::reverse(data + off, data + off + itemsize);
 }
 
+void hdf5_shuffle(const uint8_t* src, uint8_t* dst, std::size_t nbytes, std::size_t itemsize) {
+  const std::size_t n = nbytes / itemsize;
+  for (std::size_t b = 0; b < itemsize; ++b)
+    for (std::size_t i = 0; i < n; ++i) dst[b * n + i] = src[i * itemsize + b];
+  std::memcpy(dst + n * itemsize, src + n * itemsize, nbytes - n * itemsize);  // trailing bytes unchanged
+}
+
+void hdf5_unshuffle(const uint8_t* src, uint8_t* dst, std::size_t nbytes, std::size_t itemsize) {
+  const std::size_t n = nbytes / itemsize;
+  for (std::size_t b = 0; b < itemsize; ++b)
+    for (std::size_t i = 0; i < n; ++i) dst[i * itemsize + b] = src[b * n + i];
+  std::memcpy(dst + n * itemsize, src + n * itemsize, nbytes - n * itemsize);
+}
+
 std::size_t encode_chunk(const CodecSpec& spec, uint8_t* raw, std::size_t nbytes, uint8_t* dst,
                          std::size_t dst_capacity, int blosc_threads, const uint8_t** out_ptr) {
   if (spec.big_endian) byteswap_inplace(raw, nbytes, spec.itemsize);
+  if (spec.deflate) {
+    if (dst_capacity < spec.max_encoded_size(nbytes)) E2F_FAIL("encode buffer too small");
+    const uint8_t* src = raw;
+    uint8_t* out = dst;
+    unsigned long cap = static_cast<unsigned long>(dst_capacity);
+    if (spec.hdf5_shuffle && spec.itemsize > 1) {
+      // Shuffle into the tail of dst, compress into its head.
+      uint8_t* scratch = dst + (dst_capacity - nbytes);
+      hdf5_shuffle(raw, scratch, nbytes, spec.itemsize);
+      src = scratch;
+      cap = static_cast<unsigned long>(dst_capacity - nbytes);
+    }
+    int rc = compress2(out, &cap, src, static_cast<unsigned long>(nbytes), spec.deflate_level);
+    if (rc != 0) E2F_FAIL("zlib compress2 failed with code " + std::to_string(rc));
+    *out_ptr = out;
+    return cap;
+  }
   if (!spec.blosc) {
     *out_ptr = raw;
     return nbytes;
@@ -54,6 +102,16 @@ std::size_t encode_chunk(const CodecSpec& spec, uint8_t* raw, std::size_t nbytes
 
 void decode_chunk(const CodecSpec& spec, const uint8_t* enc, std::size_t enc_size, uint8_t* raw,
                   std::size_t nbytes, int blosc_threads) {
+  if (spec.deflate) {
+    std::vector<uint8_t> tmp(spec.hdf5_shuffle && spec.itemsize > 1 ? nbytes : 0);
+    uint8_t* target = tmp.empty() ? raw : tmp.data();
+    unsigned long n = static_cast<unsigned long>(nbytes);
+    int rc = uncompress(target, &n, enc, static_cast<unsigned long>(enc_size));
+    if (rc != 0 || n != nbytes) E2F_FAIL("stored deflate chunk does not inflate to " + std::to_string(nbytes) + " bytes");
+    if (!tmp.empty()) hdf5_unshuffle(tmp.data(), raw, nbytes, spec.itemsize);
+    if (spec.big_endian) byteswap_inplace(raw, nbytes, spec.itemsize);
+    return;
+  }
   if (!spec.blosc) {
     if (enc_size != nbytes)
       E2F_FAIL("stored chunk has " + std::to_string(enc_size) + " bytes, expected " + std::to_string(nbytes));

@@ -284,6 +284,34 @@ TEST(codec_roundtrip_all_compressors) {
   CHECK(throws<std::invalid_argument>([&] { bad.validate(); }, "cname"));
 }
 
+TEST(codec_hdf5_shuffle_deflate_roundtrip) {
+  std::vector<double> data(5001);
+  for (std::size_t i = 0; i < data.size(); ++i) data[i] = 250.0 + static_cast<double>(i % 37) / 8;
+  const std::size_t n = data.size() * 8;
+  for (bool sh : {false, true})
+    for (int level : {1, 4, 9}) {
+      CodecSpec c;
+      c.itemsize = 8;
+      c.deflate = true;
+      c.deflate_level = level;
+      c.hdf5_shuffle = sh;
+      std::vector<uint8_t> raw(reinterpret_cast<uint8_t*>(data.data()), reinterpret_cast<uint8_t*>(data.data()) + n);
+      std::vector<uint8_t> enc(c.max_encoded_size(n));
+      const uint8_t* out = nullptr;
+      std::size_t k = encode_chunk(c, raw.data(), n, enc.data(), enc.size(), 1, &out);
+      CHECK(k < n / 2);
+      CHECK(out[0] == 0x78);  // a zlib stream (RFC 1950), as HDF5's deflate filter writes
+      std::vector<uint8_t> back(n);
+      decode_chunk(c, out, k, back.data(), n, 1);
+      CHECK(std::memcmp(back.data(), data.data(), n) == 0);
+    }
+  std::vector<uint8_t> a{1, 2, 3, 4, 5, 6, 7}, b(7), c2(7);
+  hdf5_shuffle(a.data(), b.data(), 7, 2);
+  CHECK((b == std::vector<uint8_t>{1, 3, 5, 2, 4, 6, 7}));
+  hdf5_unshuffle(b.data(), c2.data(), 7, 2);
+  CHECK(c2 == a);
+}
+
 TEST(codec_big_endian_swaps) {
   CodecSpec c;
   c.itemsize = 4;

@@ -20,6 +20,11 @@ struct CodecSpec {
   Shuffle shuffle = Shuffle::byte;
   std::size_t typesize = 4;
   std::size_t blocksize = 0;    // 0: automatic
+  // HDF5's filters for NetCDF-4: optional byte shuffle (filter 2), then
+  // deflate (filter 1) as a zlib stream (RFC 1950, what HDF5 writes).
+  bool deflate = false;
+  int deflate_level = 4;
+  bool hdf5_shuffle = false;
 
   void validate() const;        // throws std::invalid_argument with the field name
   // Bytes a destination buffer needs for a raw chunk of `nbytes`.
@@ -37,6 +42,9 @@ void decode_chunk(const CodecSpec& spec, const uint8_t* enc, std::size_t enc_siz
                   std::size_t nbytes, int blosc_threads);
 
 void byteswap_inplace(uint8_t* data, std::size_t nbytes, std::size_t itemsize);
+// HDF5's shuffle filter: byte k of every element goes to plane k.
+void hdf5_shuffle(const uint8_t* src, uint8_t* dst, std::size_t nbytes, std::size_t itemsize);
+void hdf5_unshuffle(const uint8_t* src, uint8_t* dst, std::size_t nbytes, std::size_t itemsize);
 
 std::string blosc_version();
 
