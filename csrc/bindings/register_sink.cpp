@@ -36,6 +36,16 @@ void register_sink(py::module_& m) {
       .def_property_readonly("root", &DirectorySink::root)
       .def_property_readonly("direct_io_active", &DirectorySink::direct_io_active);
 
+  py::class_<CollectSink, Sink, std::shared_ptr<CollectSink>>(m, "CollectSink")
+      .def(py::init<>())
+      .def("take", [](CollectSink& s) {
+        auto items = s.take();
+        py::list out;
+        for (auto& [k, v] : items)
+          out.append(py::make_tuple(k, py::bytes(reinterpret_cast<const char*>(v.data()), v.size())));
+        return out;
+      }, "[(key, encoded bytes), ...] collected so far, oldest first (empties the sink).");
+
   py::class_<MemorySink, Sink, std::shared_ptr<MemorySink>>(m, "MemorySink")
       .def(py::init<>())
       .def(

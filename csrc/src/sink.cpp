@@ -241,4 +241,17 @@ void MemorySink::clear() {
   map_.clear();
 }
 
+void CollectSink::write(const std::string& key, const uint8_t* data, std::size_t nbytes) {
+  std::vector<uint8_t> v(data, data + nbytes);
+  std::lock_guard<std::mutex> lk(mu_);
+  items_.emplace_back(key, std::move(v));
+}
+
+std::vector<std::pair<std::string, std::vector<uint8_t>>> CollectSink::take() {
+  std::lock_guard<std::mutex> lk(mu_);
+  std::vector<std::pair<std::string, std::vector<uint8_t>>> out;
+  out.swap(items_);
+  return out;
+}
+
 }  // namespace e2fastio

@@ -14,6 +14,7 @@ from e2fastio.errors import (
     UnknownDimensionError,
 )
 from e2fastio.info import info
+from e2fastio.netcdf_backend import NetCDF4Backend
 from e2fastio.zarr_backend import ZarrBackend
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "BackgroundWriteError",
     "CoordinateError",
     "E2FastIOError",
+    "NetCDF4Backend",
     "UnknownDimensionError",
     "ZarrBackend",
     "__version__",

@@ -79,4 +79,20 @@ class MemorySink : public Sink {
   std::unordered_map<std::string, Value> map_;
 };
 
+// Collects encoded chunks for a single-threaded consumer (HDF5 is not
+// thread-safe: the NetCDF4 backend hands them to HDF5 from one thread).
+// Reads find nothing: writers through it must cover whole chunks.
+class CollectSink : public Sink {
+ public:
+  bool read(const std::string&, std::vector<uint8_t>&) override { return false; }
+  void write(const std::string& key, const uint8_t* data, std::size_t nbytes) override;
+  std::string describe() const override { return "collector"; }
+  // Everything collected so far, oldest first; empties the sink.
+  std::vector<std::pair<std::string, std::vector<uint8_t>>> take();
+
+ private:
+  std::mutex mu_;
+  std::vector<std::pair<std::string, std::vector<uint8_t>>> items_;
+};
+
 }  // namespace e2fastio

@@ -1,0 +1,188 @@
+"""NetCDF4Backend: valid NetCDF-4 read exactly by netCDF4-python, xarray (both engines) and ncdump."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+netCDF4 = pytest.importorskip("netCDF4")
+
+from e2fastio import NetCDF4Backend  # noqa: E402
+from e2fastio.errors import (  # noqa: E402
+    ArrayNameError,
+    BackendClosedError,
+    CoordinateError,
+    DataShapeError,
+    UnknownDimensionError,
+)
+
+
+def _coords(nlat=19, nlon=36):
+    return OrderedDict(
+        ensemble=np.arange(3),
+        time=np.array(["2022-12-20T00"], dtype="datetime64[ns]"),
+        lead_time=(np.arange(4) * np.timedelta64(6, "h")).astype("timedelta64[ns]"),
+        lat=np.linspace(90, -90, nlat),
+        lon=np.linspace(0, 360, nlon, endpoint=False),
+    )
+
+
+def _run(io, c, data):
+    io.add_array(c, ["t2m", "tcwv"])
+    for k in range(len(c["lead_time"])):
+        x = torch.from_numpy(data[:, :, k : k + 1])
+        io.write([x[:, :, :, 0], x[:, :, :, 1]], OrderedDict(c, lead_time=c["lead_time"][k : k + 1]),
+                 np.array(["t2m", "tcwv"]))
+
+
+def _data(c, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = (3, 1, 4, 2, len(c["lat"]), len(c["lon"]))
+    return (np.round(rng.normal(270, 10, shape) * 256) / 256).astype("float32")
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_roundtrip_readers_and_filters(tmp_path, compression):
+    c, path = _coords(), tmp_path / "f.nc"
+    data = _data(c)
+    with NetCDF4Backend(path, backend_kwargs={"mode": "w"}, compression=compression, complevel=4) as io:
+        _run(io, c, data)
+        assert io.stats()["chunks_written"] == 2 * 3 * 4  # native path: one chunk per field
+    with netCDF4.Dataset(path) as ds:
+        np.testing.assert_array_equal(ds["t2m"][:].data, data[:, :, :, 0])
+        np.testing.assert_array_equal(ds["tcwv"][:].data, data[:, :, :, 1])
+        f = ds["t2m"].filters()
+        assert bool(f["zlib"]) == (compression == "zlib") and bool(f["shuffle"]) == (compression == "zlib")
+        assert ds["time"].units == "hours since 0001-01-01 00:00:00.0"
+        assert ds["lead_time"].units == "hours" and ds["lead_time"].dtype == np.int64
+    for engine in ("netcdf4", "h5netcdf"):
+        with xr.open_dataset(path, engine=engine) as ds:
+            np.testing.assert_array_equal(ds["t2m"].values, data[:, :, :, 0])
+            np.testing.assert_array_equal(ds["time"].values, c["time"])
+    if shutil.which("ncdump"):
+        out = subprocess.run(["ncdump", "-hs", str(path)], capture_output=True, text=True, check=True).stdout
+        assert "float t2m(ensemble, time, lead_time, lat, lon)" in out
+        assert ("t2m:_DeflateLevel = 4" in out) == (compression == "zlib"), out
+        assert ('t2m:_Shuffle = "true"' in out) == (compression == "zlib"), out
+
+
+def test_same_dataset_as_earth2studio_netcdf4_backend(tmp_path):
+    e2s_io = pytest.importorskip("earth2studio.io", reason="earth2studio is not installed (e2fastio[compare])")
+    c = _coords()
+    c["lead_time"] = c["lead_time"].astype("timedelta64[h]")  # Earth2Studio's writer has no unit for ns
+    data = _data(c, 3)
+    with NetCDF4Backend(tmp_path / "ours.nc", backend_kwargs={"mode": "w"}) as io:
+        _run(io, c, data)
+    ref = e2s_io.NetCDF4Backend(str(tmp_path / "ref.nc"), backend_kwargs={"mode": "w"})
+    _run(ref, c, data)
+    ref.close()
+    for engine in ("netcdf4", "h5netcdf"):
+        a = xr.open_dataset(tmp_path / "ours.nc", engine=engine).load()
+        b = xr.open_dataset(tmp_path / "ref.nc", engine=engine).load()
+        assert set(a.variables) == set(b.variables) and a.sizes == b.sizes
+        for v in a.variables:
+            np.testing.assert_array_equal(a[v].values, b[v].values)
+            assert a[v].dtype == b[v].dtype, v
+            for attr in ("units", "calendar"):
+                assert a[v].encoding.get(attr) == b[v].encoding.get(attr), (v, attr)
+
+
+def test_zlib_is_smaller_and_same_values_as_netcdf4_python(tmp_path):
+    c = _coords(91, 180)
+    data = _data(c, 4)
+    with NetCDF4Backend(tmp_path / "z.nc", backend_kwargs={"mode": "w"}, compression="zlib", complevel=1) as io:
+        _run(io, c, data)
+    ds = netCDF4.Dataset(tmp_path / "r.nc", "w")
+    for d, v in c.items():
+        ds.createDimension(d, len(v))
+    for i, name in enumerate(["t2m", "tcwv"]):
+        var = ds.createVariable(name, "f4", tuple(c), zlib=True, complevel=1, shuffle=True,
+                                chunksizes=(1, 1, 1, 91, 180))
+        var[:] = data[:, :, :, i]
+    ds.close()
+    ours, ref = (tmp_path / "z.nc").stat().st_size, (tmp_path / "r.nc").stat().st_size
+    assert abs(ours - ref) / ref < 0.01, (ours, ref)
+    with netCDF4.Dataset(tmp_path / "z.nc") as a:
+        np.testing.assert_array_equal(a["tcwv"][:].data, data[:, :, :, 1])
+
+
+def test_append_partial_reopen_and_flush_visible_to_another_process(tmp_path):
+    c, path = _coords(), tmp_path / "a.nc"
+    data = _data(c, 1)
+    io = NetCDF4Backend(path, backend_kwargs={"mode": "w"}, compression="zlib")
+    io.add_array(c, "t2m")
+    x = torch.from_numpy(data[:, :, :2, 0])
+    io.write(x, OrderedDict(c, lead_time=c["lead_time"][:2]), "t2m")
+    io.flush()
+    script = (f"import netCDF4, numpy as np; d = netCDF4.Dataset({str(path)!r});"
+              "print(float(np.asarray(d['t2m'][:, :, :2]).sum()))")
+    # While a writer holds a file, HDF5 readers must not take a file lock (a standard HDF5 switch).
+    env = dict(os.environ, HDF5_USE_FILE_LOCKING="FALSE")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert abs(float(out) - float(data[:, :, :2, 0].astype("float64").sum())) < 1e-3 * abs(float(out))
+    io.close()
+    io = NetCDF4Backend(path, backend_kwargs={"mode": "r+"}, compression="zlib")
+    assert list(io.coords) == list(c)
+    np.testing.assert_array_equal(io.coords["lead_time"], c["lead_time"])
+    np.testing.assert_array_equal(io.coords["time"], c["time"])
+    # A partial field (half the longitudes) goes through HDF5's own merge; the rest is kept.
+    io.write(torch.full((3, 1, 1, 19, 18), 5.0), OrderedDict(c, lead_time=c["lead_time"][2:3], lon=c["lon"][:18]), "t2m")
+    io.write(torch.from_numpy(data[:, :, 3:4, 0]), OrderedDict(c, lead_time=c["lead_time"][3:4]), "t2m")
+    got, _ = io.read(OrderedDict(c, lead_time=c["lead_time"][2:]), "t2m")
+    io.close()
+    assert (got[:, :, 0, :, :18] == 5).all()
+    np.testing.assert_array_equal(got[:, :, 1].numpy(), data[:, :, 3, 0])
+    with netCDF4.Dataset(path) as ds:
+        np.testing.assert_array_equal(ds["t2m"][:, :, :2].data, data[:, :, :2, 0])
+
+
+def test_diskless_leaves_no_file(tmp_path):
+    path = tmp_path / "mem.nc"
+    io = NetCDF4Backend(path, backend_kwargs={"mode": "w", "diskless": True}, compression="zlib")
+    c = _coords()
+    _run(io, c, _data(c))
+    np.testing.assert_array_equal(io["t2m"][0, 0, 0], _data(c)[0, 0, 0, 0])
+    io.close()
+    assert not path.exists()
+
+
+def test_bad_input_clear_errors_file_unchanged(tmp_path):
+    c, path = _coords(), tmp_path / "b.nc"
+    io = NetCDF4Backend(path, backend_kwargs={"mode": "w"})
+    io.add_array(c, "t2m")
+    step = OrderedDict(c, lead_time=c["lead_time"][:1])
+    io.write(torch.ones(3, 1, 1, 19, 36), step, "t2m")
+    def snapshot():
+        return {k: np.array(io[k][...]).tobytes() for k in io}
+
+    before = snapshot()
+    with pytest.raises(UnknownDimensionError, match="pressure"):
+        io.write(torch.ones(3, 1, 1, 19, 36), OrderedDict(step, pressure=np.arange(1)), "t2m")
+    with pytest.raises(CoordinateError, match="lead_time"):
+        io.write(torch.ones(3, 1, 1, 19, 36), OrderedDict(step, lead_time=np.array([99], "timedelta64[h]")), "t2m")
+    with pytest.raises(DataShapeError):
+        io.write(torch.ones(3, 1, 1, 19, 35), step, "t2m")
+    with pytest.raises(ArrayNameError):
+        io.write(torch.ones(3, 1, 1, 19, 36), step, "../x")
+    with pytest.raises(ValueError, match="must be the same"):
+        io.write([torch.ones(3, 1, 1, 19, 36)] * 2, step, ["t2m"])
+    assert snapshot() == before and "x" not in io
+    io.close()
+    with pytest.raises(BackendClosedError):
+        io.write(torch.ones(3, 1, 1, 19, 36), step, "t2m")
+    with pytest.raises(FileNotFoundError, match="mode 'w'"):
+        NetCDF4Backend(tmp_path / "missing.nc")
+    with pytest.raises(ValueError, match="compression"):
+        NetCDF4Backend(tmp_path / "x.nc", backend_kwargs={"mode": "w"}, compression="zstd")
+    with pytest.raises(ValueError, match="complevel"):
+        NetCDF4Backend(tmp_path / "x.nc", backend_kwargs={"mode": "w"}, compression="zlib", complevel=0)
