@@ -15,5 +15,10 @@ if [[ -z "${E2FASTIO_NO_COMPARE:-}" ]]; then
   "$PY" -m pip install --quiet ".[compare]"
 fi
 
+# ncdump (Debian's netcdf-bin) checks our NetCDF files; best effort where apt is not ours.
+if ! command -v ncdump >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  (apt-get install -y -qq netcdf-bin >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq netcdf-bin >/dev/null 2>&1)) || echo "note: could not install netcdf-bin; ncdump checks will be skipped"
+fi
+
 # Run from the tests' folder view of the installed package, not python/.
 exec "$PY" -m pytest "$@"

@@ -55,7 +55,10 @@ def test_roundtrip_readers_and_filters(tmp_path, compression):
     data = _data(c)
     with NetCDF4Backend(path, backend_kwargs={"mode": "w"}, compression=compression, complevel=4) as io:
         _run(io, c, data)
-        assert io.stats()["chunks_written"] == 2 * 3 * 4  # native path: one chunk per field
+        if compression:
+            assert io.stats()["chunks_written"] == 2 * 3 * 4  # native path: one chunk per field
+        else:
+            assert io["t2m"]._h5ds.chunks is None  # contiguous, written by HDF5 directly
     with netCDF4.Dataset(path) as ds:
         np.testing.assert_array_equal(ds["t2m"][:].data, data[:, :, :, 0])
         np.testing.assert_array_equal(ds["tcwv"][:].data, data[:, :, :, 1])
@@ -186,3 +189,13 @@ def test_bad_input_clear_errors_file_unchanged(tmp_path):
         NetCDF4Backend(tmp_path / "x.nc", backend_kwargs={"mode": "w"}, compression="zstd")
     with pytest.raises(ValueError, match="complevel"):
         NetCDF4Backend(tmp_path / "x.nc", backend_kwargs={"mode": "w"}, compression="zlib", complevel=0)
+
+
+def test_chunked_uncompressed_with_partial_chunks_merges_through_hdf5(tmp_path):
+    c = _coords()
+    data = _data(c, 9)
+    with NetCDF4Backend(tmp_path / "c.nc", backend_kwargs={"mode": "w"}, chunks={"lead_time": 2, "lat": 19}) as io:
+        _run(io, c, data)
+        assert io["t2m"]._h5ds.chunks == (1, 1, 2, 19, 36)
+    with netCDF4.Dataset(tmp_path / "c.nc") as ds:
+        np.testing.assert_array_equal(ds["t2m"][:].data, data[:, :, :, 0])

@@ -108,7 +108,9 @@ class NetCDF4Backend:
         self.complevel = complevel
         self.shuffle = shuffle
         self.chunks = dict(chunks or {})
-        self._engine = EngineHandle(**engine_kwargs(threads, max_buffer_bytes))
+        ekw = engine_kwargs(threads, max_buffer_bytes)
+        # A staging ring lets HDF5 store finished chunks while others are still encoding.
+        self._engine = EngineHandle(**ekw, ring_bytes=ekw["max_buffer_bytes"] * 3 // 4)
         self._sink = _core.CollectSink()
         self._closed = False
         self._specs: dict[str, _core.ArraySpec] = {}
@@ -239,10 +241,15 @@ class NetCDF4Backend:
                 logger.warning("%s is already in NetCDF Store. Skipping add_array.", name)
                 continue
             dtype = h.dtype if h is not None else np.dtype("float32")
-            chunks = self._chunk_shape(dims, shape)
-            comp = dict(compression="gzip", compression_opts=self.complevel, shuffle=self.shuffle) \
-                if self.compression == "zlib" else {}
-            self.root.create_variable(name, dims, dtype=dtype, chunks=chunks, **comp)
+            if self.compression == "zlib":
+                comp = dict(compression="gzip", compression_opts=self.complevel, shuffle=self.shuffle)
+                self.root.create_variable(name, dims, dtype=dtype, chunks=self._chunk_shape(dims, shape), **comp)
+            elif self.chunks:
+                self.root.create_variable(name, dims, dtype=dtype, chunks=self._chunk_shape(dims, shape))
+            else:
+                # Uncompressed, no chunks asked for: contiguous, as netCDF4-python lays it out;
+                # HDF5 writes straight from the data (one copy), nothing to parallelise.
+                self.root.create_variable(name, dims, dtype=dtype)
             if h is not None:
                 self._store([(name, h, [np.arange(s, dtype=np.int64) for s in shape])])
 
@@ -340,6 +347,9 @@ class NetCDF4Backend:
         for name, arr, index in items:
             var = self.root.variables[name]
             arr = _data.cast_for_array(arr, np.dtype(var.dtype), name)
+            if var._h5ds.chunks is None:
+                _write_box(var, index, arr)  # contiguous layout: HDF5 writes it directly
+                continue
             spec = self._spec(name)
             if _covers_whole_chunks(index, spec.shape, spec.chunks):
                 batch.append((spec, self._sink, arr, index))
@@ -347,15 +357,21 @@ class NetCDF4Backend:
                 _write_box(var, index, arr)  # partial chunks: HDF5 merges (single-threaded)
         if not batch:
             return
-        try:
-            self._engine.get().write_batch(batch)
-        finally:
-            # Hand every chunk that was encoded to HDF5, even if another failed.
+        engine = self._engine.get()
+        engine.submit(batch)  # staged: the caller's data may change from here on
+        # Hand chunks to HDF5 (one thread: it is not thread-safe) as they finish,
+        # while the pool encodes the rest; every encoded chunk is stored even if
+        # another failed, then the first error is raised.
+        while True:
+            idle = engine.wait_idle(0.002)
             for key, data in self._sink.take():
                 name, _, *cc = key.split("/")
                 spec = self._specs[name]
                 offsets = tuple(int(c) * ch for c, ch in zip(cc, spec.chunks))
                 self.root.variables[name]._h5ds.id.write_direct_chunk(offsets, data, filter_mask=0)
+            if idle:
+                break
+        engine.check()
 
     def read(self, coords: CoordSystem, array_name: str, device: Any = "cpu") -> tuple[Any, CoordSystem]:
         """Read `array_name` at `coords` as a torch tensor on `device`."""
@@ -380,8 +396,11 @@ def _covers_whole_chunks(index: list[np.ndarray], shape: list[int], chunks: list
 
 
 def _write_box(var: Any, index: list[np.ndarray], arr: np.ndarray) -> None:
-    """Orthogonal write through HDF5: read the bounding box, merge, write it back."""
+    """Orthogonal write through HDF5: a box directly, else read the bounding box, merge, write back."""
     box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in index)
+    if all(len(i) == b.stop - b.start and (len(i) < 2 or bool(np.all(np.diff(i) == 1))) for i, b in zip(index, box)):
+        var[box] = arr
+        return
     block = np.asarray(var[box])
     block[np.ix_(*[i - i.min() for i in index])] = arr
     var[box] = block
