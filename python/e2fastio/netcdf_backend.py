@@ -399,7 +399,8 @@ def _write_box(var: Any, index: list[np.ndarray], arr: np.ndarray) -> None:
     """Orthogonal write through HDF5: a box directly, else read the bounding box, merge, write back."""
     box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in index)
     if all(len(i) == b.stop - b.start and (len(i) < 2 or bool(np.all(np.diff(i) == 1))) for i, b in zip(index, box)):
-        var[box] = arr
+        # h5py writes a strided source element-wise: hand it C order (one memcpy).
+        var._h5ds[box] = np.ascontiguousarray(arr)
         return
     block = np.asarray(var[box])
     block[np.ix_(*[i - i.min() for i in index])] = arr
