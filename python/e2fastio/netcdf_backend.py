@@ -249,7 +249,10 @@ class NetCDF4Backend:
             else:
                 # Uncompressed, no chunks asked for: contiguous, as netCDF4-python lays it out;
                 # HDF5 writes straight from the data (one copy), nothing to parallelise.
-                self.root.create_variable(name, dims, dtype=dtype)
+                # fill_time "never": HDF5 would otherwise write fill values over the whole
+                # variable at its first write (writing every byte twice); unwritten parts
+                # read back as 0 (file holes).
+                self.root.create_variable(name, dims, dtype=dtype, fill_time="never")
             if h is not None:
                 self._store([(name, h, [np.arange(s, dtype=np.int64) for s in shape])])
 
@@ -399,9 +402,26 @@ def _write_box(var: Any, index: list[np.ndarray], arr: np.ndarray) -> None:
     """Orthogonal write through HDF5: a box directly, else read the bounding box, merge, write back."""
     box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in index)
     if all(len(i) == b.stop - b.start and (len(i) < 2 or bool(np.all(np.diff(i) == 1))) for i, b in zip(index, box)):
-        # h5py writes a strided source element-wise: hand it C order (one memcpy).
-        var._h5ds[box] = np.ascontiguousarray(arr)
+        _write_c_pieces(var._h5ds, box, arr)
         return
     block = np.asarray(var[box])
     block[np.ix_(*[i - i.min() for i in index])] = arr
     var[box] = block
+
+
+def _write_c_pieces(ds: Any, box: tuple[slice, ...], arr: np.ndarray) -> None:
+    """Write `arr` into `box` as its largest C-contiguous pieces.
+
+    h5py copies a strided source element by element, and a contiguous copy
+    would fault in fresh pages every write; the pieces of a split_coords view
+    (one member's field, say) are contiguous already and go to HDF5 as they are.
+    """
+    lead = 0
+    while lead < arr.ndim and not arr[(0,) * lead].flags.c_contiguous:
+        lead += 1
+    if lead == arr.ndim:  # no contiguous piece larger than one element
+        ds[box] = np.ascontiguousarray(arr)
+        return
+    for idx in np.ndindex(*arr.shape[:lead]):
+        sub = tuple(slice(b.start + i, b.start + i + 1) for b, i in zip(box[:lead], idx)) + box[lead:]
+        ds[sub] = arr[idx].reshape((1,) * lead + arr.shape[lead:])
