@@ -30,6 +30,34 @@ def as_list(x: Any, what: str) -> list[Any]:
     return [x]
 
 
+def write_inputs(x: Any, array_name: Any) -> tuple[list[Any], list[str]]:
+    """The (data, name) pairs of a write, checked: equal counts, safe and distinct names."""
+    xs = as_list(x, "x")
+    names = as_list(array_name, "array_name")
+    if len(xs) != len(names):
+        raise ValueError(
+            f"The number of input tensors and array names must be the same but got {len(xs)} and {len(names)}."
+        )
+    for n in names:
+        check_array_name(n)
+    if len(set(names)) != len(names):
+        raise ValueError(f"array_name lists an array twice ({names}); write each array once per call")
+    return xs, names
+
+
+def add_array_inputs(array_name: Any, data: Any) -> tuple[list[str], list[np.ndarray | None]]:
+    """The names of an add_array call and their optional initial data (host arrays), checked."""
+    names = as_list(array_name, "array_name")
+    for n in names:
+        check_array_name(n)
+    datas = [None] * len(names) if data is None else as_list(data, "data")
+    if len(datas) != len(names):
+        raise ValueError(
+            f"The number of input tensors and array names must be the same but got {len(datas)} and {len(names)}."
+        )
+    return names, [None if d is None else to_host_array(d, "data") for d in datas]
+
+
 def check_array_name(name: Any, argument: str = "array_name") -> str:
     """Array names are single path components: no separators, no '..', no hidden names."""
     if not isinstance(name, str):

@@ -211,16 +211,7 @@ class NetCDF4Backend:
     def add_array(self, coords: CoordSystem, array_name: str | list[str], data: Any = None) -> None:
         """Add data variable(s) (and any new dimensions) to the file."""
         self._check_open("add_array")
-        names = _data.as_list(array_name, "array_name")
-        for n in names:
-            _data.check_array_name(n)
-        datas = [None] * len(names) if data is None else _data.as_list(data, "data")
-        if len(datas) != len(names):
-            raise ValueError(
-                "The number of input tensors and array names must be the same "
-                f"but got {len(datas)} and {len(names)}."
-            )
-        host = [None if d is None else _data.to_host_array(d, "data") for d in datas]
+        names, host = _data.add_array_inputs(array_name, data)
         adjusted, mapping = _data.convert_multidim_to_singledim(coords)
         shape = tuple(len(self.coords[d]) if d in self.coords else len(v) for d, v in adjusted.items())
         for h, n in zip(host, names):
@@ -314,17 +305,7 @@ class NetCDF4Backend:
     def write(self, x: Any, coords: CoordSystem, array_name: str | list[str]) -> None:
         """Write tensor(s) at `coords`; every input is checked before anything is stored."""
         self._check_open("write")
-        xs = _data.as_list(x, "x")
-        names = _data.as_list(array_name, "array_name")
-        if len(xs) != len(names):
-            raise ValueError(
-                "The number of input tensors and array names must be the same "
-                f"but got {len(xs)} and {len(names)}."
-            )
-        for n in names:
-            _data.check_array_name(n)
-        if len(set(names)) != len(names):
-            raise ValueError(f"array_name lists an array twice ({names}); write each array once per call")
+        xs, names = _data.write_inputs(x, array_name)
         adjusted, index = self._selection(coords)
         dims = tuple(adjusted)
         planned = []

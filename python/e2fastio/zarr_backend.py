@@ -258,19 +258,7 @@ class ZarrBackend:
             an existing array; ``fill_value``, ``compressors``, ...).
         """
         self._check_open("add_array")
-        names = _data.as_list(array_name, "array_name")
-        for n in names:
-            _data.check_array_name(n)
-        if data is None:
-            datas: list[Any] = [None] * len(names)
-        else:
-            datas = _data.as_list(data, "data")
-        if len(datas) != len(names):
-            raise ValueError(
-                "The number of input tensors and array names must be the same "
-                f"but got {len(datas)} and {len(names)}."
-            )
-        host = [None if d is None else _data.to_host_array(d, "data") for d in datas]
+        names, host = _data.add_array_inputs(array_name, data)
         dtype_kw = kwargs.pop("dtype", None)
         kwargs.setdefault("fill_value", None)
         kwargs.setdefault("compressors", self.zarr_codecs)
@@ -367,17 +355,7 @@ class ZarrBackend:
             Array(s) to write; missing ones are created from `coords`.
         """
         self._check_open("write")
-        xs = _data.as_list(x, "x")
-        names = _data.as_list(array_name, "array_name")
-        if len(xs) != len(names):
-            raise ValueError(
-                "The number of input tensors and array names must be the same "
-                f"but got {len(xs)} and {len(names)}."
-            )
-        for n in names:
-            _data.check_array_name(n)
-        if len(set(names)) != len(names):
-            raise ValueError(f"array_name lists an array twice ({names}); write each array once per call")
+        xs, names = _data.write_inputs(x, array_name)
         adjusted, index = self._selection(coords, "writing")
         dims = tuple(adjusted)
         planned = []
