@@ -72,6 +72,7 @@ void register_codec(py::module_& m) {
       py::arg("spec"), py::arg("encoded"), py::arg("nbytes"));
 
   m.def("blosc_version", &blosc_version);
+  m.def("deflate_library", &deflate_library);
   m.def("cuda_info", [] {
     std::string why;
     const cuda::Api* a = cuda::api(&why);

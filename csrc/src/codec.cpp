@@ -1,6 +1,9 @@
 #include "e2fastio/codec.hpp"
 
 #include <blosc.h>
+#include <dlfcn.h>
+
+#include <cstdlib>
 
 #include <algorithm>
 #include <cstring>
@@ -19,6 +22,35 @@ int uncompress(unsigned char* dest, unsigned long* destLen, const unsigned char*
 }
 
 namespace e2fastio {
+
+namespace {
+
+// Deflate: the system's libz.so.1 when there is one (loaded at run time; on
+// the dev VM it deflates ~1.5x faster than the zlib bundled in c-blosc), else
+// the bundled one. Both write standard zlib streams.
+struct Deflater {
+  int (*compress2)(unsigned char*, unsigned long*, const unsigned char*, unsigned long, int);
+  std::string name;
+};
+
+const Deflater& deflater() {
+  static const Deflater* d = [] {
+    if (!std::getenv("E2FASTIO_BUNDLED_ZLIB")) {
+      if (void* h = dlopen("libz.so.1", RTLD_NOW | RTLD_LOCAL)) {
+        using Fn = int (*)(unsigned char*, unsigned long*, const unsigned char*, unsigned long, int);
+        auto f = reinterpret_cast<Fn>(dlsym(h, "compress2"));
+        auto v = reinterpret_cast<const char* (*)()>(dlsym(h, "zlibVersion"));
+        if (f) return new Deflater{f, std::string("system libz.so.1 ") + (v ? v() : "")};
+      }
+    }
+    return new Deflater{&::compress2, "zlib bundled with c-blosc"};
+  }();
+  return *d;
+}
+
+}  // namespace
+
+std::string deflate_library() { return deflater().name; }
 
 void CodecSpec::validate() const {
   E2F_EXPECT(itemsize == 1 || itemsize == 2 || itemsize == 4 || itemsize == 8,
@@ -80,7 +112,7 @@ std::size_t encode_chunk(const CodecSpec& spec, uint8_t* raw, std::size_t nbytes
       src = scratch;
       cap = static_cast<unsigned long>(dst_capacity - nbytes);
     }
-    int rc = compress2(out, &cap, src, static_cast<unsigned long>(nbytes), spec.deflate_level);
+    int rc = deflater().compress2(out, &cap, src, static_cast<unsigned long>(nbytes), spec.deflate_level);
     if (rc != 0) E2F_FAIL("zlib compress2 failed with code " + std::to_string(rc));
     *out_ptr = out;
     return cap;

@@ -26,6 +26,7 @@ def info() -> dict[str, Any]:
         "version": __version__,
         "core_version": _core.__version__,
         "blosc_version": _core.blosc_version(),
+        "deflate_library": _core.deflate_library(),
         "default_threads": default_threads(),
         "default_max_buffer_bytes": DEFAULT_MAX_BUFFER_BYTES,
         "default_ring_bytes": DEFAULT_MAX_BUFFER_BYTES * 3 // 4,

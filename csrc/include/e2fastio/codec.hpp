@@ -47,5 +47,6 @@ void hdf5_shuffle(const uint8_t* src, uint8_t* dst, std::size_t nbytes, std::siz
 void hdf5_unshuffle(const uint8_t* src, uint8_t* dst, std::size_t nbytes, std::size_t itemsize);
 
 std::string blosc_version();
+std::string deflate_library();  // which zlib deflates NetCDF chunks
 
 }  // namespace e2fastio
