@@ -21,12 +21,12 @@ from pathlib import Path
 import numcodecs
 import numpy as np
 import zarr
-import zarr.storage
 
 sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402
 
 import e2fastio  # noqa: E402
+from e2fastio.baselines import PythonZarrBackend  # noqa: E402
 
 VARS = ("t2m", "tcwv")
 
@@ -62,34 +62,18 @@ def run_earth2studio_way(w: common.Workload, compressed: bool, path: str) -> Non
             xs, c = w.step(k)
             io.write([torch.from_numpy(x) for x in xs], c, list(VARS))
         return
-    coords = w.coords
-    root = zarr.group(zarr.storage.LocalStore(path), overwrite=True)
-    for dim, v in coords.items():
-        root.create_array(dim, shape=v.shape, chunks=v.shape, dtype=v.dtype, dimension_names=[dim],
-                          compressors=zarr_codec(compressed), fill_value=None)[...] = v
-    shape = tuple(len(v) for v in coords.values())
-    chunks = (w.members, 1, 1, w.nlat, w.nlon)
-    for name in VARS:
-        root.create_array(name, shape=shape, chunks=chunks, dtype="float32", dimension_names=list(coords),
-                          compressors=zarr_codec(compressed), fill_value=None)
+    io = PythonZarrBackend(path, {"time": 1, "lead_time": 1}, zarr_codec(compressed))
+    io.add_array(w.coords, list(VARS))
     for k in range(w.steps):
         xs, c = w.step(k)
-        for x, name in zip(xs, VARS):
-            idx = tuple(np.where(np.isin(coords[d], v))[0] for d, v in c.items())
-            root[name][np.ix_(*idx)] = x
+        io.write(xs, c, list(VARS))
 
 
 def run_zarr_slices(w: common.Workload, compressed: bool, path: str) -> None:
     """zarr-python at its best from Python: one slice assignment per array and step."""
-    coords = w.coords
-    root = zarr.group(zarr.storage.LocalStore(path), overwrite=True)
-    for dim, v in coords.items():
-        root.create_array(dim, shape=v.shape, chunks=v.shape, dtype=v.dtype, dimension_names=[dim],
-                          compressors=zarr_codec(compressed), fill_value=None)[...] = v
-    shape = tuple(len(v) for v in coords.values())
-    arrays = [root.create_array(name, shape=shape, chunks=(w.members, 1, 1, w.nlat, w.nlon), dtype="float32",
-                                dimension_names=list(coords), compressors=zarr_codec(compressed), fill_value=None)
-              for name in VARS]
+    io = PythonZarrBackend(path, {"time": 1, "lead_time": 1}, zarr_codec(compressed))
+    io.add_array(w.coords, list(VARS))
+    arrays = [io.root[name] for name in VARS]
     for k in range(w.steps):
         xs, _ = w.step(k)
         for x, arr in zip(xs, arrays):

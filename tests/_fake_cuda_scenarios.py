@@ -13,7 +13,6 @@ import numpy as np
 import zarr
 
 import e2fastio
-from e2fastio import _core
 from e2fastio._zarr_native import array_spec
 
 fake = ctypes.CDLL(os.environ["E2FASTIO_CUDART"])

@@ -3,7 +3,6 @@ virtualenv and works there with no compiler on PATH."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys

@@ -116,23 +116,23 @@ int DirectorySink::open_temp(const std::string& key, const std::string& path, co
       std::lock_guard<std::mutex> lk(dirs_mu_);
       made_dirs_.clear();
     }
-    try {
-      ensure_dir(parent_of(path));
-    } catch (const IOError& e) {
-      throw IOError("writing chunk '" + key + "': " + e.context(), e.error_code());
-    }
+    ensure_parent_of_chunk(key, path);
     fd = ::open(tmp.c_str(), flags, 0666);
   }
   return fd;
 }
 
-void DirectorySink::write(const std::string& key, const uint8_t* data, std::size_t nbytes) {
-  const std::string path = root_ + "/" + key;
+void DirectorySink::ensure_parent_of_chunk(const std::string& key, const std::string& path) {
   try {
     ensure_dir(parent_of(path));
   } catch (const IOError& e) {
     throw IOError("writing chunk '" + key + "': " + e.context(), e.error_code());
   }
+}
+
+void DirectorySink::write(const std::string& key, const uint8_t* data, std::size_t nbytes) {
+  const std::string path = root_ + "/" + key;
+  ensure_parent_of_chunk(key, path);
   const std::string tmp = temp_name_for(path);
   const std::size_t body = nbytes / kDirectAlign * kDirectAlign;
   bool direct = direct_ != DirectIO::off && !direct_refused_.load() && body > 0 &&

@@ -58,7 +58,7 @@ bool StagingRing::fits(std::size_t n, std::size_t* offset) const {
     return n <= capacity_;
   }
   const std::size_t tail = live_.front().offset;
-  if (head_ > tail || (head_ == tail && live_.empty())) {
+  if (head_ > tail) {  // free space: [head_, capacity_) and [0, tail)
     if (head_ + n <= capacity_) {
       *offset = head_;
       return true;

@@ -227,6 +227,54 @@ class CoordinateIndex:
         return idx
 
 
+class Selector:
+    """Turns a write's or read's coordinates into one int64 index per stored dimension.
+
+    Shared by every backend: `coords` is the backend's own (live) mapping of
+    dimension -> values; `stored_shape(name)` gives the shape of a stored
+    multidimensional coordinate, or None when the store lacks it.
+    """
+
+    def __init__(self, coords: Mapping[str, np.ndarray], store: str,
+                 stored_shape: Any) -> None:
+        self.coords = coords
+        self.store = store
+        self.stored_shape = stored_shape
+        self._indexes: dict[str, CoordinateIndex] = {}
+
+    def forget(self, dim: str) -> None:
+        """The values of `dim` changed: rebuild its index on next use."""
+        self._indexes.pop(dim, None)
+
+    def select(self, coords: Mapping[str, np.ndarray], verb: str = "writing"
+               ) -> tuple[OrderedDict[str, np.ndarray], list[np.ndarray]]:
+        from e2fastio.errors import UnknownDimensionError
+
+        adjusted, mapping = convert_multidim_to_singledim(coords)
+        for dim in adjusted:
+            if dim not in self.coords:
+                raise UnknownDimensionError(
+                    f"Coordinate dimension {dim} not in {self.store}; "
+                    f"create it first with add_array (the store has {list(self.coords)})."
+                )
+        for key in mapping:
+            shape = self.stored_shape(key)
+            if shape is None:
+                raise UnknownDimensionError(f"Multidimension coordinate {key} not in {self.store}.")
+            if np.shape(coords[key]) != tuple(shape):
+                raise CoordinateError(
+                    f"Currently {verb} data with multidimension arrays is only supported when "
+                    f"the multidimension coordinates are passed in full ({key})."
+                )
+        index = []
+        for d, v in adjusted.items():
+            ix = self._indexes.get(d)
+            if ix is None:
+                ix = self._indexes[d] = CoordinateIndex(d, self.coords[d])
+            index.append(ix.locate(v))
+        return adjusted, index
+
+
 def check_shape(arr: np.ndarray | DeviceTensor, index: Sequence[np.ndarray], dims: Sequence[str], name: str) -> None:
     expected = tuple(len(i) for i in index)
     if arr.shape != expected:

@@ -260,7 +260,8 @@ class AsyncZarrBackend:
         full = self._array_coords(coords)
         for xi, name in zip(xs, names):
             if _data.check_array_name(name) and name not in self._z:
-                self._z.add_array(full, name, dtype=_data.to_host_array(xi, "x").dtype)
+                # dtype only: a CUDA tensor stays on its device (no host copy here)
+                self._z.add_array(full, name, dtype=_data.to_input(xi, True, "x").dtype)
         self._z.write(xs, coords, names)
 
     def read(self, coords: CoordSystem, array_name: str, device: Any = "cpu") -> tuple[Any, CoordSystem]:

@@ -21,7 +21,7 @@ import numpy as np
 from e2fastio import _core, _data
 from e2fastio._engine import EngineHandle
 from e2fastio._zarr_native import engine_kwargs
-from e2fastio.errors import BackendClosedError, CoordinateError, UnknownDimensionError
+from e2fastio.errors import BackendClosedError, CoordinateError
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +114,8 @@ class NetCDF4Backend:
         self._sink = _core.CollectSink()
         self._closed = False
         self._specs: dict[str, _core.ArraySpec] = {}
-        self._indexes: dict[str, _data.CoordinateIndex] = {}
         self.coords: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._selector = _data.Selector(self.coords, "NetCDF store", lambda k: self.root.variables[k].shape if k in self.root.variables else None)
         for dim in self.root.dimensions:
             if dim in self.root.variables:
                 self.coords[dim] = self._decode_coord(self.root.variables[dim])
@@ -221,7 +221,7 @@ class NetCDF4Backend:
             if dim not in self.coords:
                 self.add_dimension(dim, np.shape(values), values)
                 self.coords[dim] = np.asarray(values)
-                self._indexes.pop(dim, None)
+                self._selector.forget(dim)
         for key, dims in mapping.items():
             if key not in self.root.variables:
                 values = np.asarray(coords[key])
@@ -278,35 +278,11 @@ class NetCDF4Backend:
             self._specs[name] = spec
         return spec
 
-    def _index(self, dim: str) -> _data.CoordinateIndex:
-        ix = self._indexes.get(dim)
-        if ix is None:
-            ix = self._indexes[dim] = _data.CoordinateIndex(dim, self.coords[dim])
-        return ix
-
-    def _selection(self, coords: CoordSystem) -> tuple[OrderedDict[str, np.ndarray], list[np.ndarray]]:
-        adjusted, mapping = _data.convert_multidim_to_singledim(coords)
-        for dim in adjusted:
-            if dim not in self.coords:
-                raise UnknownDimensionError(
-                    f"Coordinate dimension {dim} not in NetCDF store; create it first with add_array "
-                    f"(the file has {list(self.coords)})."
-                )
-        for key in mapping:
-            if key not in self.root.variables:
-                raise UnknownDimensionError(f"Multidimension coordinate {key} not in NetCDF4 store.")
-            if np.shape(coords[key]) != self.root.variables[key].shape:
-                raise CoordinateError(
-                    "Currently writing data with multidimension arrays is only supported when "
-                    f"the multidimension coordinates are passed in full ({key})."
-                )
-        return adjusted, [self._index(d).locate(v) for d, v in adjusted.items()]
-
     def write(self, x: Any, coords: CoordSystem, array_name: str | list[str]) -> None:
         """Write tensor(s) at `coords`; every input is checked before anything is stored."""
         self._check_open("write")
         xs, names = _data.write_inputs(x, array_name)
-        adjusted, index = self._selection(coords)
+        adjusted, index = self._selector.select(coords)
         dims = tuple(adjusted)
         planned = []
         for xi, name in zip(xs, names):
@@ -360,7 +336,7 @@ class NetCDF4Backend:
     def read(self, coords: CoordSystem, array_name: str, device: Any = "cpu") -> tuple[Any, CoordSystem]:
         """Read `array_name` at `coords` as a torch tensor on `device`."""
         self._check_open("read")
-        _, index = self._selection(coords)
+        _, index = self._selector.select(coords, "reading")
         var = self.root.variables[array_name]
         box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in index)
         values = np.asarray(var[box])[np.ix_(*[i - i.min() for i in index])]

@@ -18,7 +18,7 @@ import zarr
 from e2fastio import _data
 from e2fastio._engine import EngineHandle
 from e2fastio._zarr_native import array_spec, engine_kwargs, make_store, sink_for
-from e2fastio.errors import BackendClosedError, BackgroundWriteError, CoordinateError, UnknownDimensionError
+from e2fastio.errors import BackendClosedError, BackgroundWriteError, CoordinateError
 
 logger = logging.getLogger(__name__)
 
@@ -141,10 +141,10 @@ class ZarrBackend:
                 _open_nonblocking.add(self)
         self._targets: dict[str, _Target] = {}
         self._device_refs: deque[tuple[int, list[Any]]] = deque()
-        self._indexes: dict[str, _data.CoordinateIndex] = {}
 
         # Rebuild coordinates and chunks of an existing store (as Earth2Studio does).
         self.coords: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._selector = _data.Selector(self.coords, "zarr store", lambda k: self.root[k].shape if k in self.root else None)
         self.chunks: dict[str, int] = dict(chunks)
         members = dict(sorted(self.root.arrays()))
         # Data arrays first, so coords follow their dimension order.
@@ -280,7 +280,7 @@ class ZarrBackend:
                         dimension_names=[dim], **coord_kwargs,
                     )[...] = values
                 self.coords[dim] = values
-                self._indexes.pop(dim, None)
+                self._selector.forget(dim)
         for key, dims in mapping.items():
             if key not in self.root:
                 values = np.asarray(coords[key])
@@ -315,30 +315,6 @@ class ZarrBackend:
             t = self._targets[name] = _Target(self.root[name])
         return t
 
-    def _index(self, dim: str) -> _data.CoordinateIndex:
-        ix = self._indexes.get(dim)
-        if ix is None:
-            ix = self._indexes[dim] = _data.CoordinateIndex(dim, self.coords[dim])
-        return ix
-
-    def _selection(self, coords: CoordSystem, verb: str) -> tuple[OrderedDict[str, np.ndarray], list[np.ndarray]]:
-        adjusted, mapping = _data.convert_multidim_to_singledim(coords)
-        for dim in adjusted:
-            if dim not in self.coords:
-                raise UnknownDimensionError(
-                    f"Coordinate dimension {dim} not in zarr store; "
-                    f"create it first with add_array (the store has {list(self.coords)})."
-                )
-        for key in mapping:
-            if key not in self.root:
-                raise UnknownDimensionError(f"Multidimension coordinate {key} not in zarr store.")
-            if np.shape(coords[key]) != self.root[key].shape:
-                raise CoordinateError(
-                    f"Currently {verb} data with multidimension arrays is only supported when "
-                    f"the multidimension coordinates are passed in full ({key})."
-                )
-        return adjusted, [self._index(d).locate(v) for d, v in adjusted.items()]
-
     def write(self, x: Any, coords: CoordSystem, array_name: str | list[str]) -> None:
         """Write tensor(s) at `coords` into the named array(s).
 
@@ -356,7 +332,7 @@ class ZarrBackend:
         """
         self._check_open("write")
         xs, names = _data.write_inputs(x, array_name)
-        adjusted, index = self._selection(coords, "writing")
+        adjusted, index = self._selector.select(coords, "writing")
         dims = tuple(adjusted)
         planned = []
         device_ok = not self.blocking and self._engine.get().cuda_available
@@ -430,7 +406,7 @@ class ZarrBackend:
         self._check_open("read")
         if not self.blocking:
             self.flush()
-        _, index = self._selection(coords, "reading")
+        _, index = self._selector.select(coords, "reading")
         values = self.root[array_name].get_orthogonal_selection(tuple(index))
         import torch
 

@@ -49,6 +49,7 @@ class DirectorySink : public Sink {
 
  private:
   void ensure_dir(const std::string& dir);
+  void ensure_parent_of_chunk(const std::string& key, const std::string& path);  // errors name the key
   int open_temp(const std::string& key, const std::string& path, const std::string& tmp, bool direct);
   std::string root_;
   bool fsync_;
