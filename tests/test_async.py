@@ -132,9 +132,12 @@ def test_background_error_surfaces_at_next_call_and_others_land(tmp_path):
         io.flush()
     assert isinstance(err.value.__cause__, OSError)
     io.flush()  # reported once
-    io.write([x * 2, x * 2], _step_coords(c, 1), ["good", "bad"])
     raised = 0
-    try:  # raised at the next write if the failure is known by then...
+    try:  # raised by this very write when its chunk already failed...
+        io.write([x * 2, x * 2], _step_coords(c, 1), ["good", "bad"])
+    except BackgroundWriteError:
+        raised += 1
+    try:  # ...or at the next write if the failure is known by then...
         io.write([x * 3], _step_coords(c, 2), ["good"])
     except BackgroundWriteError:
         raised += 1
@@ -206,8 +209,9 @@ def test_memory_store_nonblocking():
     "kwargs, match",
     [
         ({"shard_coords": {"time": 4}}, "shard_coords"),
-        ({"fs_factory": lambda: None}, "fs_factory"),
-        ({"store": "s3://bucket/x.zarr"}, "store="),
+        ({"store": "s3://bucket/x.zarr", "store_kwargs": {"no_such_option": 1}}, "store="),
+        ({"store": "s3://bucket/x.zarr", "store_kwargs": {"secret_access_key": "hunter2-s3cr3t", "bad": 1}},
+         "could not open"),
         ({"store_kwargs": {"endpoint": "x"}}, "store_kwargs"),
         ({"pool_size": 0}, "pool_size"),
         ({"async_timeout": 0}, "async_timeout"),
@@ -217,10 +221,18 @@ def test_memory_store_nonblocking():
 )
 def test_async_backend_bad_or_unsupported_options_raise(tmp_path, kwargs, match):
     args = {"file_name": str(tmp_path / "u.zarr"), "parallel_coords": {"time": TIME}} | kwargs
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=match) as info:
         AsyncZarrBackend(**args)
+    assert "hunter2-s3cr3t" not in str(info.value)
     with pytest.raises(ValueError, match="output location"):
         AsyncZarrBackend(None, parallel_coords={"time": TIME})
+
+
+def test_fs_factory_is_deprecated_and_checked(tmp_path):
+    with pytest.warns(FutureWarning, match="fs_factory is deprecated"), pytest.raises(TypeError, match="fs_factory"):
+        AsyncZarrBackend(str(tmp_path / "u.zarr"), parallel_coords={"time": TIME}, fs_factory=lambda: None)
+    with pytest.warns(FutureWarning), pytest.raises(TypeError, match="fs_factory"):
+        AsyncZarrBackend(str(tmp_path / "u.zarr"), parallel_coords={"time": TIME}, fs_factory=42)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")

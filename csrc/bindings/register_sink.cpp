@@ -1,3 +1,4 @@
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -45,6 +46,72 @@ void register_sink(py::module_& m) {
           out.append(py::make_tuple(k, py::bytes(reinterpret_cast<const char*>(v.data()), v.size())));
         return out;
       }, "[(key, encoded bytes), ...] collected so far, oldest first (empties the sink).");
+
+  py::class_<UploadSink, Sink, std::shared_ptr<UploadSink>>(m, "UploadSink")
+      .def(py::init<std::size_t, std::string>(), py::arg("capacity_bytes"), py::arg("description"))
+      .def_property_readonly("capacity", &UploadSink::capacity)
+      .def(
+          "set_fetch",
+          [](UploadSink& s, py::object fn) {
+            if (fn.is_none()) {
+              py::gil_scoped_release nogil;
+              s.set_fetch(nullptr);
+              return;
+            }
+            // The callable may be released on a native thread: take the GIL for that.
+            std::shared_ptr<py::object> holder(new py::object(std::move(fn)), [](py::object* p) {
+              py::gil_scoped_acquire gil;
+              delete p;
+            });
+            s.set_fetch([holder](const std::string& key, std::vector<uint8_t>& out) {
+              py::gil_scoped_acquire gil;
+              py::object r = (*holder)(key);
+              if (r.is_none()) return false;
+              py::buffer_info info = py::reinterpret_borrow<py::buffer>(r).request();
+              const auto* p = static_cast<const uint8_t*>(info.ptr);
+              out.assign(p, p + info.size * info.itemsize);
+              return true;
+            });
+          },
+          py::arg("fetch"),
+          "fetch(key) -> bytes-like or None: reads an object that is neither queued nor uploading.")
+      .def(
+          "next",
+          [](UploadSink& s, double timeout) -> py::object {
+            UploadSink::Item item;
+            bool got;
+            {
+              py::gil_scoped_release nogil;
+              got = s.next(timeout, item);
+            }
+            if (!got) return py::none();
+            // Zero-copy view of the encoded bytes; the capsule keeps them alive.
+            auto* keep = new UploadSink::Data(item.data);
+            py::capsule owner(keep, [](void* p) { delete static_cast<UploadSink::Data*>(p); });
+            py::array_t<uint8_t> view({static_cast<py::ssize_t>((*keep)->size())}, {1},
+                                      (*keep)->data(), owner);
+            view.attr("flags").attr("writeable") = false;
+            return py::make_tuple(item.id, item.key, view);
+          },
+          py::arg("timeout"), "(id, key, uint8 array) of the next object to upload, or None on timeout/close.")
+      .def("done", &UploadSink::done, py::arg("id"), py::arg("error") = std::string())
+      .def("wait_idle", &UploadSink::wait_idle, py::arg("timeout"), py::call_guard<py::gil_scoped_release>())
+      .def("take_errors", &UploadSink::take_errors)
+      .def("close", &UploadSink::close, py::call_guard<py::gil_scoped_release>())
+      .def("stats", [](const UploadSink& s) {
+        auto st = s.stats();
+        py::dict d;
+        d["objects_uploaded"] = st.objects_uploaded;
+        d["bytes_uploaded"] = st.bytes_uploaded;
+        d["objects_failed"] = st.objects_failed;
+        d["objects_coalesced"] = st.objects_coalesced;
+        d["queued_bytes"] = st.queued_bytes;
+        d["peak_queued_bytes"] = st.peak_queued_bytes;
+        d["queued_objects"] = st.queued_objects;
+        d["in_flight"] = st.in_flight;
+        d["backpressure_wait_seconds"] = st.backpressure_wait_seconds;
+        return d;
+      });
 
   py::class_<MemorySink, Sink, std::shared_ptr<MemorySink>>(m, "MemorySink")
       .def(py::init<>())

@@ -12,6 +12,7 @@ from e2fastio.errors import (
     CoordinateError,
     E2FastIOError,
     UnknownDimensionError,
+    UploadError,
 )
 from e2fastio.info import info
 from e2fastio.netcdf_backend import NetCDF4Backend
@@ -26,6 +27,7 @@ __all__ = [
     "E2FastIOError",
     "NetCDF4Backend",
     "UnknownDimensionError",
+    "UploadError",
     "ZarrBackend",
     "__version__",
     "_core",

@@ -12,7 +12,7 @@ import numpy as np
 import zarr
 import zarr.storage
 
-from e2fastio import _data
+from e2fastio import _data, _stores
 from e2fastio.errors import CoordinateError
 from e2fastio.zarr_backend import ZarrBackend
 
@@ -38,12 +38,14 @@ class AsyncZarrBackend:
         Coordinates written slice by slice (e.g. ``time``, ``lead_time``):
         arrays get chunk size 1 along them and the full values up front.
     fs_factory : callable, optional
-        Not supported yet (remote stores land with the S3 issue): raises.
+        Deprecated (warns): a factory of an asynchronous fsspec filesystem,
+        e.g. ``functools.partial(s3fs.S3FileSystem, asynchronous=True, ...)``;
+        `file_name` is then the path inside it. Prefer `store`.
     blocking : bool
         ``True``: ``write`` returns when the data is stored.
     pool_size : int
-        Accepted for compatibility (Earth2Studio's async loop count); the
-        native encoder threads are set by ``threads``.
+        Uploads in flight at once for object stores (Earth2Studio's loop
+        count); the native encoder threads are set by ``threads``.
     async_timeout : float
         Seconds ``flush``/``close`` wait for pending writes before raising
         ``TimeoutError``.
@@ -57,14 +59,19 @@ class AsyncZarrBackend:
         Not supported yet (sharding): a non-empty value raises.
     max_inflight_shards : int
         Accepted for compatibility (sharding).
-    store : str | zarr Store, optional
-        ``"memory://"`` or a ``zarr.storage.MemoryStore`` for an in-memory
-        store, a local path, ``file://`` URL or ``zarr.storage.LocalStore``.
-        Remote stores are not supported yet: raises.
+    store : str | obstore store | zarr Store, optional
+        Takes precedence over `file_name`: a local path or ``file://`` URL,
+        ``"memory://"``, an object-store URL (``"s3://bucket/x.zarr"``,
+        ``gs://``, ``az://``; opened with ``obstore.store.from_url``), an
+        obstore store, or any writable zarr ``Store``.
     store_kwargs : dict
-        Options of remote stores (not supported yet).
+        Options of ``obstore.store.from_url`` for a URL `store` (``endpoint``,
+        ``region``, credentials, ``client_options``, ``retry_config``).
     threads, max_buffer_bytes : optional, keyword-only
         As for :class:`e2fastio.ZarrBackend`.
+    upload_retries, upload_timeout : optional, keyword-only
+        Object stores: further attempts of a failed chunk upload (exponential
+        backoff) and seconds one attempt may take.
     """
 
     def __init__(
@@ -85,6 +92,8 @@ class AsyncZarrBackend:
         *,
         threads: int | None = None,
         max_buffer_bytes: int | None = None,
+        upload_retries: int = 6,
+        upload_timeout: float = 60.0,
     ) -> None:
         if shard_coords:
             raise ValueError(
@@ -92,13 +101,8 @@ class AsyncZarrBackend:
                 "leave shard_coords empty (plain chunks) or use earth2studio.io.AsyncZarrBackend"
             )
         if fs_factory is not None:
-            raise ValueError(
-                "fs_factory: fsspec filesystems are not supported by e2fastio yet (remote stores are "
-                "an open issue); pass file_name for a local store or store='memory://'"
-            )
-        if store_kwargs:
-            raise ValueError("store_kwargs: remote stores are not supported by e2fastio yet; leave it empty")
-        if not isinstance(pool_size, int) or pool_size < 1:
+            _stores.deprecated_fs_factory()
+        if not isinstance(pool_size, int) or isinstance(pool_size, bool) or pool_size < 1:
             raise ValueError(f"pool_size must be a positive int, got {pool_size!r}")
         if max_inflight_shards < 1:
             raise ValueError(f"max_inflight_shards must be at least 1 but got {max_inflight_shards}")
@@ -107,9 +111,25 @@ class AsyncZarrBackend:
         mode = dict(zarr_kwargs).get("mode", "a")
         if mode not in ("a", "w", "w-", "r+"):
             raise ValueError(f"zarr_kwargs['mode'] must be 'a', 'r+', 'w' or 'w-' for writing, got {mode!r}")
-        location = self._resolve(file_name, store)
-        if mode == "w-" and location is not None and os.path.exists(location):
-            raise FileExistsError(f"zarr_kwargs mode 'w-': {location} already exists")
+        if store is not None and file_name is not None:
+            logger.warning("Both file_name and store were provided; file_name is ignored and the store "
+                           "defines the output location")
+        if store is None and file_name is None:
+            raise ValueError("An output location is required: pass `store` (preferred) or `file_name`")
+        if store is None and fs_factory is None and isinstance(file_name, str) and "://" in file_name:
+            raise ValueError(f"file_name={file_name!r} is a URL: pass it as store= (with store_kwargs)")
+        options = _stores.RemoteOptions(concurrency=pool_size, retries=upload_retries, timeout=upload_timeout)
+        location = _stores.resolve(
+            store if store is not None else file_name,
+            store_kwargs=store_kwargs,
+            fs_factory=fs_factory if store is None else None,
+            options=options,
+            what="store" if store is not None else "file_name",
+        )
+        if mode == "w-" and location.local_path is not None and os.path.exists(location.local_path):
+            if location.uploader is not None:
+                location.uploader.close()
+            raise FileExistsError(f"zarr_kwargs mode 'w-': {location.local_path} already exists")
 
         self.parallel_coords: OrderedDict[str, np.ndarray] = OrderedDict()
         for key, value in _data.convert_multidim_to_singledim(parallel_coords)[0].items():
@@ -142,27 +162,6 @@ class AsyncZarrBackend:
                     f"Parallel coordinate array '{key}' already present in Zarr store but has different values "
                     "than provided array; make them the same or create a new store."
                 )
-
-    @staticmethod
-    def _resolve(file_name: str | None, store: Any) -> str | None:
-        if store is None:
-            if file_name is None:
-                raise ValueError("An output location is required: pass `store` (preferred) or `file_name`")
-            return os.fspath(file_name)
-        if isinstance(store, zarr.storage.MemoryStore) or store == "memory://":
-            return None
-        if isinstance(store, zarr.storage.LocalStore):
-            return str(store.root)
-        if isinstance(store, (str, os.PathLike)):
-            s = os.fspath(store)
-            if s.startswith("file://"):
-                return s[len("file://"):]
-            if "://" not in s:
-                return s
-        raise ValueError(
-            f"store={store!r}: remote and custom stores are not supported by e2fastio yet (an open issue); "
-            "use a local path, 'file://...', 'memory://', a zarr LocalStore or MemoryStore"
-        )
 
     # ------------------------------------------------------------------ attributes users reach for
     @property

@@ -42,3 +42,20 @@ class BackgroundWriteError(E2FastIOError, RuntimeError):
     original error (an ``OSError`` naming the chunk key, for example). Every
     other chunk was still stored.
     """
+
+
+class UploadError(E2FastIOError, OSError):
+    """Chunks could not be uploaded to an object store after every retry.
+
+    ``failures`` lists ``(chunk key, reason)``; every other chunk was stored.
+    Reasons never contain credentials.
+    """
+
+    def __init__(self, failures: list[tuple[str, str]]) -> None:
+        self.failures = list(failures)
+        shown = "; ".join(f"{k}: {r}" for k, r in self.failures[:3])
+        more = f" (and {len(self.failures) - 3} more)" if len(self.failures) > 3 else ""
+        super().__init__(f"{len(self.failures)} chunk(s) could not be uploaded: {shown}{more}")
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.failures,))

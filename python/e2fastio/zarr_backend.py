@@ -17,7 +17,8 @@ import zarr
 
 from e2fastio import _data
 from e2fastio._engine import EngineHandle
-from e2fastio._zarr_native import array_spec, engine_kwargs, make_store, sink_for
+from e2fastio._stores import Location, RemoteOptions, resolve
+from e2fastio._zarr_native import array_spec, engine_kwargs
 from e2fastio.errors import BackendClosedError, BackgroundWriteError, CoordinateError
 
 logger = logging.getLogger(__name__)
@@ -76,9 +77,14 @@ class ZarrBackend:
 
     Parameters
     ----------
-    file_name : str, optional
-        Directory of a local store; ``None`` keeps the store in memory
-        (a ``zarr.storage.MemoryStore`` whose mapping lives in native memory).
+    file_name : str | zarr Store | obstore store, optional
+        Where to write: a local directory (or ``file://`` URL); ``None`` or
+        ``"memory://"`` keeps the store in memory (a ``zarr.storage.MemoryStore``
+        whose mapping lives in native memory); an object-store URL such as
+        ``"s3://bucket/forecast.zarr"`` (opened with ``obstore.store.from_url``
+        and `store_kwargs`); an obstore store; or any writable zarr ``Store``.
+        Chunks for object stores are uploaded by :class:`e2fastio._stores.Uploader`
+        with bounded concurrency and retries.
     chunks : dict[str, int], optional
         Chunk size per dimension; dimensions not listed get one chunk.
     backend_kwargs : dict, optional
@@ -104,6 +110,14 @@ class ZarrBackend:
         ring (3/4 of ``max_buffer_bytes``) and returns; chunks are encoded and
         stored in the background. The caller may reuse its tensor at once.
         Errors surface at the next ``write``, ``flush`` or ``close``.
+    store_kwargs : dict, optional
+        Options of ``obstore.store.from_url`` for a URL `file_name`
+        (``endpoint``, ``region``, credentials, ``client_options``, ...).
+    upload_concurrency, upload_retries, upload_timeout : optional
+        Object stores: uploads in flight at once (default 16), further
+        attempts of a failed upload with exponential backoff (default 6), and
+        seconds one attempt may take (default 60). A chunk that still fails is
+        reported (key and reason, never credentials) as ``UploadError``.
     """
 
     def __init__(
@@ -118,6 +132,10 @@ class ZarrBackend:
         fsync: bool = False,
         direct_io: bool | None = None,
         blocking: bool = True,
+        store_kwargs: dict[str, Any] | None = None,
+        upload_concurrency: int = 16,
+        upload_retries: int = 6,
+        upload_timeout: float = 60.0,
     ) -> None:
         if not isinstance(chunks, Mapping):
             raise TypeError(f"chunks must be a dict of dimension name to chunk size, got {type(chunks).__name__}")
@@ -130,9 +148,21 @@ class ZarrBackend:
         self.flush_timeout = 600.0  # seconds flush()/close() wait for pending chunks
         ekw = engine_kwargs(threads, max_buffer_bytes)
         self._engine = EngineHandle(**ekw, ring_bytes=0 if blocking else ekw["max_buffer_bytes"] * 3 // 4)
-        self.store, memory_sink = make_store(file_name)
-        self.root = zarr.group(self.store, **dict(backend_kwargs))
-        self._sink = sink_for(self.store, memory_sink, fsync, direct_io)
+        if isinstance(file_name, Location):  # resolved by AsyncZarrBackend
+            loc = file_name
+        else:
+            options = RemoteOptions(concurrency=upload_concurrency, retries=upload_retries, timeout=upload_timeout)
+            loc = resolve(file_name, store_kwargs=store_kwargs, fsync=fsync, direct_io=direct_io, options=options)
+        self.location = loc.description
+        self.store = loc.store
+        self._sink = loc.sink
+        self._uploader = loc.uploader
+        try:
+            self.root = zarr.group(self.store, **dict(backend_kwargs))
+        except BaseException:
+            if self._uploader is not None:
+                self._uploader.close()
+            raise
         self.zarr_codecs = zarr_codecs
         self._closed = False
         if not blocking:
@@ -196,7 +226,18 @@ class ZarrBackend:
                 "the store may be slow or unreachable (flush again to keep waiting)"
             )
         self._device_refs.clear()
+        self._wait_uploads()
         self._background(engine.check)
+        if self._uploader is not None:
+            self._background(self._uploader.raise_failures)
+
+    def _wait_uploads(self) -> None:
+        if self._uploader is not None and not self._uploader.wait(self.flush_timeout):
+            st = self._uploader.stats()
+            raise TimeoutError(
+                f"{st['queued_objects'] + st['in_flight']} chunk(s) were still uploading to {self.location} after "
+                f"{self.flush_timeout:g} s (flush again to keep waiting)"
+            )
 
     def close(self) -> None:
         """Store what is pending, stop the encoder threads, release staging memory. Idempotent.
@@ -209,7 +250,11 @@ class ZarrBackend:
         try:
             self._drain()
         finally:
-            self._engine.close()
+            try:
+                if self._uploader is not None:
+                    self._uploader.close()
+            finally:
+                self._engine.close()
             with _open_lock:
                 _open_nonblocking.discard(self)
 
@@ -218,9 +263,12 @@ class ZarrBackend:
         try:
             fn()
         except Exception as err:
+            failed = self._engine.stats().get("failed_chunks", 0)
+            if self._uploader is not None:
+                failed += self._uploader.stats()["objects_failed"]
             raise BackgroundWriteError(
                 f"an earlier non-blocking write failed: {err} (every other chunk, including this "
-                f"call's, is stored; {self._engine.stats().get('failed_chunks', '?')} chunk(s) failed so far)"
+                f"call's, is stored or queued; {failed} chunk(s) failed so far)"
             ) from err
 
     @property
@@ -229,7 +277,10 @@ class ZarrBackend:
 
     def stats(self) -> dict[str, object]:
         """Counters of the native pipeline (chunks, bytes, staging memory)."""
-        return self._engine.stats()
+        out = self._engine.stats()
+        if self._uploader is not None:
+            out["uploads"] = self._uploader.stats()
+        return out
 
     def _check_open(self, what: str) -> None:
         if self._closed:
@@ -376,6 +427,9 @@ class ZarrBackend:
         engine = self._engine.get()
         if self.blocking:
             engine.write_batch(batch)
+            if self._uploader is not None:
+                self._wait_uploads()
+                self._uploader.raise_failures()
             return
         if batch:
             engine.submit(batch)
@@ -383,6 +437,8 @@ class ZarrBackend:
             self._submit_device(engine, device_batch, device_tensors)
         # An earlier write's failure surfaces here; this write is already staged and lands.
         self._background(engine.check)
+        if self._uploader is not None:
+            self._background(self._uploader.raise_failures)
 
     def _submit_device(self, engine: Any, requests: list[Any], tensors: list[Any]) -> None:
         import torch

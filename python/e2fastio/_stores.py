@@ -1,0 +1,409 @@
+"""Where a backend writes: local directories, native memory, and object stores.
+
+Local directories and the native in-memory store get a native sink (encoder
+threads store chunks themselves). Every other store (S3 and anything obstore
+reaches, fsspec filesystems, any zarr ``Store``) gets an ``UploadSink``: the
+encoder threads queue encoded chunks in it (bounded, so memory stays bounded),
+and an :class:`Uploader` sends them with bounded concurrency and retries from
+zarr-python's own event loop thread, the loop every zarr store is bound to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import re
+import threading
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+import zarr.storage
+from zarr.abc.store import Store
+from zarr.core.buffer import cpu, default_buffer_prototype
+
+from e2fastio import _core
+from e2fastio._zarr_native import NativeMemoryMapping, make_store, sink_for
+from e2fastio.errors import UploadError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_UPLOAD_QUEUE_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class RemoteOptions:
+    """How chunks reach an object store.
+
+    concurrency : uploads in flight at once.
+    retries : further attempts of a failed upload (429/5xx, timeouts, resets),
+        with exponential backoff (``backoff`` seconds doubling up to
+        ``max_backoff``, with jitter).
+    timeout : seconds one attempt may take.
+    queue_bytes : encoded bytes queued or uploading at most (backpressure).
+    """
+
+    concurrency: int = 16
+    retries: int = 6
+    timeout: float = 60.0
+    backoff: float = 0.1
+    max_backoff: float = 5.0
+    queue_bytes: int = DEFAULT_UPLOAD_QUEUE_BYTES
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.concurrency, int) or isinstance(self.concurrency, bool) or self.concurrency < 1:
+            raise ValueError(f"upload concurrency must be a positive int, got {self.concurrency!r}")
+        if not isinstance(self.retries, int) or isinstance(self.retries, bool) or self.retries < 0:
+            raise ValueError(f"upload retries must be an int >= 0, got {self.retries!r}")
+        if not isinstance(self.timeout, (int, float)) or not self.timeout > 0:
+            raise ValueError(f"upload timeout must be a positive number of seconds, got {self.timeout!r}")
+        if not isinstance(self.queue_bytes, int) or self.queue_bytes <= 0:
+            raise ValueError(f"upload queue_bytes must be a positive int, got {self.queue_bytes!r}")
+
+
+@dataclass
+class Location:
+    """A resolved output location."""
+
+    store: Store
+    sink: Any  # _core.Sink | None (None: chunks go through zarr-python)
+    description: str  # safe to show: never contains credentials
+    uploader: Uploader | None = None
+    local_path: str | None = None
+
+
+# ---------------------------------------------------------------------------- redaction
+_SECRET_NAME = re.compile(r"secret|token|password|passwd|credential|session|private|sas|key", re.I)
+_SECRET_PATTERNS = [
+    re.compile(r"(?i)(X-Amz-(?:Signature|Credential|Security-Token)=)[^&\s'\"]+"),
+    re.compile(r"(?i)(authorization:\s*)[^\r\n'\"]+"),
+    re.compile(r"(?i)(Signature=)[0-9a-f]+"),
+    re.compile(r"(//)[^/@\s:]+:[^/@\s]+@"),  # user:password@ in URLs
+]
+
+
+class Redactor:
+    """Removes known secret values (and signature-like patterns) from messages."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self.secrets = sorted({s for s in secrets if isinstance(s, str) and len(s) >= 4}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for s in self.secrets:
+            text = text.replace(s, "***")
+        for p in _SECRET_PATTERNS:
+            text = p.sub(lambda m: m.group(1) + "***" + ("@" if m.group(0).endswith("@") else ""), text)
+        return text
+
+
+def _secret_values(options: Any) -> list[str]:
+    """String values of options whose names look secret (nested dicts included)."""
+    out: list[str] = []
+    if isinstance(options, dict):
+        for k, v in options.items():
+            if isinstance(v, dict):
+                out += _secret_values(v)
+            elif isinstance(v, str) and _SECRET_NAME.search(str(k)) and not re.search(r"id$", str(k), re.I):
+                out.append(v)
+    return out
+
+
+def _url_without_userinfo(url: str) -> str:
+    return re.sub(r"(//)[^/@\s]+@", r"\1", url)
+
+
+# ---------------------------------------------------------------------------- resolution
+def _is_obstore_store(obj: Any) -> bool:
+    return type(obj).__module__.split(".")[0] == "obstore"
+
+
+def _obstore_defaults(options: RemoteOptions, url: str, given: dict[str, Any]) -> dict[str, Any]:
+    """Client options for stores we build: bounded time per request; our retry loop on top."""
+    from datetime import timedelta
+
+    defaults: dict[str, Any] = {
+        "client_options": {"timeout": f"{options.timeout:g}s", "connect_timeout": f"{min(options.timeout, 10):g}s"},
+        # obstore's own retries cover metadata requests (zarr.json, coordinates);
+        # chunk uploads are retried by the Uploader as well.
+        "retry_config": {
+            "max_retries": max(1, options.retries),
+            "backoff": {
+                "init_backoff": timedelta(seconds=options.backoff),
+                "max_backoff": timedelta(seconds=options.max_backoff),
+                "base": 2.0,
+            },
+            "retry_timeout": timedelta(seconds=max(options.timeout, 1.0)),
+        },
+    }
+    endpoints = [url] + [str(v) for k, v in given.items() if "endpoint" in str(k).lower()]
+    if any(e.startswith("http://") for e in endpoints):  # a plain-HTTP endpoint was asked for explicitly
+        defaults["client_options"]["allow_http"] = True
+    return defaults
+
+
+def _merge(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    out = dict(defaults)
+    for k, v in given.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = {**out[k], **v}
+        else:
+            out[k] = v
+    return out
+
+
+def resolve(
+    location: Any,
+    *,
+    store_kwargs: dict[str, Any] | None = None,
+    fs_factory: Callable[..., Any] | None = None,
+    fsync: bool = False,
+    direct_io: bool | None = None,
+    options: RemoteOptions | None = None,
+    what: str = "file_name",
+) -> Location:
+    """Turn a user's output location into a zarr store plus the sink for its chunks.
+
+    `location` is None (native in-memory store), a local path or ``file://``
+    URL, ``memory://``, an object-store URL (``s3://bucket/path.zarr``,
+    ``gs://``, ``az://``, ``http(s)://``; opened with ``obstore.store.from_url``
+    and `store_kwargs`), an obstore store, or a zarr ``Store``. With
+    `fs_factory` (an fsspec filesystem factory, deprecated) `location` is the
+    path inside that filesystem.
+    """
+    options = options or RemoteOptions()
+    store_kwargs = dict(store_kwargs or {})
+    if not isinstance(store_kwargs, dict):
+        raise TypeError(f"store_kwargs must be a dict, got {type(store_kwargs).__name__}")
+    redact = Redactor(_secret_values(store_kwargs))
+
+    if fs_factory is not None:
+        if not callable(fs_factory):
+            raise TypeError("fs_factory must be a callable that returns an fsspec filesystem")
+        if not isinstance(location, (str, os.PathLike)):
+            raise ValueError(f"{what}: with fs_factory, pass the path inside the filesystem (a str)")
+        kw = getattr(fs_factory, "keywords", None) or {}
+        redact = Redactor(redact.secrets + _secret_values(kw) + [v for k, v in kw.items() if k in ("key", "secret", "token")
+                                                                 and isinstance(v, str)])
+        fs = fs_factory()
+        import fsspec
+
+        if not isinstance(fs, fsspec.AbstractFileSystem):
+            raise TypeError(f"fs_factory must return an fsspec filesystem, it returned {type(fs).__name__}")
+        protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+        path = os.fspath(location)
+        if "file" in protocols or "local" in protocols:
+            return resolve(path, fsync=fsync, direct_io=direct_io, options=options, what=what)
+        if "memory" in protocols:
+            return resolve(None, options=options, what=what)
+        if not getattr(fs, "asynchronous", False):
+            raise TypeError(
+                f"fs_factory returned a synchronous {type(fs).__name__}; pass asynchronous=True "
+                "(for example functools.partial(s3fs.S3FileSystem, asynchronous=True, ...)), or use store="
+            )
+        zstore = zarr.storage.FsspecStore(fs, path=path, read_only=False)
+        return _remote(zstore, f"{protocols[0]}://{path.lstrip('/')}", options, redact)
+
+    if location is None:
+        store, sink = make_store(None)
+        return Location(store, sink, "memory")
+    if isinstance(location, (str, os.PathLike)):
+        s = os.fspath(location)
+        if s.startswith("file://"):
+            s = s[len("file://"):]
+        elif s.rstrip("/") in ("memory:", "memory:/", "memory://") or s == "memory:///":
+            if store_kwargs:
+                raise ValueError("store_kwargs: the in-memory store takes no options; leave it empty")
+            return resolve(None, options=options, what=what)
+        if "://" not in s:
+            if store_kwargs:
+                raise ValueError(f"store_kwargs only applies to remote store URLs; {what}={s!r} is a local path")
+            if not s:
+                raise ValueError(f"{what} must not be empty: pass a directory, a URL, or None for memory")
+            store, _ = make_store(s)
+            return Location(store, sink_for(store, None, fsync, direct_io), s, local_path=s)
+        import obstore.store
+
+        safe = _url_without_userinfo(s)
+        try:
+            obs = obstore.store.from_url(s, **_merge(_obstore_defaults(options, s, store_kwargs), store_kwargs))
+        except Exception as err:
+            raise ValueError(
+                f"{what}={safe!r}: obstore could not open this URL with the given store_kwargs: "
+                f"{redact(str(err))}"
+            ) from None
+        return _remote(zarr.storage.ObjectStore(obs, read_only=False), safe, options, redact)
+    if store_kwargs:
+        raise ValueError(
+            "store_kwargs only applies when the store is a URL string; configure the store instance directly"
+        )
+    if _is_obstore_store(location):
+        return _remote(zarr.storage.ObjectStore(location, read_only=False), _describe_obstore(location), options, redact)
+    if isinstance(location, Store):
+        if location.read_only:
+            raise ValueError(f"{what}: the zarr store is read-only; the backend needs a writable store")
+        if isinstance(location, zarr.storage.LocalStore):
+            return Location(location, sink_for(location, None, fsync, direct_io), str(location.root),
+                            local_path=str(location.root))
+        if isinstance(location, zarr.storage.MemoryStore) and isinstance(location._store_dict, NativeMemoryMapping):
+            return Location(location, location._store_dict.sink, "memory")
+        return _remote(location, f"{type(location).__name__}", options, redact)
+    raise TypeError(
+        f"{what}={location!r}: expected a local path, a URL (s3://..., memory://, file://...), "
+        "an obstore store or a zarr Store"
+    )
+
+
+def _describe_obstore(store: Any) -> str:
+    for attr in ("url",):
+        v = getattr(store, attr, None)
+        if isinstance(v, str):
+            return _url_without_userinfo(v)
+    prefix = getattr(store, "prefix", None)
+    return f"{type(store).__name__}" + (f" {prefix}" if prefix else "")
+
+
+def _remote(store: Store, description: str, options: RemoteOptions, redact: Redactor) -> Location:
+    sink = _core.UploadSink(options.queue_bytes, description)
+    uploader = Uploader(store, sink, options, redact, description)
+    uploader.start()
+    return Location(store, sink, description, uploader=uploader)
+
+
+# ---------------------------------------------------------------------------- uploads
+def _permanent(err: BaseException) -> bool:
+    """Errors that another attempt cannot fix (credentials, missing bucket, bad arguments)."""
+    if isinstance(err, (PermissionError, FileNotFoundError, NotADirectoryError, ValueError, TypeError)):
+        return True
+    name = type(err).__name__
+    return name in ("PermissionDeniedError", "UnauthenticatedError", "NotFoundError", "InvalidPathError",
+                    "NotSupportedError", "UnknownConfigurationKeyError")
+
+
+class Uploader:
+    """Sends the encoded chunks queued in an ``UploadSink`` to a zarr store.
+
+    One feeder thread (``e2fastio-upload``) takes chunks from the sink (GIL
+    released while it waits) and starts one coroutine per chunk on
+    zarr-python's event loop, at most ``options.concurrency`` at once. Each
+    attempt is bounded by ``options.timeout``; failures are retried with
+    exponential backoff, and a chunk that still fails is recorded in the sink
+    (key and reason, credentials redacted) for the backend to raise.
+    """
+
+    def __init__(self, store: Store, sink: Any, options: RemoteOptions, redact: Redactor, description: str) -> None:
+        from zarr.core.sync import _get_loop
+
+        self.store = store
+        self.sink = sink
+        self.options = options
+        self.redact = redact
+        self.description = description
+        self.retries_done = 0
+        self._loop = _get_loop()
+        self._slots = threading.Semaphore(options.concurrency)
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._thread_lock = threading.Lock()
+        sink.set_fetch(self._fetch)
+
+    def start(self) -> None:
+        with self._thread_lock:
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._feed, name="e2fastio-upload", daemon=True)
+                self._thread.start()
+
+    # -- feeder thread
+    def _feed(self) -> None:
+        while True:
+            self._slots.acquire()
+            item = self.sink.next(0.2)
+            if item is None:
+                self._slots.release()
+                if self._closed:
+                    return
+                continue
+            try:
+                asyncio.run_coroutine_threadsafe(self._upload(*item), self._loop)
+            except RuntimeError as err:  # the loop is gone (interpreter exit)
+                self.sink.done(item[0], f"upload not started: {err}")
+                self._slots.release()
+
+    # -- zarr's event loop
+    async def _upload(self, ident: int, key: str, data: np.ndarray) -> None:
+        error = ""
+        try:
+            error = await self._put_with_retries(key, data)
+        except BaseException as err:  # noqa: BLE001 - recorded, raised by the backend
+            error = self.redact(f"{type(err).__name__}: {err}")
+        finally:
+            try:
+                self.sink.done(ident, error)
+            finally:
+                self._slots.release()
+
+    async def _put_with_retries(self, key: str, data: np.ndarray) -> str:
+        buf = cpu.Buffer.from_array_like(data)
+        o = self.options
+        for attempt in range(o.retries + 1):
+            try:
+                await asyncio.wait_for(self.store.set(key, buf), timeout=o.timeout)
+                return ""
+            except asyncio.CancelledError:
+                raise
+            except BaseException as err:  # noqa: BLE001
+                if isinstance(err, asyncio.TimeoutError):
+                    reason = f"no answer within {o.timeout:g} s"
+                else:
+                    reason = f"{type(err).__name__}: {err}"
+                if _permanent(err) or attempt == o.retries:
+                    tries = f"after {attempt + 1} attempt(s)" if not _permanent(err) else "(not retried)"
+                    return self.redact(f"upload to {self.description} failed {tries}: {reason}")
+                self.retries_done += 1
+                delay = min(o.max_backoff, o.backoff * (2**attempt))
+                logger.debug("retrying %s in %.2f s: %s", key, delay, self.redact(reason))
+                await asyncio.sleep(delay * (0.5 + random.random() / 2))
+        return "unreachable"  # pragma: no cover
+
+    # -- encoder threads (partial-chunk merges), with the GIL
+    def _fetch(self, key: str) -> Any:
+        from zarr.core.sync import sync
+
+        value = sync(self.store.get(key, prototype=default_buffer_prototype()))
+        return None if value is None else value.as_numpy_array()
+
+    # -- backend
+    def wait(self, timeout: float) -> bool:
+        """Wait until every queued chunk was uploaded or failed."""
+        return bool(self.sink.wait_idle(timeout))
+
+    def raise_failures(self) -> None:
+        """Raise UploadError for chunks whose upload failed since the last call."""
+        failures = self.sink.take_errors()
+        if failures:
+            raise UploadError(failures)
+
+    def close(self) -> None:
+        """Stop the feeder thread after the queue is empty (call wait() first to upload everything)."""
+        self._closed = True
+        self.sink.close()
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join()
+        self.sink.set_fetch(None)
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.sink.stats(), "retries": self.retries_done, "concurrency": self.options.concurrency}
+
+
+def deprecated_fs_factory(stacklevel: int = 3) -> None:
+    warnings.warn(
+        "fs_factory is deprecated: pass the output location as store= (a path, an s3:// URL with "
+        "store_kwargs, an obstore store or a zarr store)",
+        FutureWarning,
+        stacklevel=stacklevel,
+    )
