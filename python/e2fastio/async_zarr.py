@@ -72,6 +72,8 @@ class AsyncZarrBackend:
     upload_retries, upload_timeout : optional, keyword-only
         Object stores: further attempts of a failed chunk upload (exponential
         backoff) and seconds one attempt may take.
+    process_group, distributed_timeout, consolidate_metadata : optional, keyword-only
+        Multi-rank writes into one store, as for :class:`e2fastio.ZarrBackend`.
     """
 
     def __init__(
@@ -94,6 +96,9 @@ class AsyncZarrBackend:
         max_buffer_bytes: int | None = None,
         upload_retries: int = 6,
         upload_timeout: float = 60.0,
+        process_group: Any = None,
+        distributed_timeout: float = 600.0,
+        consolidate_metadata: bool = False,
     ) -> None:
         if shard_coords:
             raise ValueError(
@@ -153,7 +158,8 @@ class AsyncZarrBackend:
         chunks = {k: 1 for k in self.parallel_coords} | self.chunked_coords
         self._z = ZarrBackend(location, chunks=chunks, backend_kwargs={"overwrite": mode == "w"},
                               zarr_codecs=zarr_codecs, threads=threads, max_buffer_bytes=max_buffer_bytes,
-                              blocking=blocking)
+                              blocking=blocking, process_group=process_group,
+                              distributed_timeout=distributed_timeout, consolidate_metadata=consolidate_metadata)
         self._z.flush_timeout = self.async_timeout
         # Parallel coordinates already in the store must hold the same values.
         for key, value in self.parallel_coords.items():
@@ -192,8 +198,8 @@ class AsyncZarrBackend:
     def __enter__(self) -> AsyncZarrBackend:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._z.__exit__(exc_type, exc, tb)
 
     def stats(self) -> dict[str, object]:
         return self._z.stats()
@@ -258,7 +264,7 @@ class AsyncZarrBackend:
                 )
         full = self._array_coords(coords)
         for xi, name in zip(xs, names):
-            if _data.check_array_name(name) and name not in self._z:
+            if _data.check_array_name(name) and name not in self._z and self._z._coord is None:
                 # dtype only: a CUDA tensor stays on its device (no host copy here)
                 self._z.add_array(full, name, dtype=_data.to_input(xi, True, "x").dtype)
         self._z.write(xs, coords, names)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+import zarr.abc.store
 import zarr.storage
 
 from e2fastio._data import as_list, convert_multidim_to_singledim, to_host_array
@@ -22,9 +23,12 @@ from e2fastio._data import as_list, convert_multidim_to_singledim, to_host_array
 class PythonZarrBackend:
     """Minimal pure-Python Zarr v3 IOBackend (add_array / write), the Earth2Studio way."""
 
-    def __init__(self, file_name: str | os.PathLike[str] | None = None, chunks: Mapping[str, int] | None = None,
-                 zarr_codecs: Any = None) -> None:
-        self.store = zarr.storage.MemoryStore() if file_name is None else zarr.storage.LocalStore(os.fspath(file_name))
+    def __init__(self, file_name: str | os.PathLike[str] | zarr.abc.store.Store | None = None,
+                 chunks: Mapping[str, int] | None = None, zarr_codecs: Any = None) -> None:
+        if isinstance(file_name, zarr.abc.store.Store):  # e.g. an ObjectStore or FsspecStore
+            self.store = file_name
+        else:
+            self.store = zarr.storage.MemoryStore() if file_name is None else zarr.storage.LocalStore(os.fspath(file_name))
         self.root = zarr.group(self.store, overwrite=True)
         self.chunks = dict(chunks or {})
         self.zarr_codecs = zarr_codecs

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from e2fastio import _data
+from e2fastio import _data, _distributed
 from e2fastio._engine import EngineHandle
 from e2fastio._stores import Location, RemoteOptions, resolve
 from e2fastio._zarr_native import array_spec, engine_kwargs
@@ -118,6 +118,18 @@ class ZarrBackend:
         attempts of a failed upload with exponential backoff (default 6), and
         seconds one attempt may take (default 60). A chunk that still fails is
         reported (key and reason, never credentials) as ``UploadError``.
+    process_group : torch.distributed ProcessGroup | False, optional
+        Several ranks writing one store. ``None`` (default): the default group
+        when ``torch.distributed`` is initialised with more than one rank;
+        ``False``: no coordination. Rank 0 creates the group and the arrays
+        (``add_array`` is collective and checks that every rank passes the
+        same coordinates); each rank writes only whole chunks of its own part;
+        ``close`` is collective. See ``e2fastio._distributed``.
+    distributed_timeout : float, optional
+        Seconds a collective step waits for the other ranks (default 600);
+        a rank that never arrives is named in the error.
+    consolidate_metadata : bool, optional
+        At ``close``, write consolidated metadata (rank 0 in a multi-rank run).
     """
 
     def __init__(
@@ -136,6 +148,9 @@ class ZarrBackend:
         upload_concurrency: int = 16,
         upload_retries: int = 6,
         upload_timeout: float = 60.0,
+        process_group: Any = None,
+        distributed_timeout: float = 600.0,
+        consolidate_metadata: bool = False,
     ) -> None:
         if not isinstance(chunks, Mapping):
             raise TypeError(f"chunks must be a dict of dimension name to chunk size, got {type(chunks).__name__}")
@@ -157,8 +172,27 @@ class ZarrBackend:
         self.store = loc.store
         self._sink = loc.sink
         self._uploader = loc.uploader
+        self.consolidate_metadata = bool(consolidate_metadata)
         try:
-            self.root = zarr.group(self.store, **dict(backend_kwargs))
+            group = _distributed.resolve_group(process_group)
+            self._coord = _distributed.Coordinator(group, distributed_timeout) if group is not None else None
+            if self._coord is None:
+                self.root = zarr.group(self.store, **dict(backend_kwargs))
+            else:  # rank 0 creates (or overwrites) the root group; the others open it after
+                failure = None
+                if self._coord.is_root:
+                    try:
+                        self.root = zarr.group(self.store, **dict(backend_kwargs))
+                    except Exception as err:
+                        failure = err
+                said = self._coord.broadcast(None if failure is None else f"{type(failure).__name__}: {failure}",
+                                             "opening the store")
+                if failure is not None:
+                    raise failure
+                if said is not None:
+                    raise _distributed.DistributedError(f"rank 0 could not create the store: {said}")
+                if not self._coord.is_root:
+                    self.root = zarr.open_group(self.store, mode="r+")
         except BaseException:
             if self._uploader is not None:
                 self._uploader.close()
@@ -208,8 +242,8 @@ class ZarrBackend:
     def __enter__(self) -> ZarrBackend:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._close(exc if isinstance(exc, Exception) else None)
 
     def flush(self) -> None:
         """Wait until every write so far is stored; raise a background error if one occurred."""
@@ -244,11 +278,17 @@ class ZarrBackend:
 
         Raises the first background error (after every other chunk was stored).
         """
+        self._close(None)
+
+    def _close(self, caller_error: Exception | None) -> None:
         if self._closed:
             return
         self._closed = True
+        local_error: Exception | None = None
         try:
             self._drain()
+        except Exception as err:
+            local_error = err
         finally:
             try:
                 if self._uploader is not None:
@@ -257,6 +297,18 @@ class ZarrBackend:
                 self._engine.close()
             with _open_lock:
                 _open_nonblocking.discard(self)
+        if self._coord is not None:  # collective: drain, barrier, outcomes, consolidate
+            failures = self._coord.outcomes(local_error or caller_error)
+            if not failures:
+                if self._coord.is_root and self.consolidate_metadata:
+                    zarr.consolidate_metadata(self.store)
+                self._coord.barrier("close (after consolidation)")
+            if local_error is None and caller_error is None:
+                self._coord.raise_for_others(failures)
+        elif self.consolidate_metadata and local_error is None and caller_error is None:
+            zarr.consolidate_metadata(self.store)
+        if local_error is not None:
+            raise local_error
 
     def _background(self, fn: Any) -> None:
         """Run an engine call that may rethrow a background error; wrap it."""
@@ -310,6 +362,32 @@ class ZarrBackend:
         """
         self._check_open("add_array")
         names, host = _data.add_array_inputs(array_name, data)
+        if self._coord is None:
+            self._add_array(coords, names, host, kwargs)
+            return
+        c = self._coord
+        c.agree_on_arrays(coords, names, kwargs.get("dtype", host[0].dtype if host and host[0] is not None else None))
+        failure = None
+        if c.is_root:
+            try:
+                self._add_array(coords, names, host, kwargs)
+            except Exception as err:
+                failure = err
+        said = c.broadcast(None if failure is None else f"{type(failure).__name__}: {failure}", "add_array")
+        if failure is not None:
+            raise failure
+        if said is not None:
+            raise _distributed.DistributedError(f"rank {c.rank}: rank 0 could not create {names}: {said}")
+        if not c.is_root:  # adopt what rank 0 created
+            adjusted, _ = _data.convert_multidim_to_singledim(coords)
+            for dim in adjusted:
+                if dim not in self.coords:
+                    self.coords[dim] = self.root[dim][:]
+                    self._selector.forget(dim)
+            for name in names:
+                self._targets.pop(name, None)
+
+    def _add_array(self, coords: CoordSystem, names: list[str], host: list[Any], kwargs: dict[str, Any]) -> None:
         dtype_kw = kwargs.pop("dtype", None)
         kwargs.setdefault("fill_value", None)
         kwargs.setdefault("compressors", self.zarr_codecs)
@@ -401,7 +479,16 @@ class ZarrBackend:
             planned.append((name, arr))
         for name, _ in planned:
             if not self._has_array(name):
+                if self._coord is not None:
+                    raise _distributed.DistributedError(
+                        f"rank {self._coord.rank}: array {name!r} does not exist; in a multi-rank run create "
+                        "arrays with add_array (called on every rank) before writing"
+                    )
                 self.add_array(adjusted, name)
+        if self._coord is not None:  # before any data moves
+            for name, _ in planned:
+                t = self._target(name)
+                _distributed.check_whole_chunks(self._coord.rank, name, t.dims, t.array.shape, t.array.chunks, index)
         self._write_arrays([(name, arr, index) for name, arr in planned])
 
     def _write_arrays(self, items: list[tuple[str, Any, list[np.ndarray]]]) -> None:

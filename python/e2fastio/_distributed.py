@@ -1,0 +1,194 @@
+"""Many ranks, one store: coordination over ``torch.distributed``.
+
+e2fastio adds no launcher: it uses the process group the job already has
+(torchrun, SLURM, ``torch.multiprocessing``). All coordination is metadata
+only (a few small pickled objects per ``add_array``/``close``); data never
+leaves the rank that produced it.
+
+- Rank 0 creates the group, coordinate arrays and array metadata; the others
+  wait on a barrier and then open the store.
+- ``add_array`` is collective: every rank's coordinates are compared with rank
+  0's first, and a mismatch is raised on every rank, naming rank and coordinate.
+- Writes are local. A rank may only write whole chunks: a write that covers
+  part of a chunk would need a read-modify-write that races with any other
+  rank writing the rest of it, so it is refused before any data moves, with
+  the chunk size that fixes it.
+- ``close`` is collective: drain, a barrier that names ranks that never
+  arrive (a crashed rank gives an error within ``timeout``, not a hang), an
+  exchange of each rank's outcome (a rank that failed is named on all the
+  others), then rank 0 consolidates metadata when asked.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from e2fastio.errors import CoordinateError, E2FastIOError
+
+
+class DistributedError(E2FastIOError, RuntimeError):
+    """Another rank failed, disagreed, or did not arrive in time."""
+
+
+class ChunkOwnershipError(E2FastIOError, ValueError):
+    """A write would make ranks share a chunk (refused before any data moved)."""
+
+
+def resolve_group(process_group: Any) -> Any:
+    """The group a backend coordinates over, or None for single-process behaviour.
+
+    ``None`` (default): the default group when ``torch.distributed`` is
+    initialised with more than one rank; ``False``: no coordination (each
+    process writes its own store); otherwise a ``ProcessGroup``.
+    """
+    if process_group is False:
+        return None
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover - torch without distributed
+        if process_group is not None:
+            raise ValueError("process_group: torch.distributed is not available in this torch build") from None
+        return None
+    if process_group is None:
+        if not (dist.is_available() and dist.is_initialized()):
+            return None
+        process_group = dist.group.WORLD
+    elif not (dist.is_available() and dist.is_initialized()):
+        raise ValueError("process_group was given but torch.distributed is not initialised; "
+                         "call torch.distributed.init_process_group first")
+    if dist.get_world_size(process_group) <= 1:
+        return None
+    return process_group
+
+
+class Coordinator:
+    """Collective steps of one backend over a process group (gloo for metadata)."""
+
+    def __init__(self, group: Any, timeout: float) -> None:
+        import torch.distributed as dist
+
+        if not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"distributed_timeout must be a positive number of seconds, got {timeout!r}")
+        self.dist = dist
+        self.timeout = float(timeout)
+        self.rank = dist.get_rank(group)
+        self.size = dist.get_world_size(group)
+        # Metadata exchanges run on CPU: over gloo. A NCCL group gets a gloo twin
+        # (created collectively here, as every rank constructs the backend).
+        if dist.get_backend(group) == "gloo":
+            self.group = group
+        else:
+            ranks = dist.get_process_group_ranks(group)
+            self.group = dist.new_group(ranks=ranks, backend="gloo",
+                                        timeout=datetime.timedelta(seconds=self.timeout))
+        self.failure: str | None = None  # this rank's first failure, reported at close
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self, what: str) -> None:
+        """A barrier that names the ranks that do not arrive within the timeout."""
+        try:
+            self.dist.monitored_barrier(self.group, timeout=datetime.timedelta(seconds=self.timeout),
+                                        wait_all_ranks=True)
+        except RuntimeError as err:
+            raise DistributedError(
+                f"rank {self.rank}: {what}: not every rank arrived within {self.timeout:g} s "
+                f"(a rank crashed, hangs, or did not call it): {err}"
+            ) from err
+
+    def gather(self, obj: Any, what: str) -> list[Any]:
+        """Every rank's `obj` (after a monitored barrier, so a dead rank cannot hang us)."""
+        self.barrier(what)
+        out: list[Any] = [None] * self.size
+        self.dist.all_gather_object(out, obj, group=self.group)
+        return out
+
+    def broadcast(self, obj: Any, what: str) -> Any:
+        self.barrier(what)
+        box = [obj if self.is_root else None]
+        self.dist.broadcast_object_list(box, src=self.dist.get_global_rank(self.group, 0), group=self.group)
+        return box[0]
+
+    # ------------------------------------------------------------------ add_array
+    def agree_on_arrays(self, coords: Mapping[str, Any], names: Sequence[str], dtype: Any) -> None:
+        """Raise on every rank unless all ranks pass the same coordinates, names and dtype."""
+        mine = {"names": list(names), "dtype": str(np.dtype(dtype)) if dtype is not None else None,
+                "dims": list(coords), "coords": {k: _digest(v) for k, v in coords.items()}}
+        every = self.gather(mine, "add_array")
+        ref = every[0]
+        for r, other in enumerate(every):
+            if other == ref:
+                continue
+            if other["names"] != ref["names"]:
+                problem = f"array names {other['names']} (rank 0: {ref['names']})"
+            elif other["dims"] != ref["dims"]:
+                problem = f"dimensions {other['dims']} (rank 0: {ref['dims']})"
+            elif other["dtype"] != ref["dtype"]:
+                problem = f"dtype {other['dtype']} (rank 0: {ref['dtype']})"
+            else:
+                bad = next(k for k in ref["coords"] if other["coords"][k] != ref["coords"][k])
+                problem = (f"coordinate {bad!r}: {other['coords'][bad][0]} values, digest "
+                           f"{other['coords'][bad][1][:12]} (rank 0: {ref['coords'][bad][0]} values, "
+                           f"{ref['coords'][bad][1][:12]})")
+            raise CoordinateError(
+                f"add_array({ref['names']}) must be called with the same arguments on every rank, but rank {r} "
+                f"passed different {problem}; pass the full coordinates on every rank and write each rank's "
+                "part with write()"
+            )
+
+    # ------------------------------------------------------------------ close
+    def outcomes(self, local_error: BaseException | None) -> list[tuple[int, str]]:
+        """Collective: (rank, error) of every rank that failed; the same list on every rank."""
+        mine = None
+        if local_error is not None:
+            mine = f"{type(local_error).__name__}: {local_error}"
+        elif self.failure is not None:
+            mine = self.failure
+        every = self.gather(mine, "close")
+        return [(r, e) for r, e in enumerate(every) if e is not None]
+
+    def raise_for_others(self, failures: list[tuple[int, str]]) -> None:
+        others = [(r, e) for r, e in failures if r != self.rank]
+        if others:
+            shown = "; ".join(f"rank {r}: {e}" for r, e in others[:4])
+            raise DistributedError(f"rank {self.rank}: the store is incomplete because other rank(s) failed: {shown}")
+
+
+def _digest(values: Any) -> tuple[int, str]:
+    a = np.ascontiguousarray(np.asarray(values))
+    h = hashlib.sha1(str(a.dtype).encode())
+    h.update(a.tobytes() if a.dtype.kind != "O" else repr(a.tolist()).encode())
+    return int(a.size), h.hexdigest()
+
+
+def check_whole_chunks(
+    rank: int, array: str, dims: Sequence[str], shape: Sequence[int], chunks: Sequence[int],
+    index: Sequence[np.ndarray],
+) -> None:
+    """Refuse a write that covers only part of a chunk (another rank may own the rest)."""
+    for d, (dim, n, c, idx) in enumerate(zip(dims, shape, chunks, index)):
+        if c <= 1 or len(idx) == 0:
+            continue
+        idx = np.asarray(idx)
+        touched = np.unique(idx // c)
+        # Every touched chunk must be fully covered (the last chunk may be short).
+        need = sum(min(c, n - k * c) for k in touched)
+        if need == len(np.unique(idx)):
+            continue
+        k = int(touched[0])
+        lo, hi = int(idx.min()), int(idx.max())
+        suggest = math.gcd(lo, hi - lo + 1) if len(np.unique(idx)) == hi - lo + 1 else 1
+        raise ChunkOwnershipError(
+            f"rank {rank}: writing {array!r} at {dim} indices {lo}..{hi} covers only part of chunk {k} of {dim!r} "
+            f"(chunk size {c}); in a multi-rank run another rank may write the rest of that chunk and one of the "
+            f"two would be lost. Use chunks={{{dim!r}: {suggest}}} (a size that divides every rank's block along "
+            f"{dim!r}) so that each rank writes whole chunks. Nothing was written."
+        )

@@ -1,0 +1,134 @@
+"""Rank programs for tests/test_distributed.py (run in spawned processes, real gloo groups).
+
+Each rank writes ``<out>/rank<r>.json`` with what happened, so the test can
+check every rank's outcome, including ranks that were expected to fail.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import time
+import traceback
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+MEMBERS, STEPS, NLAT, NLON = 8, 3, 24, 48
+VARS = ["t2m", "tcwv"]
+
+
+def coords() -> OrderedDict[str, np.ndarray]:
+    return OrderedDict(
+        ensemble=np.arange(MEMBERS),
+        time=np.array(["2022-12-20T00"], dtype="datetime64[ns]"),
+        lead_time=(np.arange(STEPS) * np.timedelta64(6, "h")).astype("timedelta64[ns]"),
+        lat=np.linspace(90, -90, NLAT),
+        lon=np.linspace(0, 360, NLON, endpoint=False),
+    )
+
+
+def field(members: np.ndarray, step: int, var: int) -> np.ndarray:
+    """Deterministic data of some members at one step (what a model would produce)."""
+    out = np.empty((len(members), 1, 1, NLAT, NLON), np.float32)
+    for i, m in enumerate(members):
+        rng = np.random.default_rng(1000 * int(m) + 10 * step + var)
+        out[i, 0, 0] = np.round(rng.normal(280, 10, (NLAT, NLON)) * 256) / 256
+    return out
+
+
+def write_members(location: Any, members: np.ndarray, *, blocking: bool, store_kwargs: Any = None,
+                  **kw: Any) -> None:
+    """The ensemble workflow's IO: add_array up front, then one write per step of this rank's members."""
+    import zarr
+
+    from e2fastio import ZarrBackend
+
+    c = coords()
+    io = ZarrBackend(location, chunks={"ensemble": 1, "time": 1, "lead_time": 1},
+                     backend_kwargs={"overwrite": True}, blocking=blocking, store_kwargs=store_kwargs,
+                     zarr_codecs=zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), **kw)
+    with io:
+        io.add_array(c, VARS)
+        for k in range(STEPS):
+            step = OrderedDict(c)
+            step["ensemble"] = c["ensemble"][members]
+            step["lead_time"] = c["lead_time"][k : k + 1]
+            io.write([field(members, k, v) for v in range(len(VARS))], step, VARS)
+
+
+def _record(out: str, rank: int, **info: Any) -> None:
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+        json.dump(info, f)
+
+
+def _catch(fn: Any) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    try:
+        fn()
+        return {"ok": True, "seconds": time.perf_counter() - t0}
+    except Exception as err:  # noqa: BLE001 - reported to the test
+        return {"ok": False, "type": type(err).__name__, "message": str(err), "seconds": time.perf_counter() - t0,
+                "trace": traceback.format_exc()}
+
+
+def main(rank: int, world: int, init_file: str, scenario: str, out: str, args: dict[str, Any]) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+    members = np.array_split(np.arange(MEMBERS), world)[rank]
+    info: dict[str, Any] = {}
+    if scenario == "ensemble":
+        info = _catch(lambda: write_members(args["location"], members, blocking=args["blocking"],
+                                            store_kwargs=args.get("store_kwargs"),
+                                            consolidate_metadata=args.get("consolidate", False)))
+    elif scenario == "errors":
+        import zarr
+
+        from e2fastio import ZarrBackend
+
+        c = coords()
+        bad = OrderedDict(c)
+        if rank == 1:
+            bad["lat"] = bad["lat"] + 0.5
+        io = ZarrBackend(args["location"], chunks={"ensemble": 8, "lead_time": 1}, backend_kwargs={"overwrite": True},
+                         distributed_timeout=20)
+        info["mismatch"] = _catch(lambda: io.add_array(bad, "t2m"))
+        io.add_array(c, "t2m")  # the same everywhere: fine
+        step = OrderedDict(c)
+        step["ensemble"] = c["ensemble"][members]
+        step["lead_time"] = c["lead_time"][:1]
+        info["partial"] = _catch(lambda: io.write(field(members, 0, 0), step, "t2m"))
+        info["stored_after_refusal"] = int((zarr.open_group(args["location"], mode="r")["t2m"][:] != 0).sum())
+
+        def fail_on_rank1() -> None:
+            with io:
+                if rank == 1:
+                    raise RuntimeError("model blew up on rank 1")
+
+        info["failure"] = _catch(fail_on_rank1)
+        info["ok"] = True
+    elif scenario == "crash":
+        from e2fastio import ZarrBackend
+
+        def run() -> None:
+            io = ZarrBackend(args["location"], chunks={"ensemble": 1, "lead_time": 1},
+                             backend_kwargs={"overwrite": True}, distributed_timeout=args["timeout"])
+            io.add_array(coords(), VARS)
+            if rank == 1:
+                os._exit(3)  # a rank dies mid-run (no close, no goodbye)
+            step = OrderedDict(coords())
+            step["ensemble"] = step["ensemble"][members]
+            step["lead_time"] = step["lead_time"][:1]
+            io.write([field(members, 0, v) for v in range(2)], step, VARS)
+            io.close()
+
+        info = _catch(run)
+    else:
+        raise ValueError(f"unknown scenario {scenario}")
+    _record(out, rank, **info)
+    if scenario != "crash":
+        dist.destroy_process_group()
