@@ -127,8 +127,33 @@ def main(rank: int, world: int, init_file: str, scenario: str, out: str, args: d
             io.close()
 
         info = _catch(run)
+    elif scenario == "netcdf":
+        netcdf(rank, world, out, args["directory"])
+        dist.destroy_process_group()
+        return
     else:
         raise ValueError(f"unknown scenario {scenario}")
     _record(out, rank, **info)
     if scenario != "crash":
         dist.destroy_process_group()
+
+
+def netcdf(rank: int, world: int, out: str, directory: str) -> None:
+    """NetCDF4 in a multi-rank run: one file per rank with {rank}; a shared name is refused."""
+    from e2fastio import NetCDF4Backend
+
+    members = np.array_split(np.arange(MEMBERS), world)[rank]
+    info = {"shared": _catch(lambda: NetCDF4Backend(os.path.join(directory, "one.nc"), {"mode": "w"}))}
+
+    def per_rank() -> None:
+        c = coords()
+        c["ensemble"] = c["ensemble"][members]
+        with NetCDF4Backend(os.path.join(directory, "part_{rank:02d}_of_{world_size}.nc"), {"mode": "w"}) as io:
+            io.add_array(c, "t2m")
+            for k in range(STEPS):
+                step = OrderedDict(c)
+                step["lead_time"] = c["lead_time"][k : k + 1]
+                io.write(field(members, k, 0), step, "t2m")
+
+    info["per_rank"] = _catch(per_rank)
+    _record(out, rank, ok=True, **info)

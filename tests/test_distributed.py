@@ -116,3 +116,16 @@ def test_single_process_ignores_distributed_when_not_initialised(tmp_path):
         assert io._coord is None
     with pytest.raises(ValueError, match="process_group"):
         ZarrBackend(str(tmp_path / "t.zarr"), process_group=object())
+
+
+def test_netcdf_ranks_write_one_file_each_or_get_a_clear_error(tmp_path):
+    records = spawn(2, "netcdf", tmp_path, {"directory": str(tmp_path)})
+    for r in records:
+        assert not r["shared"]["ok"] and "{rank}" in r["shared"]["message"], r
+        assert r["per_rank"]["ok"], r
+    assert not (tmp_path / "one.nc").exists()
+    parts = sorted(tmp_path.glob("part_*_of_2.nc"))
+    assert [p.name for p in parts] == ["part_00_of_2.nc", "part_01_of_2.nc"]
+    ds = xr.open_mfdataset(parts, combine="nested", concat_dim="ensemble", engine="netcdf4")
+    want = np.stack([W.field(np.arange(W.MEMBERS), k, 0)[:, 0, 0] for k in range(W.STEPS)], axis=1)
+    np.testing.assert_array_equal(ds["t2m"].values[:, 0], want)

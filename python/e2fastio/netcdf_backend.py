@@ -65,6 +65,11 @@ class NetCDF4Backend:
         every dimension but the last two).
     threads, max_buffer_bytes : keyword-only
         As for :class:`e2fastio.ZarrBackend`.
+    process_group : torch.distributed ProcessGroup | False, keyword-only
+        In a multi-rank run (default: the initialised default group) each rank
+        writes its own file: `file_name` must contain ``{rank}`` (formatted
+        with ``rank`` and ``world_size``), because ranks cannot share one HDF5
+        file without MPI. ``False``: no check.
     """
 
     def __init__(
@@ -78,8 +83,10 @@ class NetCDF4Backend:
         chunks: Mapping[str, int] | None = None,
         threads: int | None = None,
         max_buffer_bytes: int | None = None,
+        process_group: Any = None,
     ) -> None:
         h5netcdf = _import_h5netcdf()
+        file_name = _per_rank_file_name(file_name, process_group)
         kw = dict(backend_kwargs)
         mode = kw.pop("mode", "r+")
         diskless = bool(kw.pop("diskless", False))
@@ -382,3 +389,30 @@ def _write_c_pieces(ds: Any, box: tuple[slice, ...], arr: np.ndarray) -> None:
     for idx in np.ndindex(*arr.shape[:lead]):
         sub = tuple(slice(b.start + i, b.start + i + 1) for b, i in zip(box[:lead], idx)) + box[lead:]
         ds[sub] = arr[idx].reshape((1,) * lead + arr.shape[lead:])
+
+
+def _per_rank_file_name(file_name: str | os.PathLike[str], process_group: Any) -> str | os.PathLike[str]:
+    """One file per rank in a multi-rank run: ``{rank}`` in the name, or a clear error.
+
+    HDF5 files cannot be written by several processes at once without an
+    MPI-enabled HDF5 (parallel HDF5 is not what netCDF4/h5py wheels ship), so
+    ranks never share a NetCDF file. ``"forecast_{rank:03d}.nc"`` gives each rank
+    its own complete NetCDF-4 file (open them together with
+    ``xarray.open_mfdataset``); ``ZarrBackend`` writes one shared store instead.
+    """
+    from e2fastio._distributed import resolve_group
+
+    group = resolve_group(process_group)
+    name = os.fspath(file_name)
+    if group is None:
+        return file_name
+    import torch.distributed as dist
+
+    rank, size = dist.get_rank(group), dist.get_world_size(group)
+    if "{rank" not in name:
+        raise ValueError(
+            f"file_name={name!r}: {size} ranks cannot write one NetCDF4 file (HDF5 needs MPI for that); put "
+            "'{rank}' in file_name for one file per rank (e.g. 'forecast_{rank:03d}.nc'), use ZarrBackend for "
+            "one shared store, or pass process_group=False if each rank already writes its own file"
+        )
+    return name.format(rank=rank, world_size=size)
