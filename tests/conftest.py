@@ -37,3 +37,58 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+# ----------------------------------------------------------------------------- S3 (loopback)
+# A real S3-compatible server (moto, in its own process) and a fault-injecting
+# proxy; see tests/s3_support.py.
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1 in a separate process, for the whole session."""
+    try:
+        import moto.server  # noqa: F401
+    except ImportError as err:
+        pytest.skip(f"moto[server] is not installed ({err}); "
+                    "pip install 'moto[server]' to run the S3 tests")
+    from s3_support import MotoServer
+
+    server = MotoServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A fresh, uniquely named bucket: (endpoint, bucket). Emptied and deleted afterwards."""
+    from s3_support import create_bucket, delete_bucket, unique_bucket_name
+
+    bucket = create_bucket(s3_server.endpoint, unique_bucket_name())
+    yield s3_server.endpoint, bucket
+    if s3_server.running:
+        try:
+            delete_bucket(s3_server.endpoint, bucket)
+        except Exception:  # cleanup only; moto keeps it in memory anyway
+            pass
+
+
+@pytest.fixture
+def fault_proxy(s3_server):
+    """Factory: fault_proxy(fail_503=..., drop=..., ...) -> a FaultProxy in front of s3_server.
+
+    Every proxy made is closed at teardown."""
+    from s3_support import FaultProxy
+
+    made = []
+
+    def make(**kwargs):
+        proxy = FaultProxy(s3_server.endpoint, **kwargs)
+        made.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in made:
+        proxy.close()
+    errors = [e for proxy in made for e in proxy.errors]
+    assert not errors, f"FaultProxy internal errors: {errors}"

@@ -129,3 +129,28 @@ def test_netcdf_ranks_write_one_file_each_or_get_a_clear_error(tmp_path):
     ds = xr.open_mfdataset(parts, combine="nested", concat_dim="ensemble", engine="netcdf4")
     want = np.stack([W.field(np.arange(W.MEMBERS), k, 0)[:, 0, 0] for k in range(W.STEPS)], axis=1)
     np.testing.assert_array_equal(ds["t2m"].values[:, 0], want)
+
+
+def test_ranks_write_one_s3_store_identical_to_one_process(tmp_path, s3_bucket):
+    import s3_support as S
+
+    endpoint, bucket = s3_bucket
+    skw = S.store_kwargs(endpoint)
+    records = spawn(2, "ensemble", tmp_path, {"location": f"s3://{bucket}/shared.zarr", "blocking": False,
+                                              "store_kwargs": skw})
+    assert all(r.get("ok") for r in records), records
+    single_process(f"s3://{bucket}/ref.zarr", store_kwargs=skw)
+    a = S.list_keys(endpoint, bucket, "shared.zarr/")
+    b = S.list_keys(endpoint, bucket, "ref.zarr/")
+    assert sorted(k.split("/", 1)[1] for k in a) == sorted(k.split("/", 1)[1] for k in b)
+    client = S.boto3_client(endpoint)
+    for key in a:
+        rest = key.split("/", 1)[1]
+        got = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        want = client.get_object(Bucket=bucket, Key=f"ref.zarr/{rest}")["Body"].read()
+        assert got == want, key  # bit for bit
+    fs = S.s3fs_filesystem(endpoint, asynchronous=True)
+    xr.testing.assert_identical(
+        xr.open_zarr(zarr.storage.FsspecStore(fs, path=f"{bucket}/shared.zarr", read_only=True), consolidated=False),
+        xr.open_zarr(zarr.storage.FsspecStore(fs, path=f"{bucket}/ref.zarr", read_only=True), consolidated=False),
+    )

@@ -11,12 +11,14 @@ zarr-python's own event loop thread, the loop every zarr store is bound to.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import random
 import re
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +36,7 @@ from e2fastio.errors import UploadError
 logger = logging.getLogger(__name__)
 
 DEFAULT_UPLOAD_QUEUE_BYTES = 256 << 20
+MULTIPART_THRESHOLD = 256 << 20  # bytes; larger objects go up in parts
 
 
 @dataclass(frozen=True)
@@ -226,9 +229,13 @@ def resolve(
                 raise ValueError(f"{what} must not be empty: pass a directory, a URL, or None for memory")
             store, _ = make_store(s)
             return Location(store, sink_for(store, None, fsync, direct_io), s, local_path=s)
-        import obstore.store
-
         safe = _url_without_userinfo(s)
+        try:
+            import obstore.store
+        except ImportError:
+            raise ImportError(
+                f"{what}={safe!r}: object-store URLs need the 'obstore' package: pip install 'e2fastio[remote]'"
+            ) from None
         try:
             obs = obstore.store.from_url(s, **_merge(_obstore_defaults(options, s, store_kwargs), store_kwargs))
         except Exception as err:
@@ -284,6 +291,21 @@ def _permanent(err: BaseException) -> bool:
                     "NotSupportedError", "UnknownConfigurationKeyError")
 
 
+_live_uploaders: weakref.WeakSet[Uploader] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_uploaders_at_exit() -> None:
+    # Registered before the backends' exit drain (so it runs after it): by now
+    # every backend that had pending chunks has stored them. A feeder thread
+    # must not be inside the core when the interpreter finalises.
+    for u in list(_live_uploaders):
+        try:
+            u.close()
+        except Exception:  # noqa: BLE001 - exit: nothing to raise to
+            pass
+
+
 class Uploader:
     """Sends the encoded chunks queued in an ``UploadSink`` to a zarr store.
 
@@ -310,6 +332,7 @@ class Uploader:
         self._thread: threading.Thread | None = None
         self._thread_lock = threading.Lock()
         sink.set_fetch(self._fetch)
+        _live_uploaders.add(self)
 
     def start(self) -> None:
         with self._thread_lock:
@@ -346,12 +369,22 @@ class Uploader:
             finally:
                 self._slots.release()
 
+    def _put(self, key: str, data: np.ndarray) -> Any:
+        """One upload attempt (a coroutine)."""
+        if isinstance(self.store, zarr.storage.ObjectStore):
+            import obstore
+
+            # One PUT per chunk: obstore would split objects over 5 MiB into a
+            # multipart upload (4+ requests); chunks are far below S3's 5 GB limit.
+            return obstore.put_async(self.store.store, key, memoryview(data),
+                                     use_multipart=data.nbytes > MULTIPART_THRESHOLD)
+        return self.store.set(key, cpu.Buffer.from_array_like(data))
+
     async def _put_with_retries(self, key: str, data: np.ndarray) -> str:
-        buf = cpu.Buffer.from_array_like(data)
         o = self.options
         for attempt in range(o.retries + 1):
             try:
-                await asyncio.wait_for(self.store.set(key, buf), timeout=o.timeout)
+                await asyncio.wait_for(self._put(key, data), timeout=o.timeout)
                 return ""
             except asyncio.CancelledError:
                 raise

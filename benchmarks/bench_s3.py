@@ -1,0 +1,231 @@
+"""Seed workload (reduced) to an S3 server: e2fastio vs zarr-python over obstore and s3fs.
+
+Starts a local S3-compatible server (moto, in its own process, on 127.0.0.1)
+unless ``--endpoint`` names one, then writes the same forecast (blosc zstd-3 +
+shuffle) through every competitor in one run, interleaved and repeated, and
+reports the median time until every object is stored (writers closed), MB/s of
+raw data, and PUT requests per second (objects stored / time).
+
+    python benchmarks/bench_s3.py               # 4 members x 8 steps x 721 x 1440 (0.27 GB raw)
+    python benchmarks/bench_s3.py --quick       # seconds, for smoke runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import zarr
+import zarr.storage
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+import common  # noqa: E402
+import s3_support  # noqa: E402  (the test suite's loopback S3 server helper)
+
+import e2fastio  # noqa: E402
+from e2fastio.baselines import PythonZarrBackend  # noqa: E402
+
+VARS = ("t2m", "tcwv")
+SIZE = dict(members=4, steps=8, nlat=721, nlon=1440)
+QUICK = dict(members=2, steps=4, nlat=181, nlon=360)
+
+
+def codec() -> Any:
+    return zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+
+
+# ----------------------------------------------------------------------------- competitors
+def run_e2fastio(w: common.Workload, env: dict[str, Any], prefix: str) -> None:
+    io = e2fastio.ZarrBackend(f"s3://{env['bucket']}/{prefix}", chunks={"time": 1, "lead_time": 1},
+                              zarr_codecs=codec(), store_kwargs=env["store_kwargs"])
+    io.add_array(w.coords, list(VARS))
+    for k in range(w.steps):
+        xs, c = w.step(k)
+        io.write(xs, c, list(VARS))
+    io.close()
+
+
+def run_e2fastio_async(w: common.Workload, env: dict[str, Any], prefix: str) -> None:
+    io = e2fastio.AsyncZarrBackend(None, parallel_coords={"lead_time": w.coords["lead_time"]},
+                                   store=f"s3://{env['bucket']}/{prefix}", store_kwargs=env["store_kwargs"],
+                                   blocking=False, pool_size=16, zarr_codecs=codec())
+    io.add_array(w.coords, list(VARS))
+    for k in range(w.steps):
+        xs, c = w.step(k)
+        io.write(xs, c, list(VARS))
+    io.close()
+
+
+def _python_zarr(store: Any, w: common.Workload) -> None:
+    """zarr-python at its best from Python: one slice assignment per array and step."""
+    io = PythonZarrBackend(store, {"time": 1, "lead_time": 1}, codec())
+    io.add_array(w.coords, list(VARS))
+    arrays = [io.root[name] for name in VARS]
+    for k in range(w.steps):
+        xs, _ = w.step(k)
+        for x, arr in zip(xs, arrays):
+            arr[:, :, k : k + 1] = x
+
+
+def run_zarr_obstore(w: common.Workload, env: dict[str, Any], prefix: str) -> None:
+    store = zarr.storage.ObjectStore(s3_support.obstore_store(env["endpoint"], env["bucket"], prefix))
+    _python_zarr(store, w)
+
+
+def run_zarr_s3fs(w: common.Workload, env: dict[str, Any], prefix: str) -> None:
+    fs = s3_support.s3fs_filesystem(env["endpoint"], asynchronous=True)
+    _python_zarr(zarr.storage.FsspecStore(fs, path=f"{env['bucket']}/{prefix}"), w)
+
+
+def _earth2studio_async(w: common.Workload, **kwargs: Any) -> None:
+    import torch
+    from earth2studio.io import AsyncZarrBackend  # type: ignore[import-not-found]
+
+    io = AsyncZarrBackend(parallel_coords={"lead_time": w.coords["lead_time"]}, blocking=False,
+                          zarr_codecs=codec(), **kwargs)
+    for k in range(w.steps):
+        xs, c = w.step(k)
+        io.write([torch.from_numpy(np.ascontiguousarray(x)) for x in xs], c, list(VARS))
+    io.close()
+
+
+def run_e2s_store(w: common.Workload, env: dict[str, Any], prefix: str) -> None:
+    _earth2studio_async(w, file_name=None, store=f"s3://{env['bucket']}/{prefix}",
+                        store_kwargs=env["store_kwargs"])
+
+
+def run_e2s_fs_factory(w: common.Workload, env: dict[str, Any], prefix: str) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        _earth2studio_async(w, file_name=f"{env['bucket']}/{prefix}",
+                            fs_factory=s3_support.fs_factory(env["endpoint"]))
+
+
+COMPETITORS: dict[str, Callable[..., None]] = {
+    "e2fastio ZarrBackend": run_e2fastio,
+    "e2fastio AsyncZarrBackend (non-blocking)": run_e2fastio_async,
+    "zarr-python + obstore": run_zarr_obstore,
+    "zarr-python + s3fs": run_zarr_s3fs,
+    "Earth2Studio AsyncZarrBackend store=": run_e2s_store,
+    "Earth2Studio AsyncZarrBackend fs_factory=": run_e2s_fs_factory,
+}
+
+
+def _objects(client: Any, bucket: str, prefix: str) -> tuple[int, int]:
+    n = size = 0
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
+        for obj in page.get("Contents", []):
+            n += 1
+            size += obj["Size"]
+    return n, size
+
+
+def _delete(client: Any, bucket: str, prefix: str) -> None:
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": keys})
+
+
+def _check_same(w: common.Workload, env: dict[str, Any], prefix: str) -> None:
+    g = zarr.open_group(zarr.storage.ObjectStore(s3_support.obstore_store(env["endpoint"], env["bucket"], prefix),
+                                                 read_only=True), mode="r")
+    for i, name in enumerate(VARS):
+        got = g[name][:]
+        want = np.concatenate([f[:, :, :, i] for f in w.fields], axis=2)
+        if not np.array_equal(got, want):
+            raise AssertionError(f"{prefix}: {name} differs from what was written")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small grid, one repeat (smoke run)")
+    ap.add_argument("--repeats", type=int, default=None, help="rounds per competitor (default 3, quick 1)")
+    ap.add_argument("--endpoint", default=None, help="an S3 endpoint to use instead of a local moto server "
+                    "(credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
+    ap.add_argument("--json", default="bench-out/bench_s3.json")
+    ap.add_argument("--skip", default="", help="comma-separated competitors to skip (substrings)")
+    args = ap.parse_args(argv)
+    size = QUICK if args.quick else SIZE
+    repeats = args.repeats or (1 if args.quick else 3)
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    comps = {n: f for n, f in COMPETITORS.items() if not any(s in n for s in skip)}
+    try:
+        import earth2studio  # noqa: F401
+    except ImportError:
+        comps = {n: f for n, f in comps.items() if not n.startswith("Earth2Studio")}
+        print("earth2studio not installed (pip install e2fastio[compare]); skipping its backends")
+
+    w = common.make_workload(**size)
+    print(f"workload: {w.steps} writes of {w.members} x {len(VARS)} x {w.nlat} x {w.nlon} float32 "
+          f"= {w.nbytes / 1e9:.2f} GB raw, blosc zstd-3 + shuffle")
+    server = None
+    if args.endpoint is None:
+        server = s3_support.MotoServer()
+        endpoint = server.endpoint
+        print(f"S3 server: moto on {endpoint} (its own process)")
+    else:
+        endpoint = args.endpoint
+    try:
+        bucket = f"bench-{uuid.uuid4().hex[:8]}"
+        s3_support.create_bucket(endpoint, bucket)
+        client = s3_support.boto3_client(endpoint)
+        env = {"endpoint": endpoint, "bucket": bucket, "store_kwargs": s3_support.store_kwargs(endpoint)}
+        samples: dict[str, list[float]] = {n: [] for n in comps}
+        objects: dict[str, tuple[int, int]] = {}
+        names = list(comps)
+        for r in range(repeats):
+            for n in names[r % len(names):] + names[: r % len(names)]:
+                prefix = f"{n.split()[0].lower()}-{uuid.uuid4().hex[:6]}.zarr"
+                t0 = time.perf_counter()
+                comps[n](w, env, prefix)
+                dt = time.perf_counter() - t0
+                samples[n].append(dt)
+                objects[n] = _objects(client, bucket, prefix)
+                if r == 0:
+                    _check_same(w, env, prefix)
+                _delete(client, bucket, prefix)
+                print(f"  round {r + 1}/{repeats} {n:<44s} {dt:7.3f} s  {objects[n][0]} objects")
+    finally:
+        if server is not None:
+            server.stop()
+
+    results = {}
+    for n in names:
+        t = statistics.median(samples[n])
+        results[n] = {"seconds": t, "all_s": samples[n], "objects": objects[n][0], "bytes_stored": objects[n][1],
+                      "mb_per_s": w.nbytes / t / 1e6, "put_per_s": objects[n][0] / t}
+    print(f"\nmedian of {repeats}, time until every object is stored ({w.nbytes / 1e9:.2f} GB raw)")
+    print(f"{'backend':<46s}{'s':>8s}{'MB/s':>8s}{'PUT/s':>8s}{'objects':>9s}{'stored MB':>11s}")
+    for n, r in results.items():
+        print(f"{n:<46s}{r['seconds']:>8.3f}{r['mb_per_s']:>8.0f}{r['put_per_s']:>8.0f}{r['objects']:>9d}"
+              f"{r['bytes_stored'] / 1e6:>11.1f}")
+    ours = results.get("e2fastio ZarrBackend", next(iter(results.values())))["seconds"]
+    baselines = {n: r["seconds"] for n, r in results.items() if not n.startswith("e2fastio")}
+    ratios = {f"vs {n}": t / ours for n, t in baselines.items()}
+    if ratios:
+        print("e2fastio ZarrBackend speed-up: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
+        best = min(baselines.values())
+        print(f"vs the best baseline: {best / ours:.2f}x")
+    record = {"benchmark": "bench_s3", "machine": common.machine(), "git": common.git_rev(),
+              "command": " ".join([os.path.basename(sys.executable)] + sys.argv), "workload": size,
+              "endpoint": "moto (local process)" if server is not None else "given", "repeats": repeats,
+              "e2fastio": e2fastio.info(), "results": results, "ratios": ratios}
+    common.save_json(args.json, record)
+    print(f"\nJSON record: {args.json}")
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""Object stores: every backend and store form against a real S3 server (moto, own process).
+
+Data is read back with zarr-python and xarray through both s3fs and obstore.
+Faults come from a loopback proxy that answers 503, drops connections, or is
+stopped altogether.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+import zarr
+import zarr.storage
+
+import s3_support as S
+from e2fastio import AsyncZarrBackend, BackgroundWriteError, UploadError, ZarrBackend
+from e2fastio._stores import Redactor, RemoteOptions
+
+BLOSC = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+
+
+def _coords(members: int = 3, steps: int = 4) -> OrderedDict[str, np.ndarray]:
+    return OrderedDict(
+        ensemble=np.arange(members),
+        time=np.array(["2022-12-20T00"], dtype="datetime64[ns]"),
+        lead_time=(np.arange(steps) * np.timedelta64(6, "h")).astype("timedelta64[ns]"),
+        lat=np.linspace(90, -90, 19),
+        lon=np.linspace(0, 360, 36, endpoint=False),
+    )
+
+
+def _data(c: OrderedDict[str, np.ndarray], seed: int) -> np.ndarray:
+    shape = tuple(len(v) for v in c.values())
+    return np.random.default_rng(seed).normal(280, 10, shape).astype(np.float32)
+
+
+def _write_steps(io, c, names, truth) -> None:
+    """The forecast loop: one write per lead time (torch tensors, as models produce them)."""
+    for k in range(len(c["lead_time"])):
+        step = OrderedDict(c)
+        step["lead_time"] = c["lead_time"][k : k + 1]
+        io.write([torch.from_numpy(truth[n][:, :, k : k + 1].copy()) for n in names], step, names)
+
+
+def _read_both_ways(endpoint: str, bucket: str, prefix: str) -> list[xr.Dataset]:
+    """The store as xarray sees it through s3fs and through obstore."""
+    fs = S.s3fs_filesystem(endpoint, asynchronous=True)
+    via_s3fs = xr.open_zarr(zarr.storage.FsspecStore(fs, path=f"{bucket}/{prefix}", read_only=True),
+                            consolidated=False)
+    obs = zarr.storage.ObjectStore(S.obstore_store(endpoint, bucket, prefix), read_only=True)
+    via_obstore = xr.open_zarr(obs, consolidated=False)
+    return [via_s3fs.load(), via_obstore.load()]
+
+
+def _check(endpoint, bucket, prefix, c, truth) -> None:
+    for ds in _read_both_ways(endpoint, bucket, prefix):
+        for name, want in truth.items():
+            np.testing.assert_array_equal(ds[name].values, want)
+        np.testing.assert_array_equal(ds["lat"].values, c["lat"])
+        assert ds["lead_time"].dtype.kind == "m"
+
+
+STORE_FORMS = ["url", "obstore", "zarr-objectstore", "zarr-fsspecstore"]
+
+
+def _location(form: str, endpoint: str, bucket: str, prefix: str):
+    if form == "url":
+        return f"s3://{bucket}/{prefix}", S.store_kwargs(endpoint)
+    if form == "obstore":
+        return S.obstore_store(endpoint, bucket, prefix), None
+    if form == "zarr-objectstore":
+        return zarr.storage.ObjectStore(S.obstore_store(endpoint, bucket, prefix)), None
+    fs = S.s3fs_filesystem(endpoint, asynchronous=True)
+    return zarr.storage.FsspecStore(fs, path=f"{bucket}/{prefix}"), None
+
+
+@pytest.mark.parametrize("form", STORE_FORMS)
+@pytest.mark.parametrize("blocking", [True, False])
+def test_zarr_backend_writes_to_s3_in_every_store_form(s3_bucket, form, blocking):
+    endpoint, bucket = s3_bucket
+    c = _coords()
+    truth = {"t2m": _data(c, 1), "tcwv": _data(c, 2)}
+    loc, skw = _location(form, endpoint, bucket, f"zb-{form}.zarr")
+    with ZarrBackend(loc, chunks={"ensemble": 1, "time": 1, "lead_time": 1}, zarr_codecs=BLOSC,
+                     blocking=blocking, store_kwargs=skw) as io:
+        io.add_array(c, list(truth))
+        _write_steps(io, c, list(truth), truth)
+    st = io.stats()["uploads"]
+    assert st["objects_uploaded"] == 2 * 3 * 4 and st["objects_failed"] == 0
+    _check(endpoint, bucket, f"zb-{form}.zarr", c, truth)
+
+
+@pytest.mark.parametrize("form", ["url", "obstore", "fs_factory"])
+def test_async_backend_writes_to_s3(s3_bucket, form):
+    endpoint, bucket = s3_bucket
+    c = _coords()
+    truth = {"t2m": _data(c, 3)}
+    kw: dict = {}
+    if form == "url":
+        kw = {"store": f"s3://{bucket}/ab.zarr", "store_kwargs": S.store_kwargs(endpoint)}
+    elif form == "obstore":
+        kw = {"store": S.obstore_store(endpoint, bucket, "ab.zarr")}
+    else:
+        kw = {"fs_factory": S.fs_factory(endpoint)}
+    ctx = pytest.warns(FutureWarning, match="fs_factory") if form == "fs_factory" else warnings.catch_warnings()
+    with ctx:
+        io = AsyncZarrBackend(f"{bucket}/ab.zarr" if form == "fs_factory" else None,
+                              parallel_coords={"lead_time": c["lead_time"]}, blocking=False, pool_size=4,
+                              zarr_codecs=BLOSC, **kw)
+    io.add_array(c, "t2m")
+    _write_steps(io, c, ["t2m"], truth)
+    io.close()
+    _check(endpoint, bucket, "ab.zarr", c, truth)
+
+
+def test_in_memory_stores_work_for_both_backends():
+    c = _coords()
+    truth = {"t2m": _data(c, 4)}
+    plain = zarr.storage.MemoryStore()  # a zarr store we do not own: chunks go through its API
+    for io in (ZarrBackend(None, blocking=False), ZarrBackend(plain),
+               AsyncZarrBackend(None, parallel_coords={"lead_time": c["lead_time"]}, store="memory://")):
+        with io:
+            io.add_array(c, "t2m")
+            _write_steps(io, c, ["t2m"], truth)
+            np.testing.assert_array_equal(io["t2m"][:], truth["t2m"])
+    np.testing.assert_array_equal(zarr.open_group(plain, mode="r")["t2m"][:], truth["t2m"])
+
+
+def test_partial_chunk_writes_merge_with_what_s3_holds(s3_bucket):
+    """A write covering part of a chunk reads the stored chunk back (or the one still uploading)."""
+    endpoint, bucket = s3_bucket
+    c = _coords(members=2, steps=2)
+    want = _data(c, 5)
+    for blocking in (True, False):
+        prefix = f"merge-{blocking}.zarr"
+        with ZarrBackend(f"s3://{bucket}/{prefix}", chunks={"lead_time": 1}, zarr_codecs=BLOSC, blocking=blocking,
+                         store_kwargs=S.store_kwargs(endpoint)) as io:
+            io.add_array(c, "t2m")
+            for lo, hi in ((0, 10), (10, 36), (5, 20)):  # overlapping pieces of every chunk
+                part = OrderedDict(c)
+                part["lon"] = c["lon"][lo:hi]
+                io.write(want[..., lo:hi], part, "t2m")
+        assert io.stats()["chunks_merged"] > 0
+        _check(endpoint, bucket, prefix, c, {"t2m": want})
+
+
+def test_throttling_and_dropped_connections_are_retried(s3_bucket, fault_proxy):
+    endpoint, bucket = s3_bucket
+    proxy = fault_proxy(fail_503=0.25, drop=0.1, delay=0.1, delay_seconds=0.2, seed=7)
+    c = _coords(members=4, steps=6)
+    truth = {"t2m": _data(c, 6), "tcwv": _data(c, 7)}
+    with ZarrBackend(f"s3://{bucket}/faults.zarr", chunks={"ensemble": 1, "lead_time": 1}, zarr_codecs=BLOSC,
+                     blocking=False, store_kwargs=S.store_kwargs(proxy.endpoint), upload_retries=8,
+                     upload_timeout=10) as io:
+        io.add_array(c, list(truth))
+        _write_steps(io, c, list(truth), truth)
+        io.flush()
+        st = io.stats()["uploads"]
+    assert proxy.stats["fail_503"] > 0 and proxy.stats["dropped"] > 0, proxy.stats
+    assert st["objects_failed"] == 0 and st["objects_uploaded"] == 2 * 4 * 6
+    _check(endpoint, bucket, "faults.zarr", c, truth)  # read straight from the server
+
+
+@pytest.mark.parametrize("blocking", [True, False])
+def test_stopped_server_gives_a_clear_error_in_time_and_keeps_earlier_data(s3_bucket, fault_proxy, blocking):
+    endpoint, bucket = s3_bucket
+    proxy = fault_proxy()
+    c = _coords(members=2, steps=3)
+    want = _data(c, 8)
+    prefix = f"down-{blocking}.zarr"
+    io = ZarrBackend(f"s3://{bucket}/{prefix}", chunks={"ensemble": 1, "lead_time": 1}, zarr_codecs=BLOSC,
+                     blocking=blocking, store_kwargs=S.store_kwargs(proxy.endpoint), upload_retries=2,
+                     upload_timeout=2)
+    io.add_array(c, "t2m")
+    first = OrderedDict(c)
+    first["lead_time"] = c["lead_time"][:1]
+    io.write(want[:, :, :1], first, "t2m")
+    io.flush()
+    proxy.stop_listening()  # the server is gone
+    later = OrderedDict(c)
+    later["lead_time"] = c["lead_time"][1:]
+    t0 = time.monotonic()
+    with pytest.raises((UploadError, BackgroundWriteError)) as info:
+        io.write(want[:, :, 1:], later, "t2m")
+        io.close()
+    elapsed = time.monotonic() - t0
+    err = info.value if isinstance(info.value, UploadError) else info.value.__cause__
+    assert isinstance(err, UploadError) and len(err.failures) == 2 * 2
+    assert all(key.startswith("t2m/c/") for key, _ in err.failures)
+    assert "failed after 3 attempt(s)" in str(err)
+    assert S.SECRET_KEY not in str(info.value) and S.SECRET_KEY not in repr(err.failures)
+    assert elapsed < 30, elapsed
+    io.close()  # idempotent; nothing left running
+    got = zarr.open_group(zarr.storage.ObjectStore(S.obstore_store(endpoint, bucket, prefix)), mode="r")["t2m"]
+    np.testing.assert_array_equal(got[:, :, :1], want[:, :, :1])  # written before: intact
+
+
+def test_bad_remote_options_name_the_argument(s3_bucket):
+    endpoint, bucket = s3_bucket
+    for kw, match in (({"upload_concurrency": 0}, "concurrency"), ({"upload_retries": -1}, "retries"),
+                      ({"upload_timeout": 0}, "timeout")):
+        with pytest.raises(ValueError, match=match):
+            ZarrBackend(f"s3://{bucket}/x.zarr", store_kwargs=S.store_kwargs(endpoint), **kw)
+    with pytest.raises(ValueError, match="store_kwargs"):
+        ZarrBackend("local-dir.zarr", store_kwargs={"region": "x"})
+    with pytest.raises(TypeError, match="file_name"):
+        ZarrBackend(12345)
+    with pytest.raises(ValueError, match="read-only"):
+        ZarrBackend(zarr.storage.MemoryStore(read_only=True))
+
+
+def test_missing_bucket_fails_fast_without_leaking_credentials(s3_bucket):
+    endpoint, _ = s3_bucket
+    secret = "definitely-not-the-secret-123"
+    kw = S.store_kwargs(endpoint, secret_access_key=secret)
+    t0 = time.monotonic()
+    with pytest.raises(Exception) as info:
+        with ZarrBackend("s3://no-such-bucket-e2f/x.zarr", store_kwargs=kw, upload_retries=1) as io:
+            io.add_array(_coords(), "t2m")
+    assert time.monotonic() - t0 < 30
+    assert "no-such-bucket-e2f" in str(info.value) and secret not in str(info.value)
+
+
+def test_redactor_removes_secrets_and_signatures():
+    r = Redactor(["s3cr3t-value"])
+    msg = ("PUT http://u:pw@host/b?X-Amz-Signature=abcdef&X-Amz-Credential=AKIA/x failed with s3cr3t-value; "
+           "Authorization: AWS4-HMAC-SHA256 Credential=AKIA, Signature=0123abcd")
+    out = r(msg)
+    for secret in ("s3cr3t-value", "abcdef", "AKIA/x", "AWS4-HMAC", "pw@", "0123abcd"):
+        assert secret not in out, out
+    with pytest.raises(ValueError, match="queue_bytes"):
+        RemoteOptions(queue_bytes=0)
