@@ -82,3 +82,22 @@ def test_run_demo_raises_on_disagreement(tmp_path, monkeypatch):
     with pytest.raises(DemoError, match="python-zarr:t2m"):
         run_demo(members=2, steps=2, resolution=10, backends=["zarr", "python-zarr"], out=tmp_path,
                  progress=False, plot=False)
+
+
+def test_demo_writes_to_s3_when_asked(tmp_path, s3_bucket, monkeypatch, capsys):
+    import s3_support as S
+
+    endpoint, bucket = s3_bucket
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S.ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S.SECRET_KEY)
+    monkeypatch.setenv("AWS_REGION", S.REGION)
+    rc = main(["demo", "--grid", "10", "--members", "2", "--steps", "4", "--out", str(tmp_path), "--no-progress",
+               "--no-plot", "--backends", "zarr-blosc,zarr-blosc-s3,python-zarr-blosc-s3",
+               "--s3", f"s3://{bucket}/demo", "--s3-endpoint", endpoint])
+    assert rc == 0
+    record = json.loads((tmp_path / "demo.json").read_text())
+    assert record["identical"] is True
+    s3 = record["results"]["zarr-blosc-s3"]
+    assert s3["bytes"] > 0 and s3["speedup"] is not None
+    assert S.list_keys(endpoint, bucket, "demo/") == {}  # cleaned up (no --keep)
+    assert "e2fastio Zarr zstd S3" in capsys.readouterr().out

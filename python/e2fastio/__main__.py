@@ -32,7 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--keep", action="store_true", help="keep the written stores")
     d.add_argument("--no-plot", action="store_true")
     d.add_argument("--no-progress", action="store_true")
+    d.add_argument("--s3", default=None, metavar="URL",
+                   help="also write to S3 under this URL (s3://bucket/prefix); credentials from AWS_* variables")
+    d.add_argument("--s3-endpoint", default=None, metavar="URL",
+                   help="S3-compatible endpoint for --s3 (e.g. http://127.0.0.1:9000)")
     args = ap.parse_args(argv)
+    if getattr(args, "s3_endpoint", None) and not getattr(args, "s3", None):
+        ap.error("--s3-endpoint needs --s3 URL")
 
     if args.command == "info":
         from e2fastio import info
@@ -40,14 +46,15 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(info(), indent=2))
         return 0
 
-    from e2fastio.demo.workflow import DemoError, run_demo
+    from e2fastio.demo.workflow import DemoError, S3Target, run_demo
 
     grid = 0.5 if args.quick and args.grid == 0.25 else args.grid
     backends = [b.strip() for b in args.backends.split(",") if b.strip()] if args.backends else None
     try:
         run_demo(members=args.members, steps=args.steps, resolution=grid, device=args.device, backends=backends,
                  out=args.out, seed=args.seed, model_step_seconds=args.model_step_seconds,
-                 progress=not args.no_progress, keep=args.keep, plot=not args.no_plot)
+                 progress=not args.no_progress, keep=args.keep, plot=not args.no_plot,
+                 s3=S3Target(args.s3, args.s3_endpoint) if args.s3 else None)
     except DemoError as err:
         print(f"e2fastio demo: error: {err}", file=sys.stderr)
         return 2

@@ -45,7 +45,48 @@ def _blosc() -> Any:
     return zarr.codecs.BloscCodec(**BLOSC)
 
 
-def backend_cases() -> dict[str, BackendCase]:
+@dataclass(frozen=True)
+class S3Target:
+    """Where the S3 cases write: ``<url>/<case>.zarr`` (credentials from the AWS_* environment)."""
+
+    url: str
+    endpoint: str | None = None
+
+    def store_kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {}
+        if self.endpoint:
+            kw["endpoint"] = self.endpoint
+            kw["virtual_hosted_style_request"] = False
+        return kw
+
+    def location(self, name: str) -> str:
+        return f"{self.url.rstrip('/')}/{name}.zarr"
+
+    def obstore(self, name: str) -> Any:
+        import obstore.store
+
+        kw = self.store_kwargs()
+        if (self.endpoint or "").startswith("http://"):
+            kw["client_options"] = {"allow_http": True}
+        return obstore.store.from_url(self.location(name), **kw)
+
+
+def _s3_cases(s3: S3Target) -> list[BackendCase]:
+    from e2fastio import ZarrBackend
+    from e2fastio.baselines import PythonZarrBackend
+
+    ch = {"time": 1, "lead_time": 1}
+    return [
+        BackendCase("zarr-blosc-s3", "e2fastio Zarr zstd S3", lambda d: ZarrBackend(
+            s3.location("e2fastio-zarr-blosc"), chunks=ch, backend_kwargs={"overwrite": True}, zarr_codecs=_blosc(),
+            blocking=False, store_kwargs=s3.store_kwargs()), lambda d: None),
+        BackendCase("python-zarr-blosc-s3", "pure Python Zarr zstd S3 (obstore)", lambda d: PythonZarrBackend(
+            zarr.storage.ObjectStore(s3.obstore("python-zarr-blosc")), ch, _blosc()), lambda d: None,
+            baseline=True),
+    ]
+
+
+def backend_cases(s3: S3Target | None = None) -> dict[str, BackendCase]:
     from e2fastio import NetCDF4Backend, ZarrBackend
     from e2fastio.baselines import PythonAsyncZarrBackend, PythonZarrBackend
 
@@ -90,6 +131,8 @@ def backend_cases() -> dict[str, BackendCase]:
             BackendCase("e2s-netcdf", "Earth2Studio NetCDF4", lambda d: _e2s_netcdf(d / "e2s-netcdf.nc"),
                         lambda d: d / "e2s-netcdf.nc", baseline=True),
         ]
+    if s3 is not None:
+        cases += _s3_cases(s3)
     return {c.name: c for c in cases}
 
 
@@ -101,7 +144,8 @@ def _e2s_netcdf(path: Path) -> Any:
 
 # Which baseline each backend's speed-up is measured against.
 BASELINE_OF = {"zarr": "python-zarr", "zarr-blosc": "python-zarr-blosc", "zarr-memory": "python-zarr-memory",
-               "zarr-blosc-nonblocking": "python-zarr-blosc-async", "netcdf": "e2s-netcdf"}
+               "zarr-blosc-nonblocking": "python-zarr-blosc-async", "netcdf": "e2s-netcdf",
+               "zarr-blosc-s3": "python-zarr-blosc-s3"}
 
 
 def christmas_five_day_ensemble(model: AdvectionDiffusionModel, x0: torch.Tensor, io: Any, nsteps: int,
@@ -154,6 +198,10 @@ def _size(path: Path | None, io: Any) -> int:
         return path.stat().st_size
     if path is None:
         store = getattr(io, "store", None)
+        if isinstance(store, zarr.storage.ObjectStore):  # S3: what the bucket holds under the prefix
+            import obstore
+
+            return int(sum(o["size"] for batch in obstore.list(store.store) for o in batch))
         d = getattr(store, "_store_dict", None)
         if d is not None and hasattr(d, "sink"):
             return int(d.sink.nbytes())
@@ -174,13 +222,15 @@ def _read_back(path: Path | None, io: Any) -> dict[str, np.ndarray]:
 def run_demo(members: int = 8, steps: int = 20, resolution: float = 0.25, device: str = "cpu",
              backends: list[str] | None = None, out: str | Path = "outputs/e2fastio-demo", seed: int = 0,
              model_step_seconds: float = 0.0, progress: bool = True, keep: bool = False,
-             plot: bool = True) -> dict[str, Any]:
+             plot: bool = True, s3: S3Target | None = None) -> dict[str, Any]:
     """Run the ensemble workflow through each backend; report, check, plot.
 
     Returns the JSON record (also written to ``<out>/demo.json``); raises
     :class:`DemoError` when any backend's output differs from the others.
     """
-    cases = backend_cases()
+    if s3 is not None and not s3.url.startswith(("s3://", "s3a://")):
+        raise DemoError(f"--s3 {s3.url!r}: give an S3 URL such as s3://bucket/prefix")
+    cases = backend_cases(s3)
     names = backends or list(cases)
     unknown = [n for n in names if n not in cases]
     if unknown:
@@ -256,6 +306,8 @@ def run_demo(members: int = 8, steps: int = 20, resolution: float = 0.25, device
             t = cases[name].path(out)
             if t is not None and t.exists():
                 shutil.rmtree(t) if t.is_dir() else t.unlink()
+        if s3 is not None:
+            _delete_s3_outputs(s3)
     if mismatches:
         raise DemoError(f"backends disagree with {ref_name}: {mismatches}")
     return record
@@ -310,3 +362,12 @@ def plot_report(record: dict[str, Any], outputs: dict[str, dict[str, np.ndarray]
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def _delete_s3_outputs(s3: S3Target) -> None:
+    import obstore
+
+    for name in ("e2fastio-zarr-blosc", "python-zarr-blosc"):
+        store = s3.obstore(name)
+        for batch in obstore.list(store):
+            obstore.delete(store, [o["path"] for o in batch])
