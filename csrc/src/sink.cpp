@@ -300,7 +300,16 @@ bool UploadSink::read(const std::string& key, std::vector<uint8_t>& out) {
 void UploadSink::write(const std::string& key, const uint8_t* data, std::size_t nbytes) {
   auto value = std::make_shared<const std::vector<uint8_t>>(data, data + nbytes);
   std::unique_lock<std::mutex> lk(mu_);
-  auto fits = [&] { return closed_ || stats_.queued_bytes == 0 || stats_.queued_bytes + nbytes <= capacity_; };
+  // A queued (not yet uploading) older version of the key is replaced, so only the growth needs room.
+  auto queued_same_key = [&]() -> std::size_t {
+    for (auto& e : queue_)
+      if (e.key == key) return e.data->size();
+    return 0;
+  };
+  auto fits = [&] {
+    std::size_t replaced = queued_same_key();
+    return closed_ || stats_.queued_bytes == 0 || stats_.queued_bytes - replaced + nbytes <= capacity_;
+  };
   if (!fits()) {
     auto t0 = std::chrono::steady_clock::now();
     space_cv_.wait(lk, fits);

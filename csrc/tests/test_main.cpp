@@ -12,9 +12,11 @@
 #include <cstring>
 #include <functional>
 #include <iostream>
+#include <mutex>
 #include <numeric>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "e2fastio/buffer_pool.hpp"
@@ -554,6 +556,113 @@ TEST(device_copy_errors_surface) {
 
 }  // namespace
 
+TEST(upload_sink_orders_keys_coalesces_and_bounds_memory) {
+  UploadSink sink(/*capacity_bytes=*/100, "test bucket");
+  std::vector<uint8_t> a(40, 1), b(40, 2), c(40, 3);
+  sink.write("k1", a.data(), a.size());
+  sink.write("k2", b.data(), b.size());
+  // A newer version of a queued key replaces it (never uploaded twice, newest wins).
+  sink.write("k1", c.data(), c.size());
+  CHECK(sink.stats().objects_coalesced == 1 && sink.stats().queued_objects == 2);
+  UploadSink::Item i1, i2, none;
+  CHECK(sink.next(0, i1) && i1.key == "k1" && (*i1.data)[0] == 3);
+  // While k1 is uploading, a newer k1 waits behind it; k2 can go.
+  std::vector<uint8_t> d(10, 4);
+  sink.write("k1", d.data(), d.size());
+  CHECK(sink.next(0, i2) && i2.key == "k2");
+  CHECK(!sink.next(0.01, none));  // only k1 left, and k1 is busy
+  // read() serves the newest queued/uploading version without asking the store.
+  std::vector<uint8_t> got;
+  CHECK(sink.read("k1", got) && got == d);
+  // Backpressure: 40 + 40 + 10 queued/uploading; 40 more must wait for space.
+  std::atomic<bool> written{false};
+  std::thread writer([&] {
+    std::vector<uint8_t> e(40, 5);
+    sink.write("k3", e.data(), e.size());
+    written = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  CHECK(!written.load());
+  sink.done(i2.id, "");  // k2 stored: frees 40 bytes
+  writer.join();
+  CHECK(written.load() && sink.stats().backpressure_wait_seconds > 0.01);
+  sink.done(i1.id, "HTTP 503 after 3 attempts");  // old k1 failed; the newer k1 is still queued
+  UploadSink::Item i3, i4;
+  CHECK(sink.next(0, i3) && i3.key == "k1" && i3.data->size() == 10);
+  CHECK(sink.next(0, i4) && i4.key == "k3");
+  CHECK(!sink.wait_idle(0.01));
+  sink.done(i3.id, "");
+  sink.done(i4.id, "");
+  CHECK(sink.wait_idle(1));
+  auto errors = sink.take_errors();
+  CHECK(errors.size() == 1 && errors[0].first == "k1" && errors[0].second.find("503") != std::string::npos);
+  CHECK(sink.take_errors().empty());  // reported once
+  // Not queued any more: read() asks the store.
+  CHECK(throws<std::runtime_error>([&] { sink.read("k1", got); }, "no reader"));
+  sink.set_fetch([](const std::string& key, std::vector<uint8_t>& out) {
+    out.assign(key.begin(), key.end());
+    return key != "missing";
+  });
+  CHECK(sink.read("k1", got) && std::string(got.begin(), got.end()) == "k1");
+  CHECK(!sink.read("missing", got));
+  auto st = sink.stats();
+  CHECK(st.objects_uploaded == 3 && st.objects_failed == 1 && st.queued_bytes == 0);
+  sink.close();
+  CHECK(!sink.next(0, none));
+  CHECK(throws<std::runtime_error>([&] { sink.write("k9", a.data(), a.size()); }, "closed"));
+}
+
+TEST(engine_stores_through_an_upload_sink_with_concurrent_uploaders) {
+  auto sink = std::make_shared<UploadSink>(1 << 16, "test");
+  std::mutex mu;
+  std::unordered_map<std::string, std::vector<uint8_t>> stored;
+  sink->set_fetch([&](const std::string& key, std::vector<uint8_t>& out) {
+    std::lock_guard<std::mutex> lk(mu);
+    auto it = stored.find(key);
+    if (it == stored.end()) return false;
+    out = it->second;
+    return true;
+  });
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> uploaders;
+  for (int t = 0; t < 3; ++t)
+    uploaders.emplace_back([&] {
+      UploadSink::Item item;
+      while (!stop.load() || sink->stats().queued_objects > 0) {
+        if (!sink->next(0.01, item)) continue;
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+        {
+          std::lock_guard<std::mutex> lk(mu);
+          stored[item.key] = *item.data;
+        }
+        sink->done(item.id, "");
+      }
+    });
+  Engine engine(2, 1 << 22, 1 << 20);
+  ArraySpec spec = make_array({4, 64}, {1, 32}, false);
+  // Many partial writes of the same chunks, in order: the last one must win everywhere.
+  for (int round = 0; round < 20; ++round) {
+    std::vector<float> data(4 * 16, static_cast<float>(round));
+    Slab slab{reinterpret_cast<const uint8_t*>(data.data()), {4, 16}, {16 * 4, 4}, 4};
+    engine.submit({{&spec, sink, slab, {iota(0, 4), iota((round % 4) * 16, 16)}}});
+  }
+  engine.flush();
+  CHECK(sink->wait_idle(5));
+  stop = true;
+  for (auto& t : uploaders) t.join();
+  for (int row = 0; row < 4; ++row)
+    for (int c = 0; c < 2; ++c) {
+      auto& bytes = stored[spec.chunk_key({row, c})];
+      CHECK(bytes.size() == 32 * 4);
+      const float* f = reinterpret_cast<const float*>(bytes.data());
+      for (int j = 0; j < 32; ++j) {
+        int col = c * 32 + j;
+        int last = 16 + (col / 16);  // rounds 16..19 wrote columns block by block last
+        CHECK(f[j] == static_cast<float>(last));
+      }
+    }
+}
+
 int main() {
   // Every CUDA call in these tests goes to the fake runtime (loaded like the real one).
   setenv("E2FASTIO_CUDART", E2FASTIO_FAKE_CUDART, 1);
@@ -565,7 +674,7 @@ int main() {
       std::cerr << name << ": unexpected exception: " << e.what() << "\n";
       ++g_failures;
     }
-    std::cout << (g_failures == before ? "PASS " : "FAIL ") << name << "\n";
+    std::cout << (g_failures == before ? "PASS " : "FAIL ") << name << std::endl;  // flushed: a hang shows where
   }
   std::cout << registry().size() << " tests, " << g_failures << " failed checks\n";
   return g_failures == 0 ? 0 : 1;
