@@ -199,3 +199,38 @@ def test_chunked_uncompressed_with_partial_chunks_merges_through_hdf5(tmp_path):
         assert io["t2m"]._h5ds.chunks == (1, 1, 2, 19, 36)
     with netCDF4.Dataset(tmp_path / "c.nc") as ds:
         np.testing.assert_array_equal(ds["t2m"][:].data, data[:, :, :, 0])
+
+
+def test_uncompressed_data_is_written_in_place_and_reads_never_go_stale(tmp_path):
+    """Contiguous variables are written by the core at their file offset; HDF5 keeps no stale copy."""
+    from collections import OrderedDict
+
+    import netCDF4
+
+    c = OrderedDict(ensemble=np.arange(3), lead_time=np.array([0, 6], dtype="timedelta64[h]"),
+                    lat=np.linspace(-90, 90, 91), lon=np.arange(0, 360, 2.0))
+    rng = np.random.default_rng(0)
+    path = tmp_path / "inplace.nc"
+    io = NetCDF4Backend(path, {"mode": "w"})
+    io.add_array(c, "t2m")
+    assert io.root.variables["t2m"]._h5ds.id.get_offset() is not None  # allocated at creation
+    small = OrderedDict(ensemble=c["ensemble"][:1], lead_time=c["lead_time"][:1], lat=c["lat"][:2], lon=c["lon"][:3])
+    for _ in range(3):  # small reads between in-place writes of the same region
+        x = rng.normal(280, 10, (3, 2, 91, 180)).astype("float32")
+        io.write(x, c, "t2m")
+        got, _ = io.read(small, "t2m")
+        np.testing.assert_array_equal(got.numpy(), x[:1, :1, :2, :3])
+    step = OrderedDict(c)
+    step["lead_time"] = c["lead_time"][1:]
+    y = rng.normal(0, 1, (3, 1, 91, 180)).astype("float32")[..., ::1]
+    io.write(torch.from_numpy(y), step, "t2m")  # one lead time: one run per member
+    x[:, 1:] = y
+    assert io._direct_ok
+    io.close()
+    with netCDF4.Dataset(path) as nc:
+        np.testing.assert_array_equal(np.asarray(nc["t2m"][:]), x)
+    # Append: the same file, reopened, written in place again.
+    with NetCDF4Backend(path, {"mode": "r+"}) as io:
+        io.write(x * 2, c, "t2m")
+    with netCDF4.Dataset(path) as nc:
+        np.testing.assert_array_equal(np.asarray(nc["t2m"][:]), x * 2)

@@ -110,7 +110,16 @@ class NetCDF4Backend:
             h5kw.update(driver="core", backing_store=False)
             mode = "w" if mode == "r+" and not os.path.exists(path) else mode
         self.file_name = path
-        self.root = h5netcdf.File(path, "a" if mode in ("r+", "a") else "w", **h5kw)
+        h5mode = "a" if mode in ("r+", "a") else "w"
+        self._h5file = None
+        if not diskless and not kw:
+            # Our own HDF5 file access: no raw-data sieve buffer (contiguous data is
+            # written in place by the core, HDF5 must never serve stale bytes of it),
+            # 4 KiB-aligned large allocations (O_DIRECT), no file lock.
+            self._h5file = _open_h5py(path, h5mode, align=compression is None)
+            self.root = h5netcdf.File(self._h5file, h5mode)
+        else:
+            self.root = h5netcdf.File(path, h5mode, **h5kw)
         self.compression = compression
         self.complevel = complevel
         self.shuffle = shuffle
@@ -120,6 +129,7 @@ class NetCDF4Backend:
         self._engine = EngineHandle(**ekw, ring_bytes=ekw["max_buffer_bytes"] * 3 // 4)
         self._sink = _core.CollectSink()
         self._closed = False
+        self._direct_ok = True
         self._specs: dict[str, _core.ArraySpec] = {}
         self.coords: OrderedDict[str, np.ndarray] = OrderedDict()
         self._selector = _data.Selector(self.coords, "NetCDF store", lambda k: self.root.variables[k].shape if k in self.root.variables else None)
@@ -203,7 +213,11 @@ class NetCDF4Backend:
             return
         self._closed = True
         try:
-            self.root.close()
+            try:
+                self.root.close()
+            finally:
+                if self._h5file is not None and self._h5file.id.valid:
+                    self._h5file.close()
         finally:
             self._engine.close()
 
@@ -250,7 +264,10 @@ class NetCDF4Backend:
                 # fill_time "never": HDF5 would otherwise write fill values over the whole
                 # variable at its first write (writing every byte twice); unwritten parts
                 # read back as 0 (file holes).
-                self.root.create_variable(name, dims, dtype=dtype, fill_time="never")
+                # Storage allocated at creation: its place in the file is known, so
+                # writes go there directly (see _write_in_place).
+                kw = {"dcpl": _early_allocation()} if self._h5file is not None else {}
+                self.root.create_variable(name, dims, dtype=dtype, fill_time="never", **kw)
             if h is not None:
                 self._store([(name, h, [np.arange(s, dtype=np.int64) for s in shape])])
 
@@ -315,7 +332,8 @@ class NetCDF4Backend:
             var = self.root.variables[name]
             arr = _data.cast_for_array(arr, np.dtype(var.dtype), name)
             if var._h5ds.chunks is None:
-                _write_box(var, index, arr)  # contiguous layout: HDF5 writes it directly
+                if not self._write_in_place(var, index, arr):
+                    _write_box(var, index, arr)  # contiguous layout: HDF5 writes it directly
                 continue
             spec = self._spec(name)
             if _covers_whole_chunks(index, spec.shape, spec.chunks):
@@ -340,6 +358,44 @@ class NetCDF4Backend:
                 break
         engine.check()
 
+    def _write_in_place(self, var: Any, index: list[np.ndarray], arr: np.ndarray) -> bool:
+        """Write a box of a contiguous variable straight into the file (native threads, O_DIRECT).
+
+        The variable's bytes sit at a fixed offset in C order, so each run of
+        the box that is contiguous in the file becomes one positioned write;
+        HDF5 is not involved (it holds no raw data: no sieve buffer). False when
+        this does not apply (HDF5 writes it then).
+        """
+        if self._h5file is None or not self._direct_ok:
+            return False
+        ds = var._h5ds
+        dtype = np.dtype(ds.dtype)
+        offset = ds.id.get_offset()
+        if offset is None or dtype.byteorder == ">" or arr.dtype != dtype or arr.ndim != len(ds.shape):
+            return False
+        box = [(int(i.min()), int(i.max()) + 1) for i in index]
+        if not all(len(i) == b1 - b0 and (len(i) < 2 or bool(np.all(np.diff(i) == 1)))
+                   for i, (b0, b1) in zip(index, box)):
+            return False  # not a box: HDF5 reads, merges, writes
+        shape = ds.shape
+        # Dims j* .. end are one contiguous file run per leading index.
+        j = len(shape) - 1
+        while j > 0 and box[j][0] == 0 and box[j][1] == shape[j]:
+            j -= 1
+        runs = []
+        for lead in np.ndindex(*arr.shape[:j]):
+            piece = arr[lead]
+            if not piece.flags.c_contiguous:
+                piece = np.ascontiguousarray(piece)
+            start = [b0 + i for (b0, _), i in zip(box[:j], lead)] + [b[0] for b in box[j:]]
+            runs.append((offset + int(np.ravel_multi_index(start, shape)) * dtype.itemsize, piece.reshape(-1)))
+        try:
+            self._engine.get().write_file_runs(self.file_name, runs, True)
+        except OSError:
+            self._direct_ok = False  # e.g. a file system that refuses positioned writes from a second fd
+            raise
+        return True
+
     def read(self, coords: CoordSystem, array_name: str, device: Any = "cpu") -> tuple[Any, CoordSystem]:
         """Read `array_name` at `coords` as a torch tensor on `device`."""
         self._check_open("read")
@@ -350,6 +406,39 @@ class NetCDF4Backend:
         import torch
 
         return torch.as_tensor(values, device=device), coords
+
+
+def _open_h5py(path: str, mode: str, align: bool) -> Any:
+    """An h5py File as h5netcdf would open it, with our file-access properties."""
+    import h5py
+
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_fclose_degree(h5py.h5f.CLOSE_STRONG)
+    fapl.set_sieve_buf_size(0)
+    if align:
+        fapl.set_alignment(1 << 20, 4096)  # large objects (variable data) on 4 KiB boundaries
+    try:
+        fapl.set_file_locking(False, True)
+    except AttributeError:  # pragma: no cover - HDF5 < 1.12.1: locking is the environment's business
+        pass
+    path_b = os.fsencode(path)
+    if mode == "a" and os.path.exists(path):
+        fid = h5py.h5f.open(path_b, h5py.h5f.ACC_RDWR, fapl=fapl)
+    else:
+        fcpl = h5py.h5p.create(h5py.h5p.FILE_CREATE)  # h5netcdf's track_order=True
+        order = h5py.h5p.CRT_ORDER_TRACKED | h5py.h5p.CRT_ORDER_INDEXED
+        fcpl.set_link_creation_order(order)
+        fcpl.set_attr_creation_order(order)
+        fid = h5py.h5f.create(path_b, h5py.h5f.ACC_TRUNC, fapl=fapl, fcpl=fcpl)
+    return h5py.File(fid)
+
+
+def _early_allocation() -> Any:
+    import h5py
+
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    return dcpl
 
 
 def _covers_whole_chunks(index: list[np.ndarray], shape: list[int], chunks: list[int]) -> bool:
