@@ -86,26 +86,6 @@ void register_engine(py::module_& m) {
       .def(py::init<unsigned, std::size_t, std::size_t>(), py::arg("threads"), py::arg("max_buffer_bytes"),
            py::arg("ring_bytes") = 0)
       .def_property_readonly("threads", &Engine::threads)
-      .def(
-          "write_file_runs",
-          [](Engine& e, const std::string& path, const py::list& runs, bool direct) {
-            // runs: [(file offset, C-contiguous numpy array), ...]; the list keeps the arrays alive.
-            std::vector<Engine::FileRun> rs;
-            rs.reserve(runs.size());
-            for (const auto& item : runs) {
-              auto t = item.cast<py::tuple>();
-              E2F_EXPECT(t.size() == 2, "each run is (offset, array)");
-              auto a = py::reinterpret_borrow<py::array>(t[1]);
-              E2F_EXPECT(a.flags() & py::array::c_style, "file run data must be C-contiguous");
-              rs.push_back({t[0].cast<std::uint64_t>(), static_cast<const uint8_t*>(a.data()),
-                            static_cast<std::size_t>(a.nbytes())});
-            }
-            py::gil_scoped_release nogil;
-            return e.write_file_runs(path, rs, direct);
-          },
-          py::arg("path"), py::arg("runs"), py::arg("direct") = true,
-          "Write [(offset, array), ...] into the file in place (O_DIRECT for aligned interiors); "
-          "returns whether O_DIRECT was used.")
       .def("staging_bytes_per_chunk", &Engine::staging_bytes_per_chunk)
       .def(
           "write_batch",

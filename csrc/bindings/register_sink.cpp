@@ -37,6 +37,13 @@ void register_sink(py::module_& m) {
       .def_property_readonly("root", &DirectorySink::root)
       .def_property_readonly("direct_io_active", &DirectorySink::direct_io_active);
 
+  py::class_<FileRegionSink, Sink, std::shared_ptr<FileRegionSink>>(m, "FileRegionSink")
+      .def(py::init<std::string, std::uint64_t, std::string, std::vector<int64_t>, std::vector<int64_t>, std::size_t,
+                    bool>(),
+           py::arg("path"), py::arg("offset"), py::arg("array_path"), py::arg("shape"), py::arg("chunks"),
+           py::arg("itemsize"), py::arg("direct_io") = true)
+      .def_property_readonly("direct_io_active", &FileRegionSink::direct_io_active);
+
   py::class_<CollectSink, Sink, std::shared_ptr<CollectSink>>(m, "CollectSink")
       .def(py::init<>())
       .def("take", [](CollectSink& s) {

@@ -663,38 +663,45 @@ TEST(engine_stores_through_an_upload_sink_with_concurrent_uploaders) {
     }
 }
 
-TEST(engine_writes_file_runs_in_place_with_unaligned_edges) {
-  Engine engine(2, 64 << 20);
+TEST(file_region_sink_writes_fields_in_place_and_merges_partial_ones) {
   auto dir = make_tempdir();
-  const std::string path = dir + "/runs.bin";
-  const std::size_t size = (20 << 20) + 123;
+  const std::string path = dir + "/region.bin";
+  // A 3 x 5 x 700 float32 array (fields of 2800 bytes: unaligned, neighbours share
+  // 4 KiB blocks) at an unaligned offset inside a larger file.
+  const std::size_t offset = 4096 * 3 + 100, nbytes = 3 * 5 * 700 * 4, size = offset + nbytes + 5000;
   {
-    std::vector<uint8_t> zeros(size, 0);
+    std::vector<uint8_t> junk(size, 0xAB);
     FILE* f = std::fopen(path.c_str(), "wb");
-    CHECK(f && std::fwrite(zeros.data(), 1, size, f) == size);
+    CHECK(f && std::fwrite(junk.data(), 1, size, f) == size);
     std::fclose(f);
   }
-  // Runs with unaligned starts and ends; neighbours share 4 KiB blocks; one spans several pieces.
-  std::vector<std::vector<uint8_t>> data;
-  std::vector<Engine::FileRun> runs;
-  std::vector<std::pair<std::uint64_t, std::size_t>> where = {{1, 4095}, {4096, 10}, {5000, 3 << 20},
-                                                              {(3 << 20) + 5000, (17 << 20) - 7000}};
-  for (std::size_t i = 0; i < where.size(); ++i) {
-    data.emplace_back(where[i].second);
-    for (std::size_t j = 0; j < data.back().size(); ++j) data.back()[j] = static_cast<uint8_t>(i * 31 + j * 7 + 1);
-    runs.push_back({where[i].first, data.back().data(), data.back().size()});
-  }
-  bool direct = engine.write_file_runs(path, runs, true);
-  (void)direct;  // tmpfs refuses O_DIRECT: then everything went through pwrite
+  auto sink = std::make_shared<FileRegionSink>(path, offset, "v", std::vector<int64_t>{3, 5, 700},
+                                               std::vector<int64_t>{1, 1, 700}, 4, true);
+  ArraySpec spec = make_array({3, 5, 700}, {1, 1, 700}, false);
+  spec.path = "v";
+  Engine engine(2, 16 << 20);
+  std::vector<float> all(3 * 5 * 700);
+  std::iota(all.begin(), all.end(), 0.0f);
+  Slab s{reinterpret_cast<const uint8_t*>(all.data()), {3, 5, 700}, {5 * 700 * 4, 700 * 4, 4}, 4};
+  engine.write(spec, sink, s, {iota(0, 3), iota(0, 5), iota(0, 700)});
+  // A partial write of one field: the rest of it is read back (pread) and kept.
+  std::vector<float> part(10, -1.0f);
+  Slab p{reinterpret_cast<const uint8_t*>(part.data()), {1, 1, 10}, {40, 40, 4}, 4};
+  engine.write(spec, sink, p, {{2}, {4}, iota(100, 10)});
+  for (int i = 0; i < 10; ++i) all[static_cast<std::size_t>((2 * 5 + 4) * 700 + 100 + i)] = -1.0f;
   std::vector<uint8_t> back(size);
   FILE* f = std::fopen(path.c_str(), "rb");
   CHECK(f && std::fread(back.data(), 1, size, f) == size);
   std::fclose(f);
-  std::vector<uint8_t> want(size, 0);
-  for (std::size_t i = 0; i < where.size(); ++i)
-    std::memcpy(want.data() + where[i].first, data[i].data(), data[i].size());
-  CHECK(back == want);
-  CHECK(throws<IOError>([&] { engine.write_file_runs(dir + "/missing/x", runs, true); }, "missing"));
+  CHECK(std::memcmp(back.data() + offset, all.data(), nbytes) == 0);
+  CHECK(back[offset - 1] == 0xAB && back[offset + nbytes] == 0xAB);  // nothing outside the region
+  std::vector<uint8_t> chunk;
+  CHECK(sink->read("v/c/0/1/0", chunk) && chunk.size() == 2800);
+  CHECK(throws<std::invalid_argument>([&] { sink->read("w/c/0/0/0", chunk); }, "not under"));
+  CHECK(throws<std::invalid_argument>([&] { sink->read("v/c/3/0/0", chunk); }, "out of range"));
+  CHECK(throws<std::invalid_argument>(
+      [&] { FileRegionSink(path, 0, "v", {3, 5, 700}, {1, 2, 700}, 4, true); }, "1 or the full extent"));
+  CHECK(throws<IOError>([&] { FileRegionSink(dir + "/missing", 0, "v", {1}, {1}, 4, true); }, "missing"));
   CHECK(std::system(("rm -rf " + dir).c_str()) == 0);
 }
 

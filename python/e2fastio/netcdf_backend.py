@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -21,7 +22,8 @@ import numpy as np
 from e2fastio import _core, _data
 from e2fastio._engine import EngineHandle
 from e2fastio._zarr_native import engine_kwargs
-from e2fastio.errors import BackendClosedError, CoordinateError
+from e2fastio.errors import BackendClosedError, BackgroundWriteError, CoordinateError
+from e2fastio.zarr_backend import _open_lock, _open_nonblocking
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,14 @@ class NetCDF4Backend:
         every dimension but the last two).
     threads, max_buffer_bytes : keyword-only
         As for :class:`e2fastio.ZarrBackend`.
+    blocking : bool, keyword-only
+        ``True`` (default): ``write`` returns when the data is in the file.
+        ``False``: ``write`` stages the data (the caller may reuse its tensor at
+        once) and returns; native threads encode and write in place, and the
+        encoded chunks of compressed variables are handed to HDF5 (from the
+        caller's thread, at the next call: HDF5 is not thread-safe). ``flush``,
+        ``read``, ``[]`` and ``close`` store everything first; background errors
+        are raised at the next ``write``/``flush``/``close``.
     process_group : torch.distributed ProcessGroup | False, keyword-only
         In a multi-rank run (default: the initialised default group) each rank
         writes its own file: `file_name` must contain ``{rank}`` (formatted
@@ -84,6 +94,7 @@ class NetCDF4Backend:
         threads: int | None = None,
         max_buffer_bytes: int | None = None,
         process_group: Any = None,
+        blocking: bool = True,
     ) -> None:
         h5netcdf = _import_h5netcdf()
         file_name = _per_rank_file_name(file_name, process_group)
@@ -127,9 +138,16 @@ class NetCDF4Backend:
         ekw = engine_kwargs(threads, max_buffer_bytes)
         # A staging ring lets HDF5 store finished chunks while others are still encoding.
         self._engine = EngineHandle(**ekw, ring_bytes=ekw["max_buffer_bytes"] * 3 // 4)
+        if not isinstance(blocking, bool):
+            raise TypeError(f"blocking must be True or False, got {blocking!r}")
+        self.blocking = blocking
+        self.flush_timeout = 600.0
         self._sink = _core.CollectSink()
         self._closed = False
-        self._direct_ok = True
+        self._regions: dict[str, tuple[_core.ArraySpec, Any] | None] = {}
+        if not blocking:
+            with _open_lock:
+                _open_nonblocking.add(self)  # drained (with a warning) at exit if never closed
         self._specs: dict[str, _core.ArraySpec] = {}
         self.coords: OrderedDict[str, np.ndarray] = OrderedDict()
         self._selector = _data.Selector(self.coords, "NetCDF store", lambda k: self.root.variables[k].shape if k in self.root.variables else None)
@@ -183,6 +201,8 @@ class NetCDF4Backend:
         return item in self.root.variables
 
     def __getitem__(self, item: str) -> Any:
+        if not self._closed:
+            self._drain()  # what readers get must include every write so far
         return self.root.variables[item]
 
     def __len__(self) -> int:
@@ -204,6 +224,7 @@ class NetCDF4Backend:
     def flush(self) -> None:
         """Flush HDF5's buffers: another process can then read everything written so far."""
         self._check_open("flush")
+        self._drain()
         self.root.flush()  # h5netcdf's metadata (_NCProperties, dimension ids)
         self.root._h5file.flush()  # h5netcdf does not flush HDF5's caches itself
 
@@ -212,6 +233,13 @@ class NetCDF4Backend:
         if self._closed:
             return
         self._closed = True
+        with _open_lock:
+            _open_nonblocking.discard(self)
+        pending_error: Exception | None = None
+        try:
+            self._drain()
+        except Exception as err:  # raised after the file is closed
+            pending_error = err
         try:
             try:
                 self.root.close()
@@ -220,6 +248,8 @@ class NetCDF4Backend:
                     self._h5file.close()
         finally:
             self._engine.close()
+        if pending_error is not None:
+            raise pending_error
 
     @property
     def closed(self) -> bool:
@@ -332,73 +362,108 @@ class NetCDF4Backend:
             var = self.root.variables[name]
             arr = _data.cast_for_array(arr, np.dtype(var.dtype), name)
             if var._h5ds.chunks is None:
-                if not self._write_in_place(var, index, arr):
-                    _write_box(var, index, arr)  # contiguous layout: HDF5 writes it directly
+                region = self._region(name)
+                if region is None or 0 in var.shape:
+                    self._drain()
+                    _write_box(var, index, arr)  # contiguous layout HDF5 writes (diskless, big-endian)
+                else:
+                    batch.append((region[0], region[1], arr, index))
                 continue
             spec = self._spec(name)
             if _covers_whole_chunks(index, spec.shape, spec.chunks):
                 batch.append((spec, self._sink, arr, index))
             else:
+                self._drain()  # HDF5 merges partial chunks: pending writes of them first
                 _write_box(var, index, arr)  # partial chunks: HDF5 merges (single-threaded)
         if not batch:
             return
         engine = self._engine.get()
+        if self.blocking and all(isinstance(sink, _core.FileRegionSink) for _, sink, _, _ in batch):
+            engine.write_batch(batch)  # in place, straight from the caller's data: no staging copy
+            return
         engine.submit(batch)  # staged: the caller's data may change from here on
-        # Hand chunks to HDF5 (one thread: it is not thread-safe) as they finish,
-        # while the pool encodes the rest; every encoded chunk is stored even if
-        # another failed, then the first error is raised.
+        if self.blocking:
+            self._hand_over(wait=True)
+            engine.check()
+            return
+        self._hand_over(wait=False)  # what is ready; the rest at the next call
+        self._background(engine.check)  # an earlier failure; this write is staged and lands
+
+    def _hand_over(self, wait: bool) -> None:
+        """Hand encoded chunks to HDF5 from this (the caller's) thread: HDF5 is not thread-safe.
+
+        With `wait`, keep handing them over as they finish until nothing is
+        pending (the pool encodes the rest meanwhile). Every encoded chunk is
+        stored even if another failed.
+        """
+        if not self._engine.started:
+            return
+        engine = self._engine.get()
+        deadline = time.monotonic() + self.flush_timeout
         while True:
-            idle = engine.wait_idle(0.002)
+            idle = engine.wait_idle(0.002) if wait else engine.pending_chunks == 0
             for key, data in self._sink.take():
                 name, _, *cc = key.split("/")
                 spec = self._specs[name]
                 offsets = tuple(int(c) * ch for c, ch in zip(cc, spec.chunks))
                 self.root.variables[name]._h5ds.id.write_direct_chunk(offsets, data, filter_mask=0)
-            if idle:
-                break
-        engine.check()
+            if idle or not wait:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{engine.pending_chunks} chunk(s) still pending after {self.flush_timeout:g} s")
 
-    def _write_in_place(self, var: Any, index: list[np.ndarray], arr: np.ndarray) -> bool:
-        """Write a box of a contiguous variable straight into the file (native threads, O_DIRECT).
+    def _drain(self) -> None:
+        """Non-blocking: store everything pending; raise a background error (once)."""
+        if self.blocking or not self._engine.started:
+            return
+        self._hand_over(wait=True)
+        self._background(self._engine.get().check)
 
-        The variable's bytes sit at a fixed offset in C order, so each run of
-        the box that is contiguous in the file becomes one positioned write;
-        HDF5 is not involved (it holds no raw data: no sieve buffer). False when
-        this does not apply (HDF5 writes it then).
-        """
-        if self._h5file is None or not self._direct_ok:
-            return False
-        ds = var._h5ds
-        dtype = np.dtype(ds.dtype)
-        offset = ds.id.get_offset()
-        if offset is None or dtype.byteorder == ">" or arr.dtype != dtype or arr.ndim != len(ds.shape):
-            return False
-        box = [(int(i.min()), int(i.max()) + 1) for i in index]
-        if not all(len(i) == b1 - b0 and (len(i) < 2 or bool(np.all(np.diff(i) == 1)))
-                   for i, (b0, b1) in zip(index, box)):
-            return False  # not a box: HDF5 reads, merges, writes
-        shape = ds.shape
-        # Dims j* .. end are one contiguous file run per leading index.
-        j = len(shape) - 1
-        while j > 0 and box[j][0] == 0 and box[j][1] == shape[j]:
-            j -= 1
-        runs = []
-        for lead in np.ndindex(*arr.shape[:j]):
-            piece = arr[lead]
-            if not piece.flags.c_contiguous:
-                piece = np.ascontiguousarray(piece)
-            start = [b0 + i for (b0, _), i in zip(box[:j], lead)] + [b[0] for b in box[j:]]
-            runs.append((offset + int(np.ravel_multi_index(start, shape)) * dtype.itemsize, piece.reshape(-1)))
+    def _background(self, fn: Any) -> None:
         try:
-            self._engine.get().write_file_runs(self.file_name, runs, True)
-        except OSError:
-            self._direct_ok = False  # e.g. a file system that refuses positioned writes from a second fd
-            raise
-        return True
+            fn()
+        except Exception as err:
+            raise BackgroundWriteError(
+                f"an earlier non-blocking write failed: {err} (every other chunk, including this call's, "
+                f"is stored or staged; {self._engine.stats().get('failed_chunks', '?')} chunk(s) failed so far)"
+            ) from err
+
+    def _region(self, name: str) -> tuple[_core.ArraySpec, Any] | None:
+        """(spec, sink) writing a contiguous variable in place, or None (HDF5 writes it then).
+
+        The variable's bytes sit at a fixed file offset in C order; the core
+        cuts writes into one-field "chunks" (each a contiguous byte range) and
+        writes them there on the pool (O_DIRECT interior, pwrite edges); partial
+        fields are merged with what the file holds (pread). HDF5 holds no raw
+        data of it (no sieve buffer), so nothing it caches goes stale.
+        """
+        if name in self._regions:
+            return self._regions[name]
+        region = None
+        ds = self.root.variables[name]._h5ds
+        dtype = np.dtype(ds.dtype)
+        offset = ds.id.get_offset() if self._h5file is not None else None
+        if offset is not None and dtype.byteorder != ">" and dtype.kind in "fiub" and ds.ndim >= 1:
+            shape = list(ds.shape)
+            chunks = [1] * max(len(shape) - 2, 0) + shape[-2:]
+            codec = _core.CodecSpec()
+            codec.itemsize = dtype.itemsize
+            spec = _core.ArraySpec()
+            spec.path = name
+            spec.shape = shape
+            spec.chunks = [max(c, 1) for c in chunks]
+            spec.codec = codec
+            spec.fill_value = bytes(dtype.itemsize)
+            spec.validate()
+            sink = _core.FileRegionSink(self.file_name, int(offset), name, spec.shape, spec.chunks, dtype.itemsize)
+            region = (spec, sink)
+        self._regions[name] = region
+        return region
 
     def read(self, coords: CoordSystem, array_name: str, device: Any = "cpu") -> tuple[Any, CoordSystem]:
         """Read `array_name` at `coords` as a torch tensor on `device`."""
         self._check_open("read")
+        self._drain()
         _, index = self._selector.select(coords, "reading")
         var = self.root.variables[array_name]
         box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in index)

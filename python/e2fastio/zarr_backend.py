@@ -29,7 +29,7 @@ _DEFAULT_CHUNKS = {"ensemble": 1, "time": 1, "lead_time": 1, "variable": 1}
 
 # Non-blocking backends still open; drained (with a warning) at interpreter exit,
 # because Earth2Studio's workflows never call close().
-_open_nonblocking: weakref.WeakSet[ZarrBackend] = weakref.WeakSet()
+_open_nonblocking: weakref.WeakSet[Any] = weakref.WeakSet()  # ZarrBackend, NetCDF4Backend
 _open_lock = threading.Lock()
 
 
@@ -42,7 +42,8 @@ def _drain_at_exit() -> None:
             continue
         pending = b.stats().get("pending_chunks", 0)
         warnings.warn(
-            f"e2fastio: a non-blocking backend for {b.store} was not closed; storing its "
+            f"e2fastio: a non-blocking backend for {getattr(b, 'location', None) or getattr(b, 'file_name', '?')} "
+            "was not closed; storing its "
             f"{pending} pending chunk(s) at exit. Call close() (or use `with`) to control when.",
             RuntimeWarning,
             stacklevel=1,

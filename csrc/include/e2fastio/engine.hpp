@@ -109,21 +109,6 @@ class Engine {
   // Bytes of staging one chunk of `array` needs (raw + encode buffer).
   std::size_t staging_bytes_per_chunk(const ArraySpec& array) const;
 
-  // Write byte runs into an existing file at the given offsets (for data whose
-  // place in a file is known, e.g. a contiguous HDF5 dataset), on the pool,
-  // blocking until all are written. The 4 KiB-aligned interior of each run goes
-  // through O_DIRECT from reusable aligned bounce buffers (no page cache: fresh
-  // page-cache pages fault in at ~0.5 GB/s on these VMs); the unaligned head and
-  // tail, and everything when the file system refuses O_DIRECT or `direct` is
-  // false, through ordinary pwrite. Runs must not overlap. Returns whether
-  // O_DIRECT was used.
-  struct FileRun {
-    std::uint64_t offset;
-    const uint8_t* data;
-    std::size_t nbytes;
-  };
-  bool write_file_runs(const std::string& path, const std::vector<FileRun>& runs, bool direct);
-
   unsigned threads() const noexcept { return pool_.size(); }
   BufferPool& buffers() noexcept { return buffers_; }
   EngineStats stats() const;

@@ -169,3 +169,45 @@ class UploadSink : public Sink {
 };
 
 }  // namespace e2fastio
+
+namespace e2fastio {
+
+namespace detail {
+// pwrite every byte (retrying short writes); errors name the path and offset.
+void pwrite_all(int fd, const uint8_t* p, std::size_t n, std::uint64_t off, const std::string& path);
+// Write [p, p+n) at file offset `off`: the 4 KiB-aligned interior through `direct_fd`
+// (O_DIRECT; -1: none) via `bounce` (4 KiB-aligned, at least n bytes), the edges
+// (and everything without O_DIRECT) through `buffered_fd`.
+void write_in_place(int buffered_fd, int direct_fd, const uint8_t* p, std::size_t n, std::uint64_t off,
+                    uint8_t* bounce, const std::string& path);
+}  // namespace detail
+
+// A C-order array stored contiguously at `offset` in an existing file (an HDF5
+// contiguous dataset, allocated): chunk keys of an ArraySpec whose chunks are
+// 1 or the full extent along every dimension map to contiguous byte ranges,
+// written in place (O_DIRECT interior, pwrite edges) and read back with pread.
+class FileRegionSink : public Sink {
+ public:
+  FileRegionSink(std::string path, std::uint64_t offset, std::string array_path, std::vector<int64_t> shape,
+                 std::vector<int64_t> chunks, std::size_t itemsize, bool direct);
+  ~FileRegionSink() override;
+  bool read(const std::string& key, std::vector<uint8_t>& out) override;
+  void write(const std::string& key, const uint8_t* data, std::size_t nbytes) override;
+  std::string describe() const override { return "file region of " + path_; }
+  bool direct_io_active() const noexcept { return direct_fd_ >= 0; }
+
+ private:
+  std::uint64_t offset_of(const std::string& key) const;
+  uint8_t* take_bounce();
+  void give_bounce(uint8_t* b);
+  std::string path_;
+  std::uint64_t offset_;
+  std::string prefix_;
+  std::vector<int64_t> shape_, chunks_;
+  std::size_t itemsize_, chunk_bytes_;
+  int fd_ = -1, direct_fd_ = -1;
+  std::mutex mu_;
+  std::vector<uint8_t*> bounces_;
+};
+
+}  // namespace e2fastio
