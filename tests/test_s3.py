@@ -236,3 +236,27 @@ def test_redactor_removes_secrets_and_signatures():
         assert secret not in out, out
     with pytest.raises(ValueError, match="queue_bytes"):
         RemoteOptions(queue_bytes=0)
+
+
+def test_forked_child_gets_a_clear_error_and_the_parent_keeps_working(s3_bucket):
+    import os
+
+    endpoint, bucket = s3_bucket
+    c = _coords(members=1, steps=2)
+    want = _data(c, 9)
+    io = ZarrBackend(f"s3://{bucket}/fork.zarr", chunks={"lead_time": 1}, store_kwargs=S.store_kwargs(endpoint))
+    io.add_array(c, "t2m")
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            io.write(want, c, "t2m")
+        except RuntimeError as err:
+            code = 0 if "forked child" in str(err) else 2
+        io.close()
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    io.write(want, c, "t2m")
+    io.close()
+    _check(endpoint, bucket, "fork.zarr", c, {"t2m": want})

@@ -300,6 +300,8 @@ def _stop_uploaders_at_exit() -> None:
     # every backend that had pending chunks has stored them. A feeder thread
     # must not be inside the core when the interpreter finalises.
     for u in list(_live_uploaders):
+        if u.pid != os.getpid():
+            continue  # a forked child: the parent's threads and locks are not ours
         try:
             u.close()
         except Exception:  # noqa: BLE001 - exit: nothing to raise to
@@ -329,6 +331,7 @@ class Uploader:
         self._loop = _get_loop()
         self._slots = threading.Semaphore(options.concurrency)
         self._closed = False
+        self.pid = os.getpid()
         self._thread: threading.Thread | None = None
         self._thread_lock = threading.Lock()
         sink.set_fetch(self._fetch)
@@ -410,6 +413,14 @@ class Uploader:
         return None if value is None else value.as_numpy_array()
 
     # -- backend
+    def check_process(self, what: str) -> None:
+        """Refuse use from a forked child: the upload thread lives in the parent."""
+        if self.pid != os.getpid():
+            raise RuntimeError(
+                f"cannot {what}: this backend uploads to {self.description} through a thread of process "
+                f"{self.pid}, and this is a forked child ({os.getpid()}); create a new backend in the child"
+            )
+
     def wait(self, timeout: float) -> bool:
         """Wait until every queued chunk was uploaded or failed."""
         return bool(self.sink.wait_idle(timeout))

@@ -285,6 +285,8 @@ class ZarrBackend:
         if self._closed:
             return
         self._closed = True
+        if self._uploader is not None and self._uploader.pid != os.getpid():
+            return  # a forked child's copy: the parent stores its own pending chunks
         local_error: Exception | None = None
         try:
             self._drain()
@@ -338,6 +340,8 @@ class ZarrBackend:
     def _check_open(self, what: str) -> None:
         if self._closed:
             raise BackendClosedError(f"cannot {what}: this ZarrBackend was closed; create a new one")
+        if self._uploader is not None:
+            self._uploader.check_process(what)
 
     # ------------------------------------------------------------------ arrays
     def add_array(
