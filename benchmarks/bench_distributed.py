@@ -22,7 +22,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np

@@ -71,13 +71,7 @@ def run_earth2studio_way(w: common.Workload, compressed: bool, path: str) -> Non
 
 def run_zarr_slices(w: common.Workload, compressed: bool, path: str) -> None:
     """zarr-python at its best from Python: one slice assignment per array and step."""
-    io = PythonZarrBackend(path, {"time": 1, "lead_time": 1}, zarr_codec(compressed))
-    io.add_array(w.coords, list(VARS))
-    arrays = [io.root[name] for name in VARS]
-    for k in range(w.steps):
-        xs, _ = w.step(k)
-        for x, arr in zip(xs, arrays):
-            arr[:, :, k : k + 1] = x
+    common.write_zarr_slices(path, w, zarr_codec(compressed), VARS)
 
 
 def run_tensorstore(w: common.Workload, compressed: bool, path: str) -> None:

@@ -182,3 +182,19 @@ def git_rev() -> str:
 def save_json(path: str | Path, record: dict[str, Any]) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(record, indent=2, default=str))
+
+
+def write_zarr_slices(store: Any, w: Workload, codec: Any, variables: tuple[str, ...] = ("t2m", "tcwv")) -> None:
+    """zarr-python at its best from Python: one slice assignment per array and step.
+
+    `store` is a local path or any zarr Store (ObjectStore, FsspecStore, ...).
+    """
+    from e2fastio.baselines import PythonZarrBackend
+
+    io = PythonZarrBackend(store, {"time": 1, "lead_time": 1}, codec)
+    io.add_array(w.coords, list(variables))
+    arrays = [io.root[name] for name in variables]
+    for k in range(w.steps):
+        xs, _ = w.step(k)
+        for x, arr in zip(xs, arrays):
+            arr[:, :, k : k + 1] = x
