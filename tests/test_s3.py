@@ -260,3 +260,22 @@ def test_forked_child_gets_a_clear_error_and_the_parent_keeps_working(s3_bucket)
     io.write(want, c, "t2m")
     io.close()
     _check(endpoint, bucket, "fork.zarr", c, {"t2m": want})
+
+
+def test_our_retries_cover_a_store_that_does_not_retry_itself(s3_bucket, fault_proxy):
+    """An obstore store configured with no retries of its own: the Uploader's backoff makes every chunk land."""
+    endpoint, bucket = s3_bucket
+    proxy = fault_proxy(fail_503=0.3, drop=0.1, seed=11)
+    c = _coords(members=3, steps=4)
+    want = _data(c, 10)
+    store = S.obstore_store(proxy.endpoint, bucket, "noretry.zarr", retry_config={"max_retries": 0})
+    # Metadata goes straight to the server (zarr-python does not retry); chunks go through the proxy.
+    setup = ZarrBackend(S.obstore_store(endpoint, bucket, "noretry.zarr"), chunks={"ensemble": 1, "lead_time": 1})
+    setup.add_array(c, "t2m")
+    setup.close()
+    with ZarrBackend(store, upload_retries=10, upload_timeout=10) as io:
+        _write_steps(io, c, ["t2m"], {"t2m": want})
+    st = io.stats()["uploads"]
+    assert proxy.stats["fail_503"] + proxy.stats["dropped"] > 0
+    assert st["retries"] > 0 and st["objects_failed"] == 0 and st["objects_uploaded"] == 3 * 4
+    _check(endpoint, bucket, "noretry.zarr", c, {"t2m": want})
