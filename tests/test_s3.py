@@ -211,6 +211,8 @@ def test_bad_remote_options_name_the_argument(s3_bucket):
         ZarrBackend("local-dir.zarr", store_kwargs={"region": "x"})
     with pytest.raises(TypeError, match="file_name"):
         ZarrBackend(12345)
+    with pytest.raises(TypeError, match="store_kwargs must be a dict"):
+        ZarrBackend(f"s3://{bucket}/x.zarr", store_kwargs=[("region", "x")])
     with pytest.raises(ValueError, match="read-only"):
         ZarrBackend(zarr.storage.MemoryStore(read_only=True))
 

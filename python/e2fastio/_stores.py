@@ -179,9 +179,9 @@ def resolve(
     path inside that filesystem.
     """
     options = options or RemoteOptions()
-    store_kwargs = dict(store_kwargs or {})
-    if not isinstance(store_kwargs, dict):
+    if store_kwargs is not None and not isinstance(store_kwargs, dict):
         raise TypeError(f"store_kwargs must be a dict, got {type(store_kwargs).__name__}")
+    store_kwargs = dict(store_kwargs or {})
     redact = Redactor(_secret_values(store_kwargs))
 
     if fs_factory is not None:
@@ -189,9 +189,7 @@ def resolve(
             raise TypeError("fs_factory must be a callable that returns an fsspec filesystem")
         if not isinstance(location, (str, os.PathLike)):
             raise ValueError(f"{what}: with fs_factory, pass the path inside the filesystem (a str)")
-        kw = getattr(fs_factory, "keywords", None) or {}
-        redact = Redactor(redact.secrets + _secret_values(kw) + [v for k, v in kw.items() if k in ("key", "secret", "token")
-                                                                 and isinstance(v, str)])
+        redact = Redactor(redact.secrets + _secret_values(getattr(fs_factory, "keywords", None) or {}))
         fs = fs_factory()
         import fsspec
 
