@@ -282,3 +282,18 @@ def check_shape(arr: np.ndarray | DeviceTensor, index: Sequence[np.ndarray], dim
             f"x for array {name!r} has shape {tuple(arr.shape)} but coords {list(dims)} "
             f"give {expected}; the data must have one axis per coordinate, in order"
         )
+
+
+def first_partial_chunk(index: Sequence[np.ndarray], shape: Sequence[int], chunks: Sequence[int]) -> int | None:
+    """The first dimension along which the selection covers only part of a chunk it touches, or None.
+
+    `index[d]` holds the (unique) target indices along dimension d; the last
+    chunk of a dimension may be short.
+    """
+    for d, (idx, n, c) in enumerate(zip(index, shape, chunks)):
+        if c <= 1 or len(idx) == 0:
+            continue
+        touched = np.unique(np.asarray(idx) // c)
+        if len(idx) != sum(min(c, n - k * c) for k in touched):
+            return d
+    return None

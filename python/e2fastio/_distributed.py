@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from e2fastio._data import first_partial_chunk
 from e2fastio.errors import CoordinateError, E2FastIOError
 
 
@@ -87,7 +88,6 @@ class Coordinator:
             ranks = dist.get_process_group_ranks(group)
             self.group = dist.new_group(ranks=ranks, backend="gloo",
                                         timeout=datetime.timedelta(seconds=self.timeout))
-        self.failure: str | None = None  # this rank's first failure, reported at close
 
     @property
     def is_root(self) -> bool:
@@ -111,11 +111,25 @@ class Coordinator:
         self.dist.all_gather_object(out, obj, group=self.group)
         return out
 
-    def broadcast(self, obj: Any, what: str) -> Any:
+    def on_root(self, fn: Any, what: str) -> Any:
+        """Run `fn` on rank 0 only and return its result there (None elsewhere).
+
+        Every rank raises if it failed (rank 0 its own error).
+        """
+        failure = result = None
+        if self.is_root:
+            try:
+                result = fn()
+            except Exception as err:
+                failure = err
         self.barrier(what)
-        box = [obj if self.is_root else None]
+        box = [None if failure is None else f"{type(failure).__name__}: {failure}"]
         self.dist.broadcast_object_list(box, src=self.dist.get_global_rank(self.group, 0), group=self.group)
-        return box[0]
+        if failure is not None:
+            raise failure
+        if box[0] is not None:
+            raise DistributedError(f"rank {self.rank}: {what} failed on rank 0: {box[0]}")
+        return result
 
     # ------------------------------------------------------------------ add_array
     def agree_on_arrays(self, coords: Mapping[str, Any], names: Sequence[str], dtype: Any) -> None:
@@ -147,11 +161,7 @@ class Coordinator:
     # ------------------------------------------------------------------ close
     def outcomes(self, local_error: BaseException | None) -> list[tuple[int, str]]:
         """Collective: (rank, error) of every rank that failed; the same list on every rank."""
-        mine = None
-        if local_error is not None:
-            mine = f"{type(local_error).__name__}: {local_error}"
-        elif self.failure is not None:
-            mine = self.failure
+        mine = None if local_error is None else f"{type(local_error).__name__}: {local_error}"
         every = self.gather(mine, "close")
         return [(r, e) for r, e in enumerate(every) if e is not None]
 
@@ -174,21 +184,15 @@ def check_whole_chunks(
     index: Sequence[np.ndarray],
 ) -> None:
     """Refuse a write that covers only part of a chunk (another rank may own the rest)."""
-    for d, (dim, n, c, idx) in enumerate(zip(dims, shape, chunks, index)):
-        if c <= 1 or len(idx) == 0:
-            continue
-        idx = np.asarray(idx)
-        touched = np.unique(idx // c)
-        # Every touched chunk must be fully covered (the last chunk may be short).
-        need = sum(min(c, n - k * c) for k in touched)
-        if need == len(np.unique(idx)):
-            continue
-        k = int(touched[0])
-        lo, hi = int(idx.min()), int(idx.max())
-        suggest = math.gcd(lo, hi - lo + 1) if len(np.unique(idx)) == hi - lo + 1 else 1
-        raise ChunkOwnershipError(
-            f"rank {rank}: writing {array!r} at {dim} indices {lo}..{hi} covers only part of chunk {k} of {dim!r} "
-            f"(chunk size {c}); in a multi-rank run another rank may write the rest of that chunk and one of the "
-            f"two would be lost. Use chunks={{{dim!r}: {suggest}}} (a size that divides every rank's block along "
-            f"{dim!r}) so that each rank writes whole chunks. Nothing was written."
-        )
+    d = first_partial_chunk(index, shape, chunks)
+    if d is None:
+        return
+    dim, c, idx = dims[d], chunks[d], np.asarray(index[d])
+    lo, hi = int(idx.min()), int(idx.max())
+    suggest = math.gcd(lo, hi - lo + 1) if len(idx) == hi - lo + 1 else 1
+    raise ChunkOwnershipError(
+        f"rank {rank}: writing {array!r} at {dim} indices {lo}..{hi} covers only part of chunk {lo // c} of "
+        f"{dim!r} (chunk size {c}); in a multi-rank run another rank may write the rest of that chunk and one of "
+        f"the two would be lost. Use chunks={{{dim!r}: {suggest}}} (a size that divides every rank's block along "
+        f"{dim!r}) so that each rank writes whole chunks. Nothing was written."
+    )

@@ -6,6 +6,8 @@ mistake, so ``except AssertionError`` / ``except ValueError`` code keeps working
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class E2FastIOError(Exception):
     """Base class of every error raised by e2fastio."""
@@ -42,6 +44,21 @@ class BackgroundWriteError(E2FastIOError, RuntimeError):
     original error (an ``OSError`` naming the chunk key, for example). Every
     other chunk was still stored.
     """
+
+
+def surface_background_error(check: Any, failed_so_far: Any) -> None:
+    """Run `check` (which rethrows a recorded background error) and wrap what it raises.
+
+    `failed_so_far()` counts the chunks that failed; the message says every
+    other chunk, including the current call's, is stored or queued.
+    """
+    try:
+        check()
+    except Exception as err:
+        raise BackgroundWriteError(
+            f"an earlier non-blocking write failed: {err} (every other chunk, including this call's, is stored "
+            f"or queued; {failed_so_far()} chunk(s) failed so far)"
+        ) from err
 
 
 class UploadError(E2FastIOError, OSError):

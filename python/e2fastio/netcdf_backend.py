@@ -22,7 +22,7 @@ import numpy as np
 from e2fastio import _core, _data
 from e2fastio._engine import EngineHandle
 from e2fastio._zarr_native import engine_kwargs
-from e2fastio.errors import BackendClosedError, BackgroundWriteError, CoordinateError
+from e2fastio.errors import BackendClosedError, CoordinateError, surface_background_error
 from e2fastio.zarr_backend import _open_lock, _open_nonblocking
 
 logger = logging.getLogger(__name__)
@@ -370,7 +370,7 @@ class NetCDF4Backend:
                     batch.append((region[0], region[1], arr, index))
                 continue
             spec = self._spec(name)
-            if _covers_whole_chunks(index, spec.shape, spec.chunks):
+            if _data.first_partial_chunk(index, spec.shape, spec.chunks) is None:
                 batch.append((spec, self._sink, arr, index))
             else:
                 self._drain()  # HDF5 merges partial chunks: pending writes of them first
@@ -420,13 +420,7 @@ class NetCDF4Backend:
         self._background(self._engine.get().check)
 
     def _background(self, fn: Any) -> None:
-        try:
-            fn()
-        except Exception as err:
-            raise BackgroundWriteError(
-                f"an earlier non-blocking write failed: {err} (every other chunk, including this call's, "
-                f"is stored or staged; {self._engine.stats().get('failed_chunks', '?')} chunk(s) failed so far)"
-            ) from err
+        surface_background_error(fn, lambda: self._engine.stats().get("failed_chunks", 0))
 
     def _region(self, name: str) -> tuple[_core.ArraySpec, Any] | None:
         """(spec, sink) writing a contiguous variable in place, or None (HDF5 writes it then).
@@ -504,16 +498,6 @@ def _early_allocation() -> Any:
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     return dcpl
-
-
-def _covers_whole_chunks(index: list[np.ndarray], shape: list[int], chunks: list[int]) -> bool:
-    """Does the selection cover each chunk it touches completely?"""
-    for idx, n, c in zip(index, shape, chunks):
-        touched = np.unique(idx // c)
-        expected = sum(min(c, n - k * c) for k in touched)
-        if len(idx) != expected:
-            return False
-    return True
 
 
 def _write_box(var: Any, index: list[np.ndarray], arr: np.ndarray) -> None:

@@ -19,7 +19,7 @@ from e2fastio import _data, _distributed
 from e2fastio._engine import EngineHandle
 from e2fastio._stores import Location, RemoteOptions, resolve
 from e2fastio._zarr_native import array_spec, engine_kwargs
-from e2fastio.errors import BackendClosedError, BackgroundWriteError, CoordinateError
+from e2fastio.errors import BackendClosedError, CoordinateError, surface_background_error
 
 logger = logging.getLogger(__name__)
 
@@ -180,20 +180,8 @@ class ZarrBackend:
             if self._coord is None:
                 self.root = zarr.group(self.store, **dict(backend_kwargs))
             else:  # rank 0 creates (or overwrites) the root group; the others open it after
-                failure = None
-                if self._coord.is_root:
-                    try:
-                        self.root = zarr.group(self.store, **dict(backend_kwargs))
-                    except Exception as err:
-                        failure = err
-                said = self._coord.broadcast(None if failure is None else f"{type(failure).__name__}: {failure}",
-                                             "opening the store")
-                if failure is not None:
-                    raise failure
-                if said is not None:
-                    raise _distributed.DistributedError(f"rank 0 could not create the store: {said}")
-                if not self._coord.is_root:
-                    self.root = zarr.open_group(self.store, mode="r+")
+                root = self._coord.on_root(lambda: zarr.group(self.store, **dict(backend_kwargs)), "creating the store")
+                self.root = root if root is not None else zarr.open_group(self.store, mode="r+")
         except BaseException:
             if self._uploader is not None:
                 self._uploader.close()
@@ -314,17 +302,14 @@ class ZarrBackend:
             raise local_error
 
     def _background(self, fn: Any) -> None:
-        """Run an engine call that may rethrow a background error; wrap it."""
-        try:
-            fn()
-        except Exception as err:
-            failed = self._engine.stats().get("failed_chunks", 0)
-            if self._uploader is not None:
-                failed += self._uploader.stats()["objects_failed"]
-            raise BackgroundWriteError(
-                f"an earlier non-blocking write failed: {err} (every other chunk, including this "
-                f"call's, is stored or queued; {failed} chunk(s) failed so far)"
-            ) from err
+        """Run an engine/uploader call that may rethrow a background error; wrap it."""
+        surface_background_error(fn, self._failed_so_far)
+
+    def _failed_so_far(self) -> int:
+        failed = int(self._engine.stats().get("failed_chunks", 0))
+        if self._uploader is not None:
+            failed += int(self._uploader.stats()["objects_failed"])
+        return failed
 
     @property
     def closed(self) -> bool:
@@ -372,17 +357,7 @@ class ZarrBackend:
             return
         c = self._coord
         c.agree_on_arrays(coords, names, kwargs.get("dtype", host[0].dtype if host and host[0] is not None else None))
-        failure = None
-        if c.is_root:
-            try:
-                self._add_array(coords, names, host, kwargs)
-            except Exception as err:
-                failure = err
-        said = c.broadcast(None if failure is None else f"{type(failure).__name__}: {failure}", "add_array")
-        if failure is not None:
-            raise failure
-        if said is not None:
-            raise _distributed.DistributedError(f"rank {c.rank}: rank 0 could not create {names}: {said}")
+        c.on_root(lambda: self._add_array(coords, names, host, kwargs), f"add_array({names})")
         if not c.is_root:  # adopt what rank 0 created
             adjusted, _ = _data.convert_multidim_to_singledim(coords)
             for dim in adjusted:
