@@ -8,12 +8,18 @@ raw data, and PUT requests per second (objects stored / time).
 
     python benchmarks/bench_s3.py               # 4 members x 8 steps x 721 x 1440 (0.27 GB raw)
     python benchmarks/bench_s3.py --quick       # seconds, for smoke runs
+    python benchmarks/bench_s3.py --latency-ms 20   # each request held 20 ms, as by a remote endpoint
+
+CPU seconds of this process (compression, clients) and of the server process
+are reported too: on a small machine the server shares the cores, and the time
+a writer can reach is bounded by (its CPU + the server's CPU) / cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import time
@@ -109,6 +115,22 @@ COMPETITORS: dict[str, Callable[..., None]] = {
 }
 
 
+def _cpu_self() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _cpu_of(pid: int | None) -> float:
+    """User + system CPU seconds of another process (Linux /proc), 0 when unknown."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def _objects(client: Any, bucket: str, prefix: str) -> tuple[int, int]:
     n = size = 0
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
@@ -141,6 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=None, help="rounds per competitor (default 3, quick 1)")
     ap.add_argument("--endpoint", default=None, help="an S3 endpoint to use instead of a local moto server "
                     "(credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
+    ap.add_argument("--latency-ms", type=float, default=0.0,
+                    help="hold every request this long in the local server (a remote endpoint's round trip)")
     ap.add_argument("--json", default="bench-out/bench_s3.json")
     ap.add_argument("--skip", default="", help="comma-separated competitors to skip (substrings)")
     ap.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the untimed warm-up round")
@@ -159,10 +183,14 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"workload: {w.steps} writes of {w.members} x {len(VARS)} x {w.nlat} x {w.nlon} float32 "
           f"= {w.nbytes / 1e9:.2f} GB raw, blosc zstd-3 + shuffle")
     server = None
+    if args.latency_ms < 0:
+        ap.error("--latency-ms must be >= 0")
     if args.endpoint is None:
-        server = s3_support.MotoServer()
+        server = s3_support.MotoServer(latency=args.latency_ms / 1000)
         endpoint = server.endpoint
-        print(f"S3 server: moto on {endpoint} (its own process)")
+        print(f"S3 server: moto on {endpoint} (its own process), {args.latency_ms:g} ms added per request")
+    elif args.latency_ms:
+        ap.error("--latency-ms applies to the local server only; leave it out with --endpoint")
     else:
         endpoint = args.endpoint
     try:
@@ -171,6 +199,8 @@ def main(argv: list[str] | None = None) -> dict:
         client = s3_support.boto3_client(endpoint)
         env = {"endpoint": endpoint, "bucket": bucket, "store_kwargs": s3_support.store_kwargs(endpoint)}
         samples: dict[str, list[float]] = {n: [] for n in comps}
+        cpu: dict[str, list[tuple[float, float]]] = {n: [] for n in comps}  # (this process, server)
+        server_pid = server.pid if server is not None else None
         objects: dict[str, tuple[int, int]] = {}
         names = list(comps)
         if args.warmup:  # imports, first connections, first-touch memory: not what a long run pays per step
@@ -182,15 +212,18 @@ def main(argv: list[str] | None = None) -> dict:
         for r in range(repeats):
             for n in names[r % len(names):] + names[: r % len(names)]:
                 prefix = f"{n.split()[0].lower()}-{uuid.uuid4().hex[:6]}.zarr"
+                c0, s0 = _cpu_self(), _cpu_of(server_pid)
                 t0 = time.perf_counter()
                 comps[n](w, env, prefix)
                 dt = time.perf_counter() - t0
                 samples[n].append(dt)
+                cpu[n].append((_cpu_self() - c0, _cpu_of(server_pid) - s0))
                 objects[n] = _objects(client, bucket, prefix)
                 if r == 0:
                     _check_same(w, env, prefix)
                 _delete(client, bucket, prefix)
-                print(f"  round {r + 1}/{repeats} {n:<44s} {dt:7.3f} s  {objects[n][0]} objects")
+                print(f"  round {r + 1}/{repeats} {n:<44s} {dt:7.3f} s  {objects[n][0]} objects  "
+                      f"CPU s: client {cpu[n][-1][0]:.2f} server {cpu[n][-1][1]:.2f}")
     finally:
         if server is not None:
             server.stop()
@@ -199,12 +232,15 @@ def main(argv: list[str] | None = None) -> dict:
     for n in names:
         t = statistics.median(samples[n])
         results[n] = {"seconds": t, "all_s": samples[n], "objects": objects[n][0], "bytes_stored": objects[n][1],
-                      "mb_per_s": w.nbytes / t / 1e6, "put_per_s": objects[n][0] / t}
+                      "mb_per_s": w.nbytes / t / 1e6, "put_per_s": objects[n][0] / t,
+                      "client_cpu_s": statistics.median(c for c, _ in cpu[n]),
+                      "server_cpu_s": statistics.median(s for _, s in cpu[n])}
     print(f"\nmedian of {repeats}, time until every object is stored ({w.nbytes / 1e9:.2f} GB raw)")
-    print(f"{'backend':<46s}{'s':>8s}{'MB/s':>8s}{'PUT/s':>8s}{'objects':>9s}{'stored MB':>11s}")
+    print(f"{'backend':<46s}{'s':>8s}{'MB/s':>8s}{'PUT/s':>8s}{'objects':>9s}{'stored MB':>11s}"
+          f"{'client CPU s':>14s}{'server CPU s':>14s}")
     for n, r in results.items():
         print(f"{n:<46s}{r['seconds']:>8.3f}{r['mb_per_s']:>8.0f}{r['put_per_s']:>8.0f}{r['objects']:>9d}"
-              f"{r['bytes_stored'] / 1e6:>11.1f}")
+              f"{r['bytes_stored'] / 1e6:>11.1f}{r['client_cpu_s']:>14.2f}{r['server_cpu_s']:>14.2f}")
     ours = results.get("e2fastio ZarrBackend", next(iter(results.values())))["seconds"]
     baselines = {n: r["seconds"] for n, r in results.items() if not n.startswith("e2fastio")}
     ratios = {f"vs {n}": t / ours for n, t in baselines.items()}
@@ -215,6 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
     record = {"benchmark": "bench_s3", "machine": common.machine(), "git": common.git_rev(),
               "command": " ".join([os.path.basename(sys.executable)] + sys.argv), "workload": size,
               "endpoint": "moto (local process)" if server is not None else "given", "repeats": repeats,
+              "latency_ms": args.latency_ms, "cores": len(os.sched_getaffinity(0)),
               "warmup": args.warmup,
               "e2fastio": e2fastio.info(), "results": results, "ratios": ratios}
     common.save_json(args.json, record)

@@ -92,7 +92,9 @@ def _stop_process(proc: subprocess.Popen, log: Any) -> None:
 # response parser (used under ``python -X dev`` / PYTHONASYNCIODEBUG=1) rejects
 # a response with two Server headers, so s3fs would fail there.
 _MOTO_LAUNCHER = """
+import os
 import sys
+import time
 from werkzeug.serving import WSGIRequestHandler
 
 def send_response(self, code, message=None):
@@ -101,6 +103,16 @@ def send_response(self, code, message=None):
     self.send_header("Date", self.date_time_string())
 
 WSGIRequestHandler.send_response = send_response
+
+latency = float(os.environ.get("E2F_MOTO_LATENCY_S") or 0)
+if latency > 0:  # each request waits in its own thread: time, not CPU
+    handle = WSGIRequestHandler.run_wsgi
+
+    def run_wsgi(self):
+        time.sleep(latency)
+        return handle(self)
+
+    WSGIRequestHandler.run_wsgi = run_wsgi
 sys.argv[0] = "moto.server"
 from moto.server import main
 main()
@@ -115,10 +127,19 @@ class MotoServer:
     shares nothing with this process (no GIL), and its stdout/stderr go to a
     temporary file (a pipe would fill up with request logs and block it), read
     back by `log()` and quoted in the error if it fails to start.
+
+    `latency` (seconds) holds every request that long before moto handles it,
+    as a remote endpoint's round trip and time to first byte would (tens of
+    milliseconds for S3 within a region); each request waits in its own server
+    thread, so waiting costs no CPU and concurrent requests wait side by side.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, timeout: float = 30.0,
+                 latency: float = 0.0) -> None:
+        if not latency >= 0:
+            raise ValueError(f"latency must be >= 0 seconds, got {latency!r}")
         self.host = host
+        self.latency = float(latency)
         self.port = 0
         self._proc: subprocess.Popen | None = None
         self._log: Any = None
@@ -147,6 +168,7 @@ class MotoServer:
             AWS_DEFAULT_REGION=REGION,
             PYTHONUNBUFFERED="1",
             PYTHONWARNINGS="ignore",
+            E2F_MOTO_LATENCY_S=repr(self.latency),
         )
         env.pop("AWS_PROFILE", None)
         log = tempfile.TemporaryFile(prefix="moto-server-", suffix=".log")

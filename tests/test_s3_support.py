@@ -42,6 +42,32 @@ def test_server_start_failure_is_clear():
             MotoServer(port=port, timeout=20)
 
 
+def test_server_latency_holds_each_request_and_overlaps_concurrent_ones():
+    pytest.importorskip("moto.server")
+    with pytest.raises(ValueError, match="latency"):
+        MotoServer(latency=-1)
+    server = MotoServer(latency=0.25)
+    try:
+        bucket = f"lat-{uuid.uuid4().hex[:8]}"
+        s3_support.create_bucket(server.endpoint, bucket)
+        client = s3_support.boto3_client(server.endpoint)
+        try:
+            t0 = time.perf_counter()
+            client.put_object(Bucket=bucket, Key="one", Body=b"1")
+            assert time.perf_counter() - t0 >= 0.25
+            from concurrent.futures import ThreadPoolExecutor
+
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(8) as pool:  # eight at once wait side by side, not one after another
+                list(pool.map(lambda k: client.put_object(Bucket=bucket, Key=f"k{k}", Body=b"x"), range(8)))
+            assert 0.25 <= time.perf_counter() - t0 < 8 * 0.25
+        finally:
+            client.close()
+        assert list_keys(server.endpoint, bucket) == {"one": 1, **{f"k{k}": 1 for k in range(8)}}
+    finally:
+        server.stop()
+
+
 def test_s3fs_roundtrip(s3_bucket):
     pytest.importorskip("s3fs")
     endpoint, bucket = s3_bucket

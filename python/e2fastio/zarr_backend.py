@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import os
@@ -52,6 +53,46 @@ def _drain_at_exit() -> None:
             b.close()
         except Exception as err:  # noqa: BLE001 - exit: report, never raise
             logger.error("e2fastio: draining at exit failed: %s", err)
+
+
+def _sync(coro: Any) -> Any:
+    """Run a coroutine on zarr-python's own event loop (where its stores live)."""
+    from zarr.core.sync import sync
+
+    return sync(coro)
+
+
+async def _create_arrays(
+    root: zarr.Group,
+    nodes: dict[str, Any],
+    values: dict[str, np.ndarray],
+    replace: list[tuple[str, dict[str, Any]]],
+) -> dict[str, zarr.Array]:
+    """Store new arrays' metadata, coordinate values and replaced arrays, all at once.
+
+    `nodes`: metadata of arrays the store does not hold (one PUT each, no parent
+    group rewrites); `values`: what to write into some of them; `replace`:
+    ``create_array(name, overwrite=True, **kw)`` for arrays that exist. Every
+    request is awaited before the first error is raised, so none is left running.
+    """
+    group = root._async_group
+
+    async def new_arrays() -> list[tuple[str, Any]]:
+        if not nodes:
+            return []
+        made = [(path, node) async for path, node in group.create_hierarchy(nodes, overwrite=False)]
+        await asyncio.gather(*(node.setitem(Ellipsis, values[path]) for path, node in made if path in values))
+        return made
+
+    async def replaced(name: str, kw: dict[str, Any]) -> tuple[str, Any]:
+        return name, await group.create_array(name, overwrite=True, **kw)
+
+    results = await asyncio.gather(new_arrays(), *(replaced(n, kw) for n, kw in replace), return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    made = list(results[0]) + list(results[1:])
+    return {path: zarr.Array(node) for path, node in made}
 
 
 class _Target:
@@ -371,48 +412,68 @@ class ZarrBackend:
         dtype_kw = kwargs.pop("dtype", None)
         kwargs.setdefault("fill_value", None)
         kwargs.setdefault("compressors", self.zarr_codecs)
+        overwrite = bool(kwargs.get("overwrite", False))
         adjusted, mapping = _data.convert_multidim_to_singledim(coords)
-        shape = tuple(len(self.coords[d]) if d in self.coords else len(v) for d, v in adjusted.items())
+        known = {**self.coords, **{d: np.asarray(v) for d, v in adjusted.items() if d not in self.coords}}
+        shape = tuple(len(known[d]) for d in adjusted)
         for h, n in zip(host, names):
             if h is not None and h.shape != shape:
                 raise _data.DataShapeError(
                     f"data for array {n!r} has shape {h.shape} but coords give {shape}"
                 )
 
+        # Every metadata request of this call runs concurrently: against an object
+        # store each is a round trip, and one at a time they cost more than the
+        # first forecast step's chunks.
+        new_dims = [d for d in adjusted if d not in self.coords]
+        present = self._present(new_dims + list(mapping) + names)
         coord_kwargs = {k: v for k, v in kwargs.items() if k != "overwrite"}
-        for dim, values in adjusted.items():
-            if dim not in self.coords:
-                values = np.asarray(values)
-                if dim not in self.root:
-                    self.root.create_array(
-                        dim, shape=values.shape, chunks=values.shape, dtype=values.dtype,
-                        dimension_names=[dim], **coord_kwargs,
-                    )[...] = values
-                self.coords[dim] = values
-                self._selector.forget(dim)
-        for key, dims in mapping.items():
-            if key not in self.root:
-                values = np.asarray(coords[key])
-                self.root.create_array(
-                    key, shape=values.shape, chunks=values.shape, dtype=values.dtype,
-                    dimension_names=list(dims), **coord_kwargs,
-                )[...] = values
-
-        shape = tuple(len(self.coords[d]) for d in adjusted)
-        chunks = tuple(min(int(self.chunks.get(d, len(self.coords[d]))), max(1, len(self.coords[d]))) for d in adjusted)
+        coord_specs = [(d, known[d], [d]) for d in new_dims if d not in present]
+        coord_specs += [(k, np.asarray(coords[k]), list(dims)) for k, dims in mapping.items() if k not in present]
+        chunks = tuple(min(int(self.chunks.get(d, len(known[d]))), max(1, len(known[d]))) for d in adjusted)
+        data_specs: list[tuple[str, Any, dict[str, Any]]] = []
         for name, h in zip(names, host):
-            if name in self.root and not kwargs.get("overwrite", False):
+            if name in present and not overwrite:
                 logger.warning("%s is already in Zarr Store. Skipping add_array.", name)
                 continue
-            if name in self.root and not self.blocking:
-                self.flush()  # pending chunks of the old array must not land in the new one
             dtype = h.dtype if h is not None else np.dtype(dtype_kw if dtype_kw is not None else "float32")
-            arr = self.root.create_array(
-                name, shape=shape, chunks=chunks, dtype=dtype, dimension_names=list(adjusted), **kwargs
-            )
-            self._targets[name] = _Target(arr)
+            data_specs.append((name, h, dict(shape=shape, chunks=chunks, dtype=dtype,
+                                             dimension_names=list(adjusted), **kwargs)))
+        if not self.blocking and any(name in present for name, _, _ in data_specs):
+            self.flush()  # pending chunks of the old array must not land in the new one
+
+        # Metadata of new arrays is built here, in memory, and stored in one round.
+        scratch = zarr.group(zarr.storage.MemoryStore(), zarr_format=self.root.metadata.zarr_format)
+        nodes: dict[str, Any] = {}
+        values: dict[str, np.ndarray] = {}
+        for name, vals, dims in coord_specs:
+            nodes[name] = scratch.create_array(name, shape=vals.shape, chunks=vals.shape, dtype=vals.dtype,
+                                               dimension_names=dims, **coord_kwargs).metadata
+            values[name] = vals
+        replace = []
+        for name, _, kw in data_specs:
+            if name in present:
+                replace.append((name, {k: v for k, v in kw.items() if k != "overwrite"}))
+            else:
+                nodes[name] = scratch.create_array(name, **{k: v for k, v in kw.items() if k != "overwrite"}).metadata
+        arrays = _sync(_create_arrays(self.root, nodes, values, replace))
+        for d in new_dims:
+            self.coords[d] = known[d]
+            self._selector.forget(d)
+        for name, h, _ in data_specs:
+            self._targets[name] = _Target(arrays[name])
             if h is not None:
                 self._write_arrays([(name, h, [np.arange(s, dtype=np.int64) for s in shape])])
+
+    def _present(self, names: list[str]) -> set[str]:
+        """Which of `names` the store already holds (one concurrent round of lookups)."""
+        names = [n for n in dict.fromkeys(names) if n not in self._targets]
+        group = self.root._async_group
+
+        async def lookup() -> list[bool]:
+            return list(await asyncio.gather(*(group.contains(n) for n in names)))
+
+        return {n for n, found in zip(names, _sync(lookup())) if found} | set(self._targets)
 
     def _has_array(self, name: str) -> bool:
         # Known targets are cached: a zarr membership test reads metadata from the store.
