@@ -24,6 +24,34 @@ def seed_coords() -> OrderedDict[str, np.ndarray]:
 
 
 @pytest.fixture
+def native_threads():
+    """A function counting this process's e2fastio worker threads, by their kernel
+    name (zarr's, torch's and the asyncio executors come and go on their own)."""
+    import os
+
+    def count(name: str = "e2fastio-pool", settle_to: int | None = None) -> int:
+        """With `settle_to`: wait (up to 5 s) for the count to drop to it. A joined
+        thread can stay listed for a moment: the kernel wakes the joiner as the
+        thread exits, before its task entry is gone."""
+        import time
+
+        deadline = time.monotonic() + 5
+        while True:
+            n = 0
+            for tid in os.listdir("/proc/self/task"):
+                try:
+                    with open(f"/proc/self/task/{tid}/comm") as f:
+                        n += f.read().strip() == name
+                except (FileNotFoundError, ProcessLookupError):  # ended meanwhile
+                    pass
+            if settle_to is None or n <= settle_to or time.monotonic() > deadline:
+                return n
+            time.sleep(0.01)
+
+    return count
+
+
+@pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
 

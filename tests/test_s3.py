@@ -150,6 +150,40 @@ def test_partial_chunk_writes_merge_with_what_s3_holds(s3_bucket):
         _check(endpoint, bucket, prefix, c, {"t2m": want})
 
 
+@pytest.mark.parametrize("backend", ["ZarrBackend", "AsyncZarrBackend"])
+def test_metadata_requests_are_few_and_writes_send_only_chunks(s3_bucket, fault_proxy, backend):
+    """Each request to an object store is a round trip: opening a new store and
+    creating 5 coordinates and 2 arrays takes a bounded number of requests (no
+    Zarr v2 probing of an empty location, no parent-group rewrites, no repeated
+    membership lookups), and the forecast loop sends chunk PUTs and nothing else."""
+    endpoint, bucket = s3_bucket
+    proxy = fault_proxy()  # relays only; its events list every request
+    c = _coords(members=2, steps=3)
+    truth = {"t2m": _data(c, 21), "tcwv": _data(c, 22)}
+    kw = dict(zarr_codecs=BLOSC, blocking=False)
+    loc = f"s3://{bucket}/few-{backend}.zarr"
+    if backend == "ZarrBackend":
+        io = ZarrBackend(loc, chunks={"time": 1, "lead_time": 1}, store_kwargs=S.store_kwargs(proxy.endpoint), **kw)
+    else:
+        io = AsyncZarrBackend(None, parallel_coords={"lead_time": c["lead_time"]}, store=loc,
+                              store_kwargs=S.store_kwargs(proxy.endpoint), **kw)
+    opened = list(proxy.events)
+    assert len(opened) <= 3, opened  # list the prefix, check zarr.json, put zarr.json
+    io.add_array(c, list(truth))
+    created = list(proxy.events)[len(opened):]
+    # per new array: an existence check and a PUT of its zarr.json; coordinate chunks; the root read twice
+    assert len(created) <= 2 * 7 + 5 + 2, created
+    assert not [e for e in created if e[0] == "PUT" and e[1].rstrip("/").endswith(f"few-{backend}.zarr/zarr.json")]
+    io.flush()
+    before = len(proxy.events)
+    _write_steps(io, c, list(truth), truth)
+    io.close()
+    sent = list(proxy.events)[before:]
+    assert sent and all(m == "PUT" and "/c/" in path for m, path, _ in sent), sent
+    assert len(sent) == 2 * 3  # one per chunk: 2 arrays x 3 lead times
+    _check(endpoint, bucket, f"few-{backend}.zarr", c, truth)
+
+
 def test_throttling_and_dropped_connections_are_retried(s3_bucket, fault_proxy):
     endpoint, bucket = s3_bucket
     proxy = fault_proxy(fail_503=0.25, drop=0.1, delay=0.1, delay_seconds=0.2, seed=7)

@@ -315,17 +315,17 @@ def test_unsupported_codecs_fall_back_to_zarr_python(tmp_path):
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "g.zarr" / "v"))[...], data)
 
 
-def test_no_thread_left_after_close(tmp_path, seed_coords):
+def test_no_thread_left_after_close(tmp_path, seed_coords, native_threads):
     import gc
 
     gc.collect()  # backends other tests left unclosed stop their threads when collected
     before = threading.active_count()
-    native_before = len(os.listdir("/proc/self/task"))
+    ours = native_threads()
     io = ZarrBackend(str(tmp_path / "t.zarr"), threads=3)
     io.add_array(seed_coords, "v", data=torch.zeros(3, 1, 4, 9, 16))
-    assert len(os.listdir("/proc/self/task")) >= native_before + 3
+    assert native_threads() >= ours + 3
     io.close()
-    assert len(os.listdir("/proc/self/task")) == native_before
+    assert native_threads(settle_to=ours) == ours
     assert threading.active_count() == before
 
 

@@ -1,5 +1,9 @@
 #include "e2fastio/thread_pool.hpp"
 
+#ifdef __linux__
+#include <pthread.h>
+#endif
+
 #include <utility>
 
 namespace e2fastio {
@@ -21,6 +25,10 @@ void ThreadPool::submit(std::function<void()> task) {
 }
 
 void ThreadPool::run() {
+#ifdef __linux__
+  // Named, so that top -H, py-spy and the tests can tell ours from others'.
+  pthread_setname_np(pthread_self(), kThreadName);
+#endif
   for (;;) {
     std::function<void()> task;
     {

@@ -55,6 +55,31 @@ def _drain_at_exit() -> None:
             logger.error("e2fastio: draining at exit failed: %s", err)
 
 
+def _open_root(store: Any, backend_kwargs: dict[str, Any]) -> tuple[zarr.Group, bool]:
+    """The root group, and whether it was created here in an empty store.
+
+    An empty location (one listing) gets a new group straight away; otherwise
+    ``zarr.group`` opens what is there (probing Zarr v2 and v3 metadata, several
+    requests one after another on an object store).
+    """
+    if set(backend_kwargs) <= {"overwrite"}:  # overwriting nothing is creating
+        async def empty() -> bool:
+            async for _ in store.list_dir(""):
+                return False
+            return True
+
+        try:
+            is_empty = _sync(empty())
+        except FileNotFoundError:
+            is_empty = True
+        if is_empty:
+            try:
+                return zarr.create_group(store), True
+            except (zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError):
+                pass  # created meanwhile by another writer: open it
+    return zarr.group(store, **backend_kwargs), False
+
+
 def _sync(coro: Any) -> Any:
     """Run a coroutine on zarr-python's own event loop (where its stores live)."""
     from zarr.core.sync import sync
@@ -218,8 +243,9 @@ class ZarrBackend:
         try:
             group = _distributed.resolve_group(process_group)
             self._coord = _distributed.Coordinator(group, distributed_timeout) if group is not None else None
+            created = False
             if self._coord is None:
-                self.root = zarr.group(self.store, **dict(backend_kwargs))
+                self.root, created = _open_root(self.store, dict(backend_kwargs))
             else:  # rank 0 creates (or overwrites) the root group; the others open it after
                 root = self._coord.on_root(lambda: zarr.group(self.store, **dict(backend_kwargs)), "creating the store")
                 self.root = root if root is not None else zarr.open_group(self.store, mode="r+")
@@ -240,7 +266,13 @@ class ZarrBackend:
         self.coords: OrderedDict[str, np.ndarray] = OrderedDict()
         self._selector = _data.Selector(self.coords, "zarr store", lambda k: self.root[k].shape if k in self.root else None)
         self.chunks: dict[str, int] = dict(chunks)
-        members = dict(sorted(self.root.arrays()))
+        # What the store holds, listed once; kept up to date by add_array, so that
+        # membership tests cost no requests (the store changes only through us,
+        # as Earth2Studio's backends assume; zarr still refuses to create over
+        # an array that appeared meanwhile).
+        listed = {} if created else dict(self.root.members())
+        self._members: set[str] = set(listed)
+        members = dict(sorted((k, v) for k, v in listed.items() if isinstance(v, zarr.Array)))
         # Data arrays first, so coords follow their dimension order.
         ordered = sorted(members.items(), key=lambda kv: tuple(kv[1].metadata.dimension_names or ()) == (kv[0],))
         for name, arr in ordered:
@@ -255,7 +287,9 @@ class ZarrBackend:
 
     # ------------------------------------------------------------------ mapping protocol
     def __contains__(self, item: str) -> bool:
-        return item in self.root
+        # Known members: asking the store is a round trip per call on an object
+        # store (AsyncZarrBackend asks on every write).
+        return item in self._members
 
     def __getitem__(self, item: str) -> zarr.Array:
         if not self.blocking and not self._closed:
@@ -400,7 +434,8 @@ class ZarrBackend:
         c.agree_on_arrays(coords, names, kwargs.get("dtype", host[0].dtype if host and host[0] is not None else None))
         c.on_root(lambda: self._add_array(coords, names, host, kwargs), f"add_array({names})")
         if not c.is_root:  # adopt what rank 0 created
-            adjusted, _ = _data.convert_multidim_to_singledim(coords)
+            adjusted, mapping = _data.convert_multidim_to_singledim(coords)
+            self._members.update(adjusted, mapping, names)
             for dim in adjusted:
                 if dim not in self.coords:
                     self.coords[dim] = self.root[dim][:]
@@ -457,6 +492,7 @@ class ZarrBackend:
             else:
                 nodes[name] = scratch.create_array(name, **{k: v for k, v in kw.items() if k != "overwrite"}).metadata
         arrays = _sync(_create_arrays(self.root, nodes, values, replace))
+        self._members.update(nodes)
         for d in new_dims:
             self.coords[d] = known[d]
             self._selector.forget(d)
@@ -466,18 +502,12 @@ class ZarrBackend:
                 self._write_arrays([(name, h, [np.arange(s, dtype=np.int64) for s in shape])])
 
     def _present(self, names: list[str]) -> set[str]:
-        """Which of `names` the store already holds (one concurrent round of lookups)."""
-        names = [n for n in dict.fromkeys(names) if n not in self._targets]
-        group = self.root._async_group
-
-        async def lookup() -> list[bool]:
-            return list(await asyncio.gather(*(group.contains(n) for n in names)))
-
-        return {n for n, found in zip(names, _sync(lookup())) if found} | set(self._targets)
+        """Which of `names` the store holds."""
+        return {n for n in names if n in self._members}
 
     def _has_array(self, name: str) -> bool:
         # Known targets are cached: a zarr membership test reads metadata from the store.
-        return name in self._targets or name in self.root
+        return name in self._targets or name in self._members
 
     def _target(self, name: str) -> _Target:
         t = self._targets.get(name)

@@ -14,6 +14,9 @@ namespace e2fastio {
 
 class ThreadPool {
  public:
+  // The name every worker carries (Linux: /proc/<pid>/task/<tid>/comm); threads
+  // that blosc starts from a worker inherit it.
+  static constexpr const char* kThreadName = "e2fastio-pool";
   explicit ThreadPool(unsigned nthreads);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
