@@ -113,7 +113,7 @@ std::uint64_t FileRegionSink::offset_of(const std::string& key) const {
 
 uint8_t* FileRegionSink::take_bounce() {
   {
-    std::lock_guard<std::mutex> lk(mu_);
+    std::lock_guard<ForkSafeMutex> lk(mu_);
     if (!bounces_.empty()) {
       auto* b = bounces_.back();
       bounces_.pop_back();
@@ -127,7 +127,7 @@ uint8_t* FileRegionSink::take_bounce() {
 }
 
 void FileRegionSink::give_bounce(uint8_t* b) {
-  std::lock_guard<std::mutex> lk(mu_);
+  std::lock_guard<ForkSafeMutex> lk(mu_);
   bounces_.push_back(b);  // reused: at most one per thread that ever wrote at once
 }
 

@@ -58,7 +58,7 @@ DirectorySink::DirectorySink(std::string root, bool fsync, DirectIO direct)
 void DirectorySink::ensure_dir(const std::string& dir) {
   if (dir.empty()) return;
   {
-    std::lock_guard<std::mutex> lk(dirs_mu_);
+    std::lock_guard<ForkSafeMutex> lk(dirs_mu_);
     if (made_dirs_.count(dir)) return;
   }
   if (::mkdir(dir.c_str(), 0777) != 0) {
@@ -74,7 +74,7 @@ void DirectorySink::ensure_dir(const std::string& dir) {
         throw IOError("creating directory " + dir + " (a file of that name exists)", ENOTDIR);
     }
   }
-  std::lock_guard<std::mutex> lk(dirs_mu_);
+  std::lock_guard<ForkSafeMutex> lk(dirs_mu_);
   made_dirs_.insert(dir);
 }
 
@@ -115,7 +115,7 @@ int DirectorySink::open_temp(const std::string& key, const std::string& path, co
     // The directory was removed behind our back (e.g. an array was
     // overwritten through zarr-python): forget what we made and retry once.
     {
-      std::lock_guard<std::mutex> lk(dirs_mu_);
+      std::lock_guard<ForkSafeMutex> lk(dirs_mu_);
       made_dirs_.clear();
     }
     ensure_parent_of_chunk(key, path);
@@ -198,28 +198,28 @@ bool MemorySink::read(const std::string& key, std::vector<uint8_t>& out) {
 
 void MemorySink::write(const std::string& key, const uint8_t* data, std::size_t nbytes) {
   auto v = std::make_shared<const std::vector<uint8_t>>(data, data + nbytes);
-  std::lock_guard<std::mutex> lk(mu_);
+  std::lock_guard<ForkSafeMutex> lk(mu_);
   map_[key] = std::move(v);
 }
 
 MemorySink::Value MemorySink::get(const std::string& key) const {
-  std::lock_guard<std::mutex> lk(mu_);
+  std::lock_guard<ForkSafeMutex> lk(mu_);
   auto it = map_.find(key);
   return it == map_.end() ? nullptr : it->second;
 }
 
 bool MemorySink::erase(const std::string& key) {
-  std::lock_guard<std::mutex> lk(mu_);
+  std::lock_guard<ForkSafeMutex> lk(mu_);
   return map_.erase(key) > 0;
 }
 
 bool MemorySink::contains(const std::string& key) const {
-  std::lock_guard<std::mutex> lk(mu_);
+  std::lock_guard<ForkSafeMutex> lk(mu_);
   return map_.count(key) > 0;
 }
 
 std::vector<std::string> MemorySink::keys() const {
-  std::lock_guard<std::mutex> lk(mu_);
+  std::lock_guard<ForkSafeMutex> lk(mu_);
   std::vector<std::string> out;
   out.reserve(map_.size());
   for (auto& kv : map_) out.push_back(kv.first);
@@ -227,30 +227,30 @@ std::vector<std::string> MemorySink::keys() const {
 }
 
 std::size_t MemorySink::size() const {
-  std::lock_guard<std::mutex> lk(mu_);
+  std::lock_guard<ForkSafeMutex> lk(mu_);
   return map_.size();
 }
 
 std::size_t MemorySink::nbytes() const {
-  std::lock_guard<std::mutex> lk(mu_);
+  std::lock_guard<ForkSafeMutex> lk(mu_);
   std::size_t n = 0;
   for (auto& kv : map_) n += kv.second->size();
   return n;
 }
 
 void MemorySink::clear() {
-  std::lock_guard<std::mutex> lk(mu_);
+  std::lock_guard<ForkSafeMutex> lk(mu_);
   map_.clear();
 }
 
 void CollectSink::write(const std::string& key, const uint8_t* data, std::size_t nbytes) {
   std::vector<uint8_t> v(data, data + nbytes);
-  std::lock_guard<std::mutex> lk(mu_);
+  std::lock_guard<ForkSafeMutex> lk(mu_);
   items_.emplace_back(key, std::move(v));
 }
 
 std::vector<std::pair<std::string, std::vector<uint8_t>>> CollectSink::take() {
-  std::lock_guard<std::mutex> lk(mu_);
+  std::lock_guard<ForkSafeMutex> lk(mu_);
   std::vector<std::pair<std::string, std::vector<uint8_t>>> out;
   out.swap(items_);
   return out;

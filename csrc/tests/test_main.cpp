@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <dlfcn.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -327,6 +328,45 @@ TEST(codec_big_endian_swaps) {
 }
 
 // ----------------------------------------------------------------- sinks
+TEST(a_forked_child_writes_through_sinks_that_other_threads_were_using) {
+  // Two threads write to a MemorySink and a DirectorySink without pause while
+  // this thread forks; every child writes through the same sinks and must
+  // finish (a lock held by a parent thread at fork time would hang it: an
+  // alarm ends a hung child, and the first one ends the test).
+  auto dir = make_tempdir();
+  MemorySink mem;
+  DirectorySink disk(dir + "/store");
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> writers;
+  for (int t = 0; t < 2; ++t)
+    writers.emplace_back([&, t] {
+      std::vector<uint8_t> buf(64, static_cast<uint8_t>(t));
+      for (int i = 0; !stop.load(); ++i) {
+        mem.write("w" + std::to_string(t) + "/" + std::to_string(i % 64), buf.data(), buf.size());
+        if (i % 8 == 0) disk.write("d" + std::to_string(t) + "/c/" + std::to_string(i % 32), buf.data(), buf.size());
+      }
+    });
+  int hung = 0, failed = 0;
+  for (int k = 0; k < 200 && hung == 0; ++k) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      alarm(3);
+      std::vector<uint8_t> v(8, 7), out;
+      mem.write("child", v.data(), v.size());
+      disk.write("child/c/" + std::to_string(k), v.data(), v.size());
+      _exit(mem.read("child", out) && out == v && disk.read("child/c/" + std::to_string(k), out) && out == v ? 0 : 3);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (WIFSIGNALED(status)) ++hung;
+    else if (WEXITSTATUS(status) != 0) ++failed;
+  }
+  stop = true;
+  for (auto& w : writers) w.join();
+  CHECK(hung == 0);
+  CHECK(failed == 0);
+}
+
 TEST(directory_sink_writes_atomically_and_reports_errors) {
   auto dir = make_tempdir();
   DirectorySink sink(dir + "/store");

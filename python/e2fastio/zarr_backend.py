@@ -62,7 +62,8 @@ def _open_root(store: Any, backend_kwargs: dict[str, Any]) -> tuple[zarr.Group, 
     ``zarr.group`` opens what is there (probing Zarr v2 and v3 metadata, several
     requests one after another on an object store).
     """
-    if set(backend_kwargs) <= {"overwrite"}:  # overwriting nothing is creating
+    # Overwriting nothing is creating; a store that cannot list takes zarr's way.
+    if set(backend_kwargs) <= {"overwrite"} and getattr(store, "supports_listing", False):
         async def empty() -> bool:
             async for _ in store.list_dir(""):
                 return False

@@ -15,6 +15,8 @@
 #include <unordered_set>
 #include <vector>
 
+#include "e2fastio/fork_safe_mutex.hpp"
+
 namespace e2fastio {
 
 class Sink {
@@ -58,7 +60,7 @@ class DirectorySink : public Sink {
   bool fsync_;
   DirectIO direct_;
   std::atomic<bool> direct_refused_{false};
-  std::mutex dirs_mu_;
+  ForkSafeMutex dirs_mu_;
   std::unordered_set<std::string> made_dirs_;
 };
 
@@ -79,7 +81,7 @@ class MemorySink : public Sink {
   void clear();
 
  private:
-  mutable std::mutex mu_;
+  mutable ForkSafeMutex mu_;
   std::unordered_map<std::string, Value> map_;
 };
 
@@ -95,7 +97,7 @@ class CollectSink : public Sink {
   std::vector<std::pair<std::string, std::vector<uint8_t>>> take();
 
  private:
-  std::mutex mu_;
+  ForkSafeMutex mu_;
   std::vector<std::pair<std::string, std::vector<uint8_t>>> items_;
 };
 
@@ -206,7 +208,7 @@ class FileRegionSink : public Sink {
   std::vector<int64_t> shape_, chunks_;
   std::size_t itemsize_, chunk_bytes_;
   int fd_ = -1, direct_fd_ = -1;
-  std::mutex mu_;
+  ForkSafeMutex mu_;
   std::vector<uint8_t*> bounces_;
 };
 
