@@ -136,7 +136,16 @@ Engine::Engine(unsigned threads, std::size_t max_buffer_bytes, std::size_t ring_
   }
 }
 
-Engine::~Engine() { shutdown(); }
+Engine::~Engine() {
+  shutdown();
+  // Every copy on the stream has completed: each job waited for its copy before
+  // encoding, and the pool has run them all. (A forked child's abandoned engine
+  // is never destroyed, so this never runs against a parent's stream.)
+  if (copy_stream_) {
+    if (const cuda::Api* api = cuda::api()) api->StreamDestroy(copy_stream_);
+    copy_stream_ = nullptr;
+  }
+}
 
 void Engine::shutdown() { pool_.shutdown(); }
 

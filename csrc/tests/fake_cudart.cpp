@@ -68,6 +68,7 @@ struct FakeStream {
 std::atomic<int> g_delay_ms{0};
 std::atomic<int> g_fail_next{0};
 std::atomic<int> g_fail_async{0};
+std::atomic<int> g_live_streams{0};  // created and not yet destroyed
 thread_local bool t_stream_failed = false;  // set on a stream's worker thread by a failing copy
 std::atomic<unsigned long long> g_copies{0};
 std::atomic<unsigned long long> g_host_allocs{0};
@@ -111,10 +112,12 @@ int cudaFreeHost(void* p) {
 }
 int cudaStreamCreateWithFlags(void** s, unsigned) {
   *s = new FakeStream();
+  ++g_live_streams;
   return 0;
 }
 int cudaStreamDestroy(void* s) {
   delete static_cast<FakeStream*>(s);
+  --g_live_streams;
   return 0;
 }
 int cudaEventCreateWithFlags(void** e, unsigned) {
@@ -199,6 +202,7 @@ void fake_cuda_hold_stream(void* s, int hold) {
 void fake_cuda_set_copy_delay_ms(int ms) { g_delay_ms = ms; }
 void fake_cuda_fail_next_copy() { g_fail_next = 1; }
 void fake_cuda_fail_next_copy_async() { g_fail_async = 1; }
+int fake_cuda_live_streams() { return g_live_streams.load(); }
 unsigned long long fake_cuda_copies() { return g_copies.load(); }
 unsigned long long fake_cuda_host_allocs() { return g_host_allocs.load(); }
 }

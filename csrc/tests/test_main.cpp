@@ -517,7 +517,10 @@ TEST(device_copy_waits_for_producer_and_producer_waits_for_copy) {
   FakeCuda fake;
   auto hold = fake.fn<void(void*, int)>("fake_cuda_hold_stream");
   auto copies = fake.fn<unsigned long long()>("fake_cuda_copies");
-  Engine eng(2, 8 << 20, 4 << 20);
+  auto live_streams = fake.fn<int()>("fake_cuda_live_streams");
+  const int streams_before = live_streams();
+  auto engine = std::make_unique<Engine>(2, 8 << 20, 4 << 20);
+  Engine& eng = *engine;
   CHECK(eng.ring_stats().pinned);
   auto mem = std::make_shared<MemorySink>();
   ArraySpec a = make_array({4, 64}, {2, 64}, true);
@@ -540,6 +543,9 @@ TEST(device_copy_waits_for_producer_and_producer_waits_for_copy) {
   for (std::size_t i = 0; i < expect.size(); ++i) expect[i] = static_cast<float>(i);
   CHECK(read_back_2d(*mem, a) == expect);
   CHECK(eng.copies_done() == 1);
+  CHECK(live_streams() == streams_before + 2);  // the producer's and the engine's copy stream
+  engine.reset();
+  CHECK(live_streams() == streams_before + 1);  // the engine destroyed its own
   api->StreamDestroy(producer);
 }
 
