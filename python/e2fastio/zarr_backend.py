@@ -276,10 +276,14 @@ class ZarrBackend:
         members = dict(sorted((k, v) for k, v in listed.items() if isinstance(v, zarr.Array)))
         # Data arrays first, so coords follow their dimension order.
         ordered = sorted(members.items(), key=lambda kv: tuple(kv[1].metadata.dimension_names or ()) == (kv[0],))
-        for name, arr in ordered:
-            for dim in arr.metadata.dimension_names or ():
-                if dim not in self.coords and dim in members:
-                    self.coords[dim] = members[dim][:]
+        dims = [d for _, arr in ordered for d in arr.metadata.dimension_names or () if d in members]
+        dims = list(dict.fromkeys(dims))
+
+        async def read_all() -> list[Any]:  # one round of GETs, not one after another
+            return list(await asyncio.gather(*(members[d]._async_array.getitem(Ellipsis) for d in dims)))
+
+        for dim, values in zip(dims, _sync(read_all()) if dims else []):
+            self.coords[dim] = np.asarray(values)
         for name, arr in members.items():
             if name in self.coords:
                 continue
