@@ -48,25 +48,24 @@ def codec() -> Any:
 
 
 # ----------------------------------------------------------------------------- competitors
-def run_e2fastio(w: common.Workload, env: dict[str, Any], prefix: str) -> None:
-    io = e2fastio.ZarrBackend(f"s3://{env['bucket']}/{prefix}", chunks={"time": 1, "lead_time": 1},
-                              zarr_codecs=codec(), store_kwargs=env["store_kwargs"])
+def _forecast(io: Any, w: common.Workload) -> None:
+    """Earth2Studio's loop: add the arrays, one write per step, close (= every object stored)."""
     io.add_array(w.coords, list(VARS))
     for k in range(w.steps):
         xs, c = w.step(k)
         io.write(xs, c, list(VARS))
     io.close()
+
+
+def run_e2fastio(w: common.Workload, env: dict[str, Any], prefix: str) -> None:
+    _forecast(e2fastio.ZarrBackend(f"s3://{env['bucket']}/{prefix}", chunks={"time": 1, "lead_time": 1},
+                                   zarr_codecs=codec(), store_kwargs=env["store_kwargs"]), w)
 
 
 def run_e2fastio_async(w: common.Workload, env: dict[str, Any], prefix: str) -> None:
-    io = e2fastio.AsyncZarrBackend(None, parallel_coords={"lead_time": w.coords["lead_time"]},
-                                   store=f"s3://{env['bucket']}/{prefix}", store_kwargs=env["store_kwargs"],
-                                   blocking=False, pool_size=16, zarr_codecs=codec())
-    io.add_array(w.coords, list(VARS))
-    for k in range(w.steps):
-        xs, c = w.step(k)
-        io.write(xs, c, list(VARS))
-    io.close()
+    _forecast(e2fastio.AsyncZarrBackend(None, parallel_coords={"lead_time": w.coords["lead_time"]},
+                                        store=f"s3://{env['bucket']}/{prefix}", store_kwargs=env["store_kwargs"],
+                                        blocking=False, pool_size=16, zarr_codecs=codec()), w)
 
 
 def run_zarr_obstore(w: common.Workload, env: dict[str, Any], prefix: str) -> None:

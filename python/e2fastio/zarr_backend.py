@@ -265,7 +265,8 @@ class ZarrBackend:
 
         # Rebuild coordinates and chunks of an existing store (as Earth2Studio does).
         self.coords: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._selector = _data.Selector(self.coords, "zarr store", lambda k: self.root[k].shape if k in self.root else None)
+        self._selector = _data.Selector(self.coords, "zarr store",
+                                        lambda k: self.root[k].shape if k in self._members else None)
         self.chunks: dict[str, int] = dict(chunks)
         # What the store holds, listed once; kept up to date by add_array, so that
         # membership tests cost no requests (the store changes only through us,
@@ -466,8 +467,8 @@ class ZarrBackend:
         # store each is a round trip, and one at a time they cost more than the
         # first forecast step's chunks.
         new_dims = [d for d in adjusted if d not in self.coords]
-        present = self._present(new_dims + list(mapping) + names)
-        coord_kwargs = {k: v for k, v in kwargs.items() if k != "overwrite"}
+        present = frozenset(self._members)  # what the store holds before this call
+        create_kwargs = {k: v for k, v in kwargs.items() if k != "overwrite"}
         coord_specs = [(d, known[d], [d]) for d in new_dims if d not in present]
         coord_specs += [(k, np.asarray(coords[k]), list(dims)) for k, dims in mapping.items() if k not in present]
         chunks = tuple(min(int(self.chunks.get(d, len(known[d]))), max(1, len(known[d]))) for d in adjusted)
@@ -478,7 +479,7 @@ class ZarrBackend:
                 continue
             dtype = h.dtype if h is not None else np.dtype(dtype_kw if dtype_kw is not None else "float32")
             data_specs.append((name, h, dict(shape=shape, chunks=chunks, dtype=dtype,
-                                             dimension_names=list(adjusted), **kwargs)))
+                                             dimension_names=list(adjusted), **create_kwargs)))
         if not self.blocking and any(name in present for name, _, _ in data_specs):
             self.flush()  # pending chunks of the old array must not land in the new one
 
@@ -488,14 +489,14 @@ class ZarrBackend:
         values: dict[str, np.ndarray] = {}
         for name, vals, dims in coord_specs:
             nodes[name] = scratch.create_array(name, shape=vals.shape, chunks=vals.shape, dtype=vals.dtype,
-                                               dimension_names=dims, **coord_kwargs).metadata
+                                               dimension_names=dims, **create_kwargs).metadata
             values[name] = vals
         replace = []
         for name, _, kw in data_specs:
             if name in present:
-                replace.append((name, {k: v for k, v in kw.items() if k != "overwrite"}))
+                replace.append((name, kw))
             else:
-                nodes[name] = scratch.create_array(name, **{k: v for k, v in kw.items() if k != "overwrite"}).metadata
+                nodes[name] = scratch.create_array(name, **kw).metadata
         arrays = _sync(_create_arrays(self.root, nodes, values, replace))
         self._members.update(nodes)
         for d in new_dims:
@@ -505,14 +506,6 @@ class ZarrBackend:
             self._targets[name] = _Target(arrays[name])
             if h is not None:
                 self._write_arrays([(name, h, [np.arange(s, dtype=np.int64) for s in shape])])
-
-    def _present(self, names: list[str]) -> set[str]:
-        """Which of `names` the store holds."""
-        return {n for n in names if n in self._members}
-
-    def _has_array(self, name: str) -> bool:
-        # Known targets are cached: a zarr membership test reads metadata from the store.
-        return name in self._targets or name in self._members
 
     def _target(self, name: str) -> _Target:
         t = self._targets.get(name)
@@ -544,7 +537,7 @@ class ZarrBackend:
         for xi, name in zip(xs, names):
             arr = _data.to_input(xi, device_ok, "x")
             _data.check_shape(arr, index, dims, name)
-            if self._has_array(name):
+            if name in self._members:
                 t = self._target(name)
                 if t.dims != dims:
                     raise CoordinateError(
@@ -554,7 +547,7 @@ class ZarrBackend:
                 arr = _data.cast_for_array(arr, t.dtype, name)
             planned.append((name, arr))
         for name, _ in planned:
-            if not self._has_array(name):
+            if name not in self._members:
                 if self._coord is not None:
                     raise _distributed.DistributedError(
                         f"rank {self._coord.rank}: array {name!r} does not exist; in a multi-rank run create "
