@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import time
 from collections import OrderedDict
 
 import numpy as np
@@ -27,14 +29,11 @@ def seed_coords() -> OrderedDict[str, np.ndarray]:
 def native_threads():
     """A function counting this process's e2fastio worker threads, by their kernel
     name (zarr's, torch's and the asyncio executors come and go on their own)."""
-    import os
 
     def count(name: str = "e2fastio-pool", settle_to: int | None = None) -> int:
         """With `settle_to`: wait (up to 5 s) for the count to drop to it. A joined
         thread can stay listed for a moment: the kernel wakes the joiner as the
         thread exits, before its task entry is gone."""
-        import time
-
         deadline = time.monotonic() + 5
         while True:
             n = 0

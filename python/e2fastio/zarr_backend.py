@@ -88,6 +88,21 @@ def _sync(coro: Any) -> Any:
     return sync(coro)
 
 
+def _read_whole(root: zarr.Group, items: list[str | zarr.Array]) -> list[np.ndarray]:
+    """Whole contents of several arrays of `root` (by name, or opened), in one
+    concurrent round of requests rather than one after another."""
+    group = root._async_group
+
+    async def one(item: str | zarr.Array) -> np.ndarray:
+        arr = item._async_array if isinstance(item, zarr.Array) else await group.getitem(item)
+        return np.asarray(await arr.getitem(Ellipsis))
+
+    async def every() -> list[np.ndarray]:
+        return list(await asyncio.gather(*(one(i) for i in items)))
+
+    return _sync(every()) if items else []
+
+
 async def _create_arrays(
     root: zarr.Group,
     nodes: dict[str, Any],
@@ -279,12 +294,7 @@ class ZarrBackend:
         ordered = sorted(members.items(), key=lambda kv: tuple(kv[1].metadata.dimension_names or ()) == (kv[0],))
         dims = [d for _, arr in ordered for d in arr.metadata.dimension_names or () if d in members]
         dims = list(dict.fromkeys(dims))
-
-        async def read_all() -> list[Any]:  # one round of GETs, not one after another
-            return list(await asyncio.gather(*(members[d]._async_array.getitem(Ellipsis) for d in dims)))
-
-        for dim, values in zip(dims, _sync(read_all()) if dims else []):
-            self.coords[dim] = np.asarray(values)
+        self.coords.update(zip(dims, _read_whole(self.root, [members[d] for d in dims])))
         for name, arr in members.items():
             if name in self.coords:
                 continue
@@ -442,10 +452,10 @@ class ZarrBackend:
         if not c.is_root:  # adopt what rank 0 created
             adjusted, mapping = _data.convert_multidim_to_singledim(coords)
             self._members.update(adjusted, mapping, names)
-            for dim in adjusted:
-                if dim not in self.coords:
-                    self.coords[dim] = self.root[dim][:]
-                    self._selector.forget(dim)
+            new_dims = [d for d in adjusted if d not in self.coords]
+            for dim, values in zip(new_dims, _read_whole(self.root, new_dims)):
+                self.coords[dim] = values
+                self._selector.forget(dim)
             for name in names:
                 self._targets.pop(name, None)
 
