@@ -156,42 +156,14 @@ def _check_same(w: common.Workload, env: dict[str, Any], prefix: str) -> None:
             raise AssertionError(f"{prefix}: {name} differs from what was written")
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small grid, one repeat (smoke run)")
-    ap.add_argument("--repeats", type=int, default=None, help="rounds per competitor (default 3, quick 1)")
-    ap.add_argument("--endpoint", default=None, help="an S3 endpoint to use instead of a local moto server "
-                    "(credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
-    ap.add_argument("--latency-ms", type=float, default=0.0,
-                    help="hold every request this long in the local server (a remote endpoint's round trip)")
-    ap.add_argument("--json", default="bench-out/bench_s3.json")
-    ap.add_argument("--skip", default="", help="comma-separated competitors to skip (substrings)")
-    ap.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the untimed warm-up round")
-    args = ap.parse_args(argv)
-    size = QUICK if args.quick else SIZE
-    repeats = args.repeats or (1 if args.quick else 3)
-    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    comps = {n: f for n, f in COMPETITORS.items() if not any(s in n for s in skip)}
-    try:
-        import earth2studio  # noqa: F401
-    except ImportError:
-        comps = {n: f for n, f in comps.items() if not n.startswith("Earth2Studio")}
-        print("earth2studio not installed (pip install e2fastio[compare]); skipping its backends")
-
-    w = common.make_workload(**size)
-    print(f"workload: {w.steps} writes of {w.members} x {len(VARS)} x {w.nlat} x {w.nlon} float32 "
-          f"= {w.nbytes / 1e9:.2f} GB raw, blosc zstd-3 + shuffle")
+def _measure(w: common.Workload, comps: dict[str, Callable[..., None]], endpoint: str | None, latency_ms: float,
+             repeats: int, warmup: bool) -> dict[str, dict[str, Any]]:
+    """Every competitor to one server (moto started here unless `endpoint`), interleaved; per-competitor medians."""
     server = None
-    if args.latency_ms < 0:
-        ap.error("--latency-ms must be >= 0")
-    if args.endpoint is None:
-        server = s3_support.MotoServer(latency=args.latency_ms / 1000)
+    if endpoint is None:
+        server = s3_support.MotoServer(latency=latency_ms / 1000)
         endpoint = server.endpoint
-        print(f"S3 server: moto on {endpoint} (its own process), {args.latency_ms:g} ms added per request")
-    elif args.latency_ms:
-        ap.error("--latency-ms applies to the local server only; leave it out with --endpoint")
-    else:
-        endpoint = args.endpoint
+        print(f"S3 server: moto on {endpoint} (its own process), {latency_ms:g} ms added per request")
     try:
         bucket = f"bench-{uuid.uuid4().hex[:8]}"
         s3_support.create_bucket(endpoint, bucket)
@@ -202,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
         server_pid = server.pid if server is not None else None
         objects: dict[str, tuple[int, int]] = {}
         names = list(comps)
-        if args.warmup:  # imports, first connections, first-touch memory: not what a long run pays per step
+        if warmup:  # imports, first connections, first-touch memory: not what a long run pays per step
             for n in names:
                 prefix = f"warmup-{uuid.uuid4().hex[:6]}.zarr"
                 comps[n](w, env, prefix)
@@ -226,14 +198,15 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         if server is not None:
             server.stop()
+    return {n: {"seconds": statistics.median(samples[n]), "all_s": samples[n], "objects": objects[n][0],
+                "bytes_stored": objects[n][1], "mb_per_s": w.nbytes / statistics.median(samples[n]) / 1e6,
+                "put_per_s": objects[n][0] / statistics.median(samples[n]),
+                "client_cpu_s": statistics.median(c for c, _ in cpu[n]),
+                "server_cpu_s": statistics.median(s for _, s in cpu[n])} for n in names}
 
-    results = {}
-    for n in names:
-        t = statistics.median(samples[n])
-        results[n] = {"seconds": t, "all_s": samples[n], "objects": objects[n][0], "bytes_stored": objects[n][1],
-                      "mb_per_s": w.nbytes / t / 1e6, "put_per_s": objects[n][0] / t,
-                      "client_cpu_s": statistics.median(c for c, _ in cpu[n]),
-                      "server_cpu_s": statistics.median(s for _, s in cpu[n])}
+
+def _report(results: dict[str, dict[str, Any]], w: common.Workload, repeats: int) -> dict[str, float]:
+    """Print the table and every e2fastio variant's ratio to each baseline; return the ratios."""
     print(f"\nmedian of {repeats}, time until every object is stored ({w.nbytes / 1e9:.2f} GB raw)")
     print(f"{'backend':<46s}{'s':>8s}{'MB/s':>8s}{'PUT/s':>8s}{'objects':>9s}{'stored MB':>11s}"
           f"{'client CPU s':>14s}{'server CPU s':>14s}")
@@ -249,12 +222,67 @@ def main(argv: list[str] | None = None) -> dict:
             ratios.update({f"{ours} vs {n}": b / t for n, b in baselines.items()})
             print(f"{ours}: {baselines[best_name] / t:.2f}x the best baseline ({best_name}); "
                   + ", ".join(f"{b / t:.2f}x {n}" for n, b in baselines.items() if n != best_name))
+    return ratios
+
+
+def _best_ratio(results: dict[str, dict[str, Any]], ours: str) -> float | None:
+    baselines = [r["seconds"] for n, r in results.items() if not n.startswith("e2fastio")]
+    return min(baselines) / results[ours]["seconds"] if baselines and ours in results else None
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small grid, one repeat (smoke run)")
+    ap.add_argument("--repeats", type=int, default=None, help="rounds per competitor (default 3, quick 1)")
+    ap.add_argument("--endpoint", default=None, help="an S3 endpoint to use instead of a local moto server "
+                    "(credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
+    ap.add_argument("--latency-ms", default="0",
+                    help="hold every request this long in the local server (a remote endpoint's round trip); "
+                         "a comma-separated list (0,5,20) measures each in turn, each with a fresh server")
+    ap.add_argument("--json", default="bench-out/bench_s3.json")
+    ap.add_argument("--skip", default="", help="comma-separated competitors to skip (substrings)")
+    ap.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the untimed warm-up round")
+    args = ap.parse_args(argv)
+    try:
+        latencies = [float(v) for v in args.latency_ms.split(",") if v.strip()]
+    except ValueError:
+        ap.error(f"--latency-ms takes numbers separated by commas, got {args.latency_ms!r}")
+    if not latencies or any(not v >= 0 for v in latencies):
+        ap.error(f"--latency-ms values must be >= 0, got {args.latency_ms!r}")
+    if args.endpoint is not None and latencies != [0.0]:
+        ap.error("--latency-ms applies to the local server only; leave it out with --endpoint")
+    size = QUICK if args.quick else SIZE
+    repeats = args.repeats or (1 if args.quick else 3)
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    comps = {n: f for n, f in COMPETITORS.items() if not any(s in n for s in skip)}
+    try:
+        import earth2studio  # noqa: F401
+    except ImportError:
+        comps = {n: f for n, f in comps.items() if not n.startswith("Earth2Studio")}
+        print("earth2studio not installed (pip install e2fastio[compare]); skipping its backends")
+
+    w = common.make_workload(**size)
+    print(f"workload: {w.steps} writes of {w.members} x {len(VARS)} x {w.nlat} x {w.nlon} float32 "
+          f"= {w.nbytes / 1e9:.2f} GB raw, blosc zstd-3 + shuffle")
+    runs = []
+    for latency in latencies:
+        results = _measure(w, comps, args.endpoint, latency, repeats, args.warmup)
+        runs.append({"latency_ms": latency, "results": results, "ratios": _report(results, w, repeats)})
+    if len(runs) > 1:
+        ours = [n for n in comps if n.startswith("e2fastio")]
+        print("\nratio to the best baseline by added latency per request")
+        print(f"{'latency ms':>11s}" + "".join(f"{n:>44s}" for n in ours))
+        for run in runs:
+            print(f"{run['latency_ms']:>11g}" + "".join(f"{_best_ratio(run['results'], n) or float('nan'):>43.2f}x"
+                                                        for n in ours))
     record = {"benchmark": "bench_s3", "machine": common.machine(), "git": common.git_rev(),
               "command": " ".join([os.path.basename(sys.executable)] + sys.argv), "workload": size,
-              "endpoint": "moto (local process)" if server is not None else "given", "repeats": repeats,
-              "latency_ms": args.latency_ms, "cores": len(os.sched_getaffinity(0)),
-              "warmup": args.warmup,
-              "e2fastio": e2fastio.info(), "results": results, "ratios": ratios}
+              "endpoint": "moto (local process)" if args.endpoint is None else "given", "repeats": repeats,
+              "cores": len(os.sched_getaffinity(0)), "warmup": args.warmup, "e2fastio": e2fastio.info()}
+    if len(runs) == 1:
+        record.update(runs[0])
+    else:
+        record["runs"] = runs
     common.save_json(args.json, record)
     print(f"\nJSON record: {args.json}")
     return record
