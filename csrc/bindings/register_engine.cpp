@@ -7,6 +7,7 @@
 
 #include "e2fastio/engine.hpp"
 #include "e2fastio/error.hpp"
+#include "e2fastio/host_memory.hpp"
 #include "registers.hpp"
 
 namespace py = pybind11;
@@ -184,6 +185,21 @@ void register_engine(py::module_& m) {
       .def("trim", [](Engine& e) { e.buffers().trim(); })
       .def("shutdown", &Engine::shutdown, py::call_guard<py::gil_scoped_release>())
       .def("abandon_after_fork", &Engine::abandon_after_fork);
+
+  m.def("host_cache_stats", [] {
+    const host_memory::Stats s = host_memory::stats();
+    py::dict d;
+    d["limit"] = s.limit;
+    d["cached_bytes"] = s.cached_bytes;
+    d["cached_blocks"] = s.cached_blocks;
+    d["hits"] = s.hits;
+    d["misses"] = s.misses;
+    return d;
+  }, "The process-wide cache of staging memory that destroyed engines left warm for the next ones.");
+  m.def("empty_host_cache", &host_memory::empty, py::call_guard<py::gil_scoped_release>(),
+        "Free every cached staging block; returns the bytes freed.");
+  m.def("set_host_cache_limit", &host_memory::set_limit, py::arg("nbytes"),
+        py::call_guard<py::gil_scoped_release>(), "Cache at most nbytes of unused staging memory (0: none).");
 }
 
 }  // namespace e2fastio::py_bindings

@@ -7,11 +7,14 @@
 #include <stdexcept>
 #include <string>
 
+#include "e2fastio/host_memory.hpp"
+
 namespace e2fastio {
 
 namespace {
-constexpr std::size_t kAlign = 4096;
 constexpr std::size_t kGranule = 64 * 1024;
+
+void to_process_cache(uint8_t* data, std::size_t size) noexcept { host_memory::give({data, size, false}); }
 }  // namespace
 
 Lease& Lease::operator=(Lease&& o) noexcept {
@@ -40,7 +43,7 @@ BufferPool::BufferPool(std::size_t capacity) : capacity_(capacity) {
 }
 
 BufferPool::~BufferPool() {
-  for (auto& b : cache_) std::free(b.data);
+  for (auto& b : cache_) to_process_cache(b.data, b.size);
 }
 
 std::size_t BufferPool::round_up(std::size_t n) { return (n + kGranule - 1) / kGranule * kGranule; }
@@ -75,16 +78,18 @@ Lease BufferPool::acquire(std::size_t nbytes) {
   // Make room: evict cached blocks (largest first) until leased + cached + need fits.
   std::sort(cache_.begin(), cache_.end(), [](const Block& a, const Block& b) { return a.size < b.size; });
   while (!cache_.empty() && stats_.leased_bytes + stats_.cached_bytes + need > capacity_) {
-    std::free(cache_.back().data);
+    to_process_cache(cache_.back().data, cache_.back().size);
     stats_.cached_bytes -= cache_.back().size;
     cache_.pop_back();
   }
-  void* p = std::aligned_alloc(kAlign, need);
-  if (!p) throw std::bad_alloc();
-  stats_.leased_bytes += need;
+  // A block a destroyed engine left warm in the process cache, else a fresh one;
+  // never more than the capacity leaves room for.
+  const std::size_t room = capacity_ - std::min(capacity_, stats_.leased_bytes + stats_.cached_bytes);
+  const host_memory::Block b = host_memory::take(need, std::max(need, std::min(room, need + need / 4)), false);
+  stats_.leased_bytes += b.size;
   ++stats_.allocations;
   stats_.peak_bytes = std::max(stats_.peak_bytes, stats_.leased_bytes + stats_.cached_bytes);
-  return Lease(this, static_cast<uint8_t*>(p), need);
+  return Lease(this, b.data, b.size);
 }
 
 void BufferPool::give_back(uint8_t* data, std::size_t size) noexcept {
@@ -95,7 +100,7 @@ void BufferPool::give_back(uint8_t* data, std::size_t size) noexcept {
       cache_.push_back({data, size});
       stats_.cached_bytes += size;
     } catch (...) {
-      std::free(data);
+      to_process_cache(data, size);
     }
   }
   cv_.notify_all();
@@ -108,7 +113,7 @@ BufferPoolStats BufferPool::stats() const {
 
 void BufferPool::trim() {
   std::lock_guard<std::mutex> lk(mu_);
-  for (auto& b : cache_) std::free(b.data);
+  for (auto& b : cache_) to_process_cache(b.data, b.size);
   cache_.clear();
   stats_.cached_bytes = 0;
 }

@@ -10,36 +10,28 @@
 #include <stdexcept>
 #include <string>
 
-#include "e2fastio/cuda.hpp"
+#include "e2fastio/host_memory.hpp"
 
 namespace e2fastio {
 
 StagingRing::StagingRing(std::size_t capacity, bool pinned)
     : capacity_((capacity + kAlign - 1) / kAlign * kAlign) {
   if (capacity == 0) throw std::invalid_argument("staging ring capacity must be positive");
-  if (pinned) {
-    const cuda::Api* api = cuda::api();
-    void* p = nullptr;
-    if (api && api->HostAlloc(&p, capacity_, cuda::kHostAllocPortable) == cuda::kSuccess && p) {
-      base_ = static_cast<uint8_t*>(p);
-      pinned_ = true;
-    }
-  }
-  if (!base_) base_ = static_cast<uint8_t*>(std::aligned_alloc(kAlign, capacity_));
-  if (!base_) throw std::bad_alloc();
+  // A ring that a destroyed engine gave back to the process cache is taken
+  // warm; a block at most a quarter larger than asked is accepted.
+  const std::size_t most = capacity_ + capacity_ / 4;
+  if (pinned) block_ = host_memory::take(capacity_, most, true);
+  if (!block_.data) block_ = host_memory::take(capacity_, most, false);
+  base_ = block_.data;
+  pinned_ = block_.pinned;
   // Pages are touched on first use and then reused as the ring wraps (never
-  // returned to the OS): only the first lap pays the page-fault cost, and a
-  // small workload never maps the whole capacity.
+  // returned to the OS while the process cache keeps the block): only the
+  // first lap pays the page-fault cost, and a small workload never maps the
+  // whole capacity.
   stats_.capacity = capacity_;
 }
 
-StagingRing::~StagingRing() {
-  if (pinned_) {
-    if (const cuda::Api* api = cuda::api()) api->FreeHost(base_);
-  } else {
-    std::free(base_);
-  }
-}
+StagingRing::~StagingRing() { host_memory::give(block_); }
 
 void StagingRing::prefault(std::size_t offset, std::size_t n) noexcept {
 #ifdef MADV_POPULATE_WRITE

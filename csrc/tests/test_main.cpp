@@ -25,6 +25,7 @@
 #include "e2fastio/cuda.hpp"
 #include "e2fastio/engine.hpp"
 #include "e2fastio/error.hpp"
+#include "e2fastio/host_memory.hpp"
 #include "e2fastio/sink.hpp"
 #include "e2fastio/staging_ring.hpp"
 #include "e2fastio/thread_pool.hpp"
@@ -189,6 +190,66 @@ TEST(buffer_pool_reuses_buffers_without_growth) {
   CHECK(s.allocations == 1);
   CHECK(s.reuses == 49);
   CHECK(s.peak_bytes <= (1u << 20));
+}
+
+// ----------------------------------------------------------------- process-wide host memory cache
+TEST(host_cache_hands_a_given_back_block_to_the_next_taker_within_its_limit) {
+  host_memory::empty();
+  host_memory::set_limit(3 << 20);
+  const auto s0 = host_memory::stats();
+  host_memory::Block a = host_memory::take(1 << 20, 1 << 20, false);
+  CHECK(a.data && a.size == (1u << 20) && !a.pinned);
+  CHECK(reinterpret_cast<std::uintptr_t>(a.data) % 4096 == 0);
+  std::memset(a.data, 7, a.size);
+  uint8_t* const pa = a.data;
+  host_memory::give(a);
+  CHECK(host_memory::stats().cached_bytes == (1u << 20));
+  // Too small a maximum, or the other kind: not served from the cache.
+  host_memory::Block small = host_memory::take(4096, 8192, false);
+  CHECK(small.data != pa);
+  host_memory::give(small);
+  host_memory::Block again = host_memory::take(1000 * 1000, 2 << 20, false);
+  CHECK(again.data == pa && again.size == (1u << 20) && again.data[12345] == 7);  // the warm block, as left
+  const auto s1 = host_memory::stats();
+  CHECK(s1.hits == s0.hits + 1);
+  CHECK(s1.misses == s0.misses + 2);
+  // The limit: the oldest cached blocks make room for the newest; a block larger than the limit is freed.
+  host_memory::Block b = host_memory::take(2 << 20, 2 << 20, false);
+  host_memory::Block huge = host_memory::take(4 << 20, 4 << 20, false);
+  host_memory::give(again);
+  host_memory::give(b);
+  host_memory::give(huge);
+  auto s2 = host_memory::stats();
+  CHECK(s2.cached_bytes == (3u << 20) && s2.cached_blocks == 2);  // `small`, the oldest, was freed
+  host_memory::set_limit(0);  // off: everything cached is freed, nothing new is kept
+  CHECK(host_memory::stats().cached_bytes == 0 && host_memory::stats().cached_blocks == 0);
+  host_memory::give(host_memory::take(4096, 4096, false));
+  CHECK(host_memory::stats().cached_bytes == 0);
+  host_memory::set_limit(std::size_t{1} << 30);
+  host_memory::give(host_memory::take(8192, 8192, false));
+  CHECK(host_memory::empty() == 8192 && host_memory::stats().cached_bytes == 0);
+}
+
+TEST(a_new_ring_and_pool_start_on_the_memory_a_destroyed_engine_left_warm) {
+  host_memory::empty();
+  uint8_t* ring_base = nullptr;
+  uint8_t* buffer = nullptr;
+  {
+    StagingRing ring(64 * 4096);
+    auto s = ring.reserve(4096);
+    ring_base = s.data;
+    ring.release(s.id);
+    BufferPool pool(1 << 20);
+    buffer = pool.acquire(300 * 1024).data();
+  }
+  CHECK(host_memory::stats().cached_blocks == 2);
+  StagingRing ring(64 * 4096);
+  auto s = ring.reserve(4096);
+  CHECK(s.data == ring_base);
+  BufferPool pool(1 << 20);
+  CHECK(pool.acquire(300 * 1024).data() == buffer);
+  CHECK(host_memory::stats().cached_blocks == 0);
+  ring.release(s.id);
 }
 
 // ----------------------------------------------------------------- staging ring

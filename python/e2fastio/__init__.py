@@ -15,6 +15,7 @@ from e2fastio.errors import (
     UploadError,
 )
 from e2fastio.info import info
+from e2fastio.memory import empty_cache, set_host_cache_limit
 from e2fastio.netcdf_backend import NetCDF4Backend
 from e2fastio.zarr_backend import ZarrBackend
 
@@ -31,5 +32,7 @@ __all__ = [
     "ZarrBackend",
     "__version__",
     "_core",
+    "empty_cache",
     "info",
+    "set_host_cache_limit",
 ]

@@ -7,6 +7,7 @@ from typing import Any
 from e2fastio import _core
 from e2fastio._version import __version__
 from e2fastio._zarr_native import DEFAULT_MAX_BUFFER_BYTES, default_threads
+from e2fastio.memory import host_cache_info
 
 
 def info() -> dict[str, Any]:
@@ -19,8 +20,9 @@ def info() -> dict[str, Any]:
         extension is statically linked with), ``default_threads`` and
         ``default_max_buffer_bytes``, ``default_ring_bytes`` (non-blocking
         staging), ``cuda`` (whether a CUDA runtime was found, loaded at run time,
-        and from where, or why not) and ``pinned_staging`` (the ring is
-        page-locked memory from that runtime).
+        and from where, or why not), ``pinned_staging`` (the ring is
+        page-locked memory from that runtime) and ``host_cache`` (the
+        process-wide cache of staging memory, `e2fastio.memory`).
     """
     return {
         "version": __version__,
@@ -32,4 +34,5 @@ def info() -> dict[str, Any]:
         "default_ring_bytes": DEFAULT_MAX_BUFFER_BYTES * 3 // 4,
         "cuda": _core.cuda_info(),
         "pinned_staging": bool(_core.cuda_info()["available"]),
+        "host_cache": host_cache_info(),
     }

@@ -10,6 +10,8 @@
 #include <deque>
 #include <mutex>
 
+#include "e2fastio/host_memory.hpp"
+
 namespace e2fastio {
 
 struct RingStats {
@@ -56,6 +58,7 @@ class StagingRing {
   };
   bool fits(std::size_t n, std::size_t* offset) const;
   const std::size_t capacity_;
+  host_memory::Block block_;  // from (and back to) the process-wide cache
   bool pinned_ = false;
   uint8_t* base_ = nullptr;
   mutable std::mutex mu_;
