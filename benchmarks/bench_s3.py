@@ -183,6 +183,7 @@ def _measure(w: common.Workload, comps: dict[str, Callable[..., None]], endpoint
         for r in range(repeats):
             for n in names[r % len(names):] + names[: r % len(names)]:
                 prefix = f"{n.split()[0].lower()}-{uuid.uuid4().hex[:6]}.zarr"
+                common.settle()
                 c0, s0 = _cpu_self(), _cpu_of(server_pid)
                 t0 = time.perf_counter()
                 comps[n](w, env, prefix)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -262,6 +263,7 @@ def run_demo(members: int = 8, steps: int = 20, resolution: float = 0.25, device
         if target is not None and target.exists():
             shutil.rmtree(target) if target.is_dir() else target.unlink()
         io = case.make(out)
+        gc.collect()  # untimed: a full collection due from the previous backend's garbage would land in this one
         t0 = time.perf_counter()
         christmas_five_day_ensemble(model, x0, io, steps, members, seed, model_step_seconds, progress)
         if hasattr(io, "close"):
