@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
                 res = json.loads(out.stdout.strip().splitlines()[-1])
                 samples[n].append(res)
                 print(f"  round {r + 1}/{repeats} {n:<40s} loop {res['loop_s']:7.3f} s  durable after "
-                      f"{res['durable_after_last_step_s']:6.3f} s  peak RSS +{res['peak_rss_growth_bytes'] / 2**20:7.0f} MiB")
+                      f"{res['durable_after_last_step_s']:6.3f} s  "
+                      f"peak RSS +{res['peak_rss_growth_bytes'] / 2**20:7.0f} MiB")
                 common.rm(path)
     base = statistics.median(s["loop_s"] for s in samples["no IO"])
     table = {}

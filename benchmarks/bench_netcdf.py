@@ -58,7 +58,7 @@ def run_netcdf4_python(w: common.Workload, level: int | None, path: str) -> None
         ds.createVariable(name, "f4", tuple(coords), **kw)
     for k in range(w.steps):
         xs, c = w.step(k)
-        for x, name in zip(xs, VARS):
+        for x, name in zip(xs, VARS, strict=True):
             ds[name][:, :, k : k + 1] = x
     ds.close()
 

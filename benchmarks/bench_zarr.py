@@ -99,7 +99,7 @@ def run_tensorstore(w: common.Workload, compressed: bool, path: str) -> None:
     futures = []
     for k in range(w.steps):
         xs, _ = w.step(k)
-        for arr, x in zip(arrays, xs):
+        for arr, x in zip(arrays, xs, strict=True):
             futures.append(arr[:, :, k : k + 1].write(x, can_reference_source_data_indefinitely=True))
     for f in futures:
         f.result()
@@ -108,7 +108,7 @@ def run_tensorstore(w: common.Workload, compressed: bool, path: str) -> None:
 def _chunk_files(w: common.Workload, path: str):
     for k in range(w.steps):
         xs, _ = w.step(k)
-        for x, name in zip(xs, VARS):
+        for x, name in zip(xs, VARS, strict=True):
             yield os.path.join(path, name, "c", "0", "0", str(k), "0", "0"), x
 
 
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
         for mode in modes:
             compressed = mode == "compressed"
             print(f"\n[{mode}]")
-            fns = {n: (lambda path, f=f: f(w, compressed, path)) for n, f in comps.items()}
+            fns = {n: (lambda path, f=f, compressed=compressed: f(w, compressed, path)) for n, f in comps.items()}
             res = common.run_interleaved(fns, Path(tmp), repeats, w.nbytes)
             record["results"][mode] = res
             common.print_table(f"{mode}: median of {repeats}", res, "pure Python (Earth2Studio's way)", w.nbytes)

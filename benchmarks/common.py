@@ -11,9 +11,10 @@ import statistics
 import subprocess
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -96,12 +97,12 @@ def rm(path: str | Path) -> None:
 def machine() -> dict[str, Any]:
     cpu = ""
     try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
     except (OSError, StopIteration):
         pass
     mem = 0
     try:
-        mem = int(next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal"))) * 1024
+        mem = int(next(ln.split()[1] for ln in open("/proc/meminfo") if ln.startswith("MemTotal"))) * 1024
     except (OSError, StopIteration):
         pass
     return {
@@ -151,7 +152,7 @@ def run_interleaved(
             rm(target)
             os.sync()
             settle()
-            closed, synced = timed(lambda: competitors[n](str(target)))
+            closed, synced = timed(lambda n=n, target=target: competitors[n](str(target)))
             samples[n]["closed"].append(closed)
             samples[n]["synced"].append(synced)
             sizes[n] = dir_size(target)
@@ -174,7 +175,8 @@ def run_interleaved(
 
 def print_table(title: str, results: dict[str, dict[str, Any]], baseline: str, nbytes: int) -> None:
     print(f"\n{title}  ({nbytes / 1e9:.2f} GB raw)")
-    print(f"{'backend':<36s}{'closed s':>10s}{'synced s':>10s}{'MB/s':>9s}{'size MB':>10s}{'ratio':>7s}{'speed-up':>10s}")
+    print(f"{'backend':<36s}{'closed s':>10s}{'synced s':>10s}{'MB/s':>9s}{'size MB':>10s}{'ratio':>7s}"
+          f"{'speed-up':>10s}")
     base = results[baseline]["synced_s"]
     for n, r in results.items():
         print(
@@ -208,5 +210,5 @@ def write_zarr_slices(store: Any, w: Workload, codec: Any, variables: tuple[str,
     arrays = [io.root[name] for name in variables]
     for k in range(w.steps):
         xs, _ = w.step(k)
-        for x, arr in zip(xs, arrays):
+        for x, arr in zip(xs, arrays, strict=True):
             arr[:, :, k : k + 1] = x

@@ -20,5 +20,7 @@ if ! command -v ncdump >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; th
   (apt-get install -y -qq netcdf-bin >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq netcdf-bin >/dev/null 2>&1)) || echo "note: could not install netcdf-bin; ncdump checks will be skipped"
 fi
 
+# Lint (pyproject's [tool.ruff]; under a second), then the tests.
+"$PY" -m ruff check --quiet .
 # Run from the tests' folder view of the installed package, not python/.
 exec "$PY" -m pytest "$@"

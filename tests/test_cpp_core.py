@@ -29,7 +29,8 @@ def test_cpp_core_under_sanitizers(tmp_path_factory):
     )
     b = subprocess.run([cmake, "--build", str(build), "-j", "2"], capture_output=True, text=True)
     assert b.returncode == 0, b.stdout[-4000:] + b.stderr[-4000:]
-    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0", UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1")
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0",
+               UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1")
     r = subprocess.run([str(build / "e2fastio_cpp_tests")], capture_output=True, text=True, env=env, timeout=300)
     print(r.stdout)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]

@@ -31,8 +31,8 @@ def test_model_is_deterministic_and_plausible():
     lat, lon = grid(5)
     m = AdvectionDiffusionModel(lat, lon)
     x0 = initial_state(lat, lon, seed=3)
-    a = [s for _, s in zip(range(5), m.create_iterator(x0))][-1]
-    b = [s for _, s in zip(range(5), m.create_iterator(x0))][-1]
+    a = [s for _, s in zip(range(5), m.create_iterator(x0), strict=False)][-1]
+    b = [s for _, s in zip(range(5), m.create_iterator(x0), strict=False)][-1]
     assert (a == b).all()
     t2m, tcwv = a[0], a[1]
     assert 200 < float(t2m.min()) and float(t2m.max()) < 320

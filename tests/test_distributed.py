@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _dist_workers as W
 import numpy as np
 import pytest
 import xarray as xr
 import zarr
 
-import _dist_workers as W
 from e2fastio import ZarrBackend
 from e2fastio._distributed import ChunkOwnershipError, check_whole_chunks
 

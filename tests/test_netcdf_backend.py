@@ -139,7 +139,8 @@ def test_append_partial_reopen_and_flush_visible_to_another_process(tmp_path):
     np.testing.assert_array_equal(io.coords["lead_time"], c["lead_time"])
     np.testing.assert_array_equal(io.coords["time"], c["time"])
     # A partial field (half the longitudes) goes through HDF5's own merge; the rest is kept.
-    io.write(torch.full((3, 1, 1, 19, 18), 5.0), OrderedDict(c, lead_time=c["lead_time"][2:3], lon=c["lon"][:18]), "t2m")
+    io.write(torch.full((3, 1, 1, 19, 18), 5.0),
+             OrderedDict(c, lead_time=c["lead_time"][2:3], lon=c["lon"][:18]), "t2m")
     io.write(torch.from_numpy(data[:, :, 3:4, 0]), OrderedDict(c, lead_time=c["lead_time"][3:4]), "t2m")
     got, _ = io.read(OrderedDict(c, lead_time=c["lead_time"][2:]), "t2m")
     io.close()

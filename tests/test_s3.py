@@ -13,12 +13,12 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
+import s3_support as S
 import torch
 import xarray as xr
 import zarr
 import zarr.storage
 
-import s3_support as S
 from e2fastio import AsyncZarrBackend, BackgroundWriteError, UploadError, ZarrBackend
 from e2fastio._stores import Redactor, RemoteOptions
 

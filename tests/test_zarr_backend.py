@@ -46,8 +46,8 @@ def _plain_zarr_run(path, coords, steps, codec, chunks):
     for name in ("t2m", "tcwv"):
         root.create_array(name, shape=shape, chunks=ch, dtype="float32", dimension_names=list(coords),
                           compressors=codec, fill_value=None)
-    for step, (xs, sc) in enumerate(steps):
-        for xi, name in zip(xs, ("t2m", "tcwv")):
+    for xs, sc in steps:
+        for xi, name in zip(xs, ("t2m", "tcwv"), strict=True):
             idx = [np.where(np.isin(coords[d], v))[0] for d, v in sc.items()]
             root[name].set_orthogonal_selection(tuple(idx), xi.numpy())
 
@@ -132,7 +132,7 @@ def test_partial_out_of_order_repeated_writes_keep_the_rest(tmp_path, rng):
     full = rng.normal(size=(10, 13)).astype("float32")
     io.add_array(coords, "v", data=full)
     ref = full.copy()
-    for trial in range(5):
+    for _ in range(5):
         ia = rng.choice(10, size=rng.integers(1, 10), replace=False)
         ib = rng.choice(13, size=rng.integers(1, 13), replace=False)
         vals = rng.normal(size=(len(ia), len(ib))).astype("float32")
@@ -157,7 +157,8 @@ def test_reopen_rebuilds_coords_and_chunks_and_appends(tmp_path, seed_coords):
     for k in seed_coords:
         np.testing.assert_array_equal(io2.coords[k], seed_coords[k])
     assert io2.chunks["lead_time"] == 2 and io2.chunks["lat"] == 9
-    io2.write(torch.full((3, 1, 1, 9, 16), 2.0), OrderedDict(seed_coords, lead_time=seed_coords["lead_time"][1:2]), "t2m")
+    io2.write(torch.full((3, 1, 1, 9, 16), 2.0),
+              OrderedDict(seed_coords, lead_time=seed_coords["lead_time"][1:2]), "t2m")
     io2.close()
     v = xr.open_zarr(path, consolidated=False)["t2m"].values
     assert (v[:, :, 0] == 1).all() and (v[:, :, 1] == 2).all() and (v[:, :, 2:] == 0).all()

@@ -290,7 +290,7 @@ def first_partial_chunk(index: Sequence[np.ndarray], shape: Sequence[int], chunk
     `index[d]` holds the (unique) target indices along dimension d; the last
     chunk of a dimension may be short.
     """
-    for d, (idx, n, c) in enumerate(zip(index, shape, chunks)):
+    for d, (idx, n, c) in enumerate(zip(index, shape, chunks, strict=True)):
         if c <= 1 or len(idx) == 0:
             continue
         touched = np.unique(np.asarray(idx) // c)

@@ -247,7 +247,8 @@ def resolve(
             "store_kwargs only applies when the store is a URL string; configure the store instance directly"
         )
     if _is_obstore_store(location):
-        return _remote(zarr.storage.ObjectStore(location, read_only=False), _describe_obstore(location), options, redact)
+        store = zarr.storage.ObjectStore(location, read_only=False)
+        return _remote(store, _describe_obstore(location), options, redact)
     if isinstance(location, Store):
         if location.read_only:
             raise ValueError(f"{what}: the zarr store is read-only; the backend needs a writable store")

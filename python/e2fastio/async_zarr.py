@@ -263,7 +263,7 @@ class AsyncZarrBackend:
                     "array. Sliced writes of non-index coordinates are not supported."
                 )
         full = self._array_coords(coords)
-        for xi, name in zip(xs, names):
+        for xi, name in zip(xs, names, strict=True):
             if _data.check_array_name(name) and name not in self._z and self._z._coord is None:
                 # dtype only: a CUDA tensor stays on its device (no host copy here)
                 self._z.add_array(full, name, dtype=_data.to_input(xi, True, "x").dtype)

@@ -28,7 +28,8 @@ class PythonZarrBackend:
         if isinstance(file_name, zarr.abc.store.Store):  # e.g. an ObjectStore or FsspecStore
             self.store = file_name
         else:
-            self.store = zarr.storage.MemoryStore() if file_name is None else zarr.storage.LocalStore(os.fspath(file_name))
+            self.store = (zarr.storage.MemoryStore() if file_name is None
+                          else zarr.storage.LocalStore(os.fspath(file_name)))
         self.root = zarr.group(self.store, overwrite=True)
         self.chunks = dict(chunks or {})
         self.zarr_codecs = zarr_codecs
@@ -38,8 +39,9 @@ class PythonZarrBackend:
         adjusted, _ = convert_multidim_to_singledim(coords)
         for dim, values in adjusted.items():
             if dim not in self.coords:
-                self.root.create_array(dim, shape=values.shape, chunks=values.shape, dtype=values.dtype,
-                                       dimension_names=[dim], compressors=self.zarr_codecs, fill_value=None)[...] = values
+                arr = self.root.create_array(dim, shape=values.shape, chunks=values.shape, dtype=values.dtype,
+                                             dimension_names=[dim], compressors=self.zarr_codecs, fill_value=None)
+                arr[...] = values
                 self.coords[dim] = values
         shape = tuple(len(self.coords[d]) for d in adjusted)
         chunks = tuple(self.chunks.get(d, len(self.coords[d])) for d in adjusted)
@@ -50,7 +52,7 @@ class PythonZarrBackend:
     def write(self, x: Any, coords: Mapping[str, np.ndarray], array_name: str | list[str]) -> None:
         adjusted, _ = convert_multidim_to_singledim(coords)
         idx = np.ix_(*[np.where(np.isin(self.coords[d], v))[0] for d, v in adjusted.items()])
-        for xi, name in zip(as_list(x, "x"), as_list(array_name, "array_name")):
+        for xi, name in zip(as_list(x, "x"), as_list(array_name, "array_name"), strict=False):
             self.root[name][idx] = to_host_array(xi)
 
     def close(self) -> None:
@@ -76,7 +78,7 @@ class PythonAsyncZarrBackend(PythonZarrBackend):
     def write(self, x: Any, coords: Mapping[str, np.ndarray], array_name: str | list[str]) -> None:
         adjusted, _ = convert_multidim_to_singledim(coords)
         idx = np.ix_(*[np.where(np.isin(self.coords[d], v))[0] for d, v in adjusted.items()])
-        for xi, name in zip(as_list(x, "x"), as_list(array_name, "array_name")):
+        for xi, name in zip(as_list(x, "x"), as_list(array_name, "array_name"), strict=False):
             data = np.array(to_host_array(xi), copy=True)
             self._futures.append(self._pool.submit(self.root[name].__setitem__, idx, data))
 

@@ -150,7 +150,8 @@ class NetCDF4Backend:
                 _open_nonblocking.add(self)  # drained (with a warning) at exit if never closed
         self._specs: dict[str, _core.ArraySpec] = {}
         self.coords: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._selector = _data.Selector(self.coords, "NetCDF store", lambda k: self.root.variables[k].shape if k in self.root.variables else None)
+        self._selector = _data.Selector(
+            self.coords, "NetCDF store", lambda k: self.root.variables[k].shape if k in self.root.variables else None)
         for dim in self.root.dimensions:
             if dim in self.root.variables:
                 self.coords[dim] = self._decode_coord(self.root.variables[dim])
@@ -265,7 +266,7 @@ class NetCDF4Backend:
         names, host = _data.add_array_inputs(array_name, data)
         adjusted, mapping = _data.convert_multidim_to_singledim(coords)
         shape = tuple(len(self.coords[d]) if d in self.coords else len(v) for d, v in adjusted.items())
-        for h, n in zip(host, names):
+        for h, n in zip(host, names, strict=True):
             if h is not None and h.shape != shape:
                 raise _data.DataShapeError(f"data for array {n!r} has shape {h.shape} but coords give {shape}")
         for dim, values in adjusted.items():
@@ -278,7 +279,7 @@ class NetCDF4Backend:
                 values = np.asarray(coords[key])
                 self.root.create_variable(key, tuple(dims), data=values)
         dims = tuple(adjusted)
-        for name, h in zip(names, host):
+        for name, h in zip(names, host, strict=True):
             if name in self.root.variables:
                 logger.warning("%s is already in NetCDF Store. Skipping add_array.", name)
                 continue
@@ -320,7 +321,8 @@ class NetCDF4Backend:
             codec.deflate_level = int(filters.get("gzip", 4) or 4)
             codec.hdf5_shuffle = "shuffle" in filters
             if set(filters) - {"gzip", "shuffle"}:
-                raise ValueError(f"variable {name!r} uses HDF5 filters {sorted(filters)}; only shuffle + zlib are written natively")
+                raise ValueError(f"variable {name!r} uses HDF5 filters {sorted(filters)}; "
+                                 "only shuffle + zlib are written natively")
             spec = _core.ArraySpec()
             spec.path = name
             spec.shape = list(ds.shape)
@@ -339,7 +341,7 @@ class NetCDF4Backend:
         adjusted, index = self._selector.select(coords)
         dims = tuple(adjusted)
         planned = []
-        for xi, name in zip(xs, names):
+        for xi, name in zip(xs, names, strict=True):
             arr = _data.to_host_array(xi, "x")
             _data.check_shape(arr, index, dims, name)
             if name in self.root.variables:
@@ -405,7 +407,7 @@ class NetCDF4Backend:
             for key, data in self._sink.take():
                 name, _, *cc = key.split("/")
                 spec = self._specs[name]
-                offsets = tuple(int(c) * ch for c, ch in zip(cc, spec.chunks))
+                offsets = tuple(int(c) * ch for c, ch in zip(cc, spec.chunks, strict=True))
                 self.root.variables[name]._h5ds.id.write_direct_chunk(offsets, data, filter_mask=0)
             if idle or not wait:
                 return
@@ -503,7 +505,9 @@ def _early_allocation() -> Any:
 def _write_box(var: Any, index: list[np.ndarray], arr: np.ndarray) -> None:
     """Orthogonal write through HDF5: a box directly, else read the bounding box, merge, write back."""
     box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in index)
-    if all(len(i) == b.stop - b.start and (len(i) < 2 or bool(np.all(np.diff(i) == 1))) for i, b in zip(index, box)):
+    contiguous = (len(i) == b.stop - b.start and (len(i) < 2 or bool(np.all(np.diff(i) == 1)))
+                  for i, b in zip(index, box, strict=True))
+    if all(contiguous):
         _write_c_pieces(var._h5ds, box, arr)
         return
     block = np.asarray(var[box])
@@ -525,7 +529,7 @@ def _write_c_pieces(ds: Any, box: tuple[slice, ...], arr: np.ndarray) -> None:
         ds[box] = np.ascontiguousarray(arr)
         return
     for idx in np.ndindex(*arr.shape[:lead]):
-        sub = tuple(slice(b.start + i, b.start + i + 1) for b, i in zip(box[:lead], idx)) + box[lead:]
+        sub = tuple(slice(b.start + i, b.start + i + 1) for b, i in zip(box[:lead], idx, strict=True)) + box[lead:]
         ds[sub] = arr[idx].reshape((1,) * lead + arr.shape[lead:])
 
 

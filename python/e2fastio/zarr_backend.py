@@ -294,11 +294,11 @@ class ZarrBackend:
         ordered = sorted(members.items(), key=lambda kv: tuple(kv[1].metadata.dimension_names or ()) == (kv[0],))
         dims = [d for _, arr in ordered for d in arr.metadata.dimension_names or () if d in members]
         dims = list(dict.fromkeys(dims))
-        self.coords.update(zip(dims, _read_whole(self.root, [members[d] for d in dims])))
+        self.coords.update(zip(dims, _read_whole(self.root, [members[d] for d in dims]), strict=True))
         for name, arr in members.items():
             if name in self.coords:
                 continue
-            for c, d in zip(arr.chunks, arr.metadata.dimension_names or ()):
+            for c, d in zip(arr.chunks, arr.metadata.dimension_names or (), strict=False):
                 self.chunks[d] = int(c)
 
     # ------------------------------------------------------------------ mapping protocol
@@ -453,7 +453,7 @@ class ZarrBackend:
             adjusted, mapping = _data.convert_multidim_to_singledim(coords)
             self._members.update(adjusted, mapping, names)
             new_dims = [d for d in adjusted if d not in self.coords]
-            for dim, values in zip(new_dims, _read_whole(self.root, new_dims)):
+            for dim, values in zip(new_dims, _read_whole(self.root, new_dims), strict=True):
                 self.coords[dim] = values
                 self._selector.forget(dim)
             for name in names:
@@ -467,7 +467,7 @@ class ZarrBackend:
         adjusted, mapping = _data.convert_multidim_to_singledim(coords)
         known = {**self.coords, **{d: np.asarray(v) for d, v in adjusted.items() if d not in self.coords}}
         shape = tuple(len(known[d]) for d in adjusted)
-        for h, n in zip(host, names):
+        for h, n in zip(host, names, strict=True):
             if h is not None and h.shape != shape:
                 raise _data.DataShapeError(
                     f"data for array {n!r} has shape {h.shape} but coords give {shape}"
@@ -483,7 +483,7 @@ class ZarrBackend:
         coord_specs += [(k, np.asarray(coords[k]), list(dims)) for k, dims in mapping.items() if k not in present]
         chunks = tuple(min(int(self.chunks.get(d, len(known[d]))), max(1, len(known[d]))) for d in adjusted)
         data_specs: list[tuple[str, Any, dict[str, Any]]] = []
-        for name, h in zip(names, host):
+        for name, h in zip(names, host, strict=True):
             if name in present and not overwrite:
                 logger.warning("%s is already in Zarr Store. Skipping add_array.", name)
                 continue
@@ -544,7 +544,7 @@ class ZarrBackend:
         dims = tuple(adjusted)
         planned = []
         device_ok = not self.blocking and self._engine.get().cuda_available
-        for xi, name in zip(xs, names):
+        for xi, name in zip(xs, names, strict=True):
             arr = _data.to_input(xi, device_ok, "x")
             _data.check_shape(arr, index, dims, name)
             if name in self._members:

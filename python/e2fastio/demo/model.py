@@ -96,7 +96,8 @@ class AdvectionDiffusionModel:
         lap = (torch.roll(adv, 1, -1) + torch.roll(adv, -1, -1) - 2 * adv) + (
             F.pad(adv, (0, 0, 1, 1), mode="replicate")[..., 2:, :]
             + F.pad(adv, (0, 0, 1, 1), mode="replicate")[..., :-2, :] - 2 * adv)
-        out = adv + 0.05 * lap + (self.clim - adv) * torch.tensor([0.04, 0.05, 0.08, 0.08], device=x.device)[:, None, None]
+        relax = torch.tensor([0.04, 0.05, 0.08, 0.08], device=x.device)[:, None, None]
+        out = adv + 0.05 * lap + (self.clim - adv) * relax
         out[:, 1].clamp_(min=0.0, max=70.0)
         out = torch.round(out / QUANTUM) * QUANTUM
         return out.reshape(*lead, 4, self.nlat, self.nlon)

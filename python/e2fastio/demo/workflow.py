@@ -161,9 +161,9 @@ def christmas_five_day_ensemble(model: AdvectionDiffusionModel, x0: torch.Tensor
     # Gaussian perturbation, spatially smooth (white noise would be diffused away anyway).
     noise = _smooth_noise((nensemble, 4), model.nlat, model.nlon, g, scale=8)
     amp = torch.tensor([0.5, 0.5, 0.3, 0.3])[:, None, None]
-    x = x0.unsqueeze(0).repeat(nensemble, 1, 1, 1) + amp * noise
+    start = x0.unsqueeze(0).repeat(nensemble, 1, 1, 1) + amp * noise
     bar = _bar(nsteps + 1, progress)
-    for step, x in enumerate(model.create_iterator(x)):
+    for step, x in enumerate(model.create_iterator(start)):
         if step_seconds:
             time.sleep(step_seconds)
         if io is not None:
@@ -272,7 +272,8 @@ def run_demo(members: int = 8, steps: int = 20, resolution: float = 0.25, device
         size = _size(target, io)
         outputs[name] = _read_back(target, io)
         results[name] = {"label": case.label, "seconds": elapsed, "io_seconds": max(elapsed - model_only, 0.0),
-                         "bytes": size, "mb_per_s": raw_bytes / elapsed / 1e6, "ratio": raw_bytes / size if size else None}
+                         "bytes": size, "mb_per_s": raw_bytes / elapsed / 1e6,
+                         "ratio": raw_bytes / size if size else None}
         logger.info("%s: %.2f s", name, elapsed)
     for name, r in results.items():
         base = BASELINE_OF.get(name)
@@ -320,7 +321,7 @@ def print_report(record: dict[str, Any]) -> None:
     print(f"\nEnsemble forecast: {o['members']} members, {o['steps']} steps of 6 h, grid {o['lat']} x {o['lon']}, "
           f"{record['raw_bytes'] / 1e9:.2f} GB written per backend; model alone {record['model_only_seconds']:.2f} s")
     print(f"{'backend':<30s}{'durable s':>11s}{'IO s':>8s}{'MB/s':>9s}{'size MB':>10s}{'ratio':>7s}{'speed-up':>10s}")
-    for name, r in record["results"].items():
+    for r in record["results"].values():
         sp = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
         print(f"{r['label']:<30s}{r['seconds']:>11.2f}{r['io_seconds']:>8.2f}{r['mb_per_s']:>9.0f}"
               f"{r['bytes'] / 1e6:>10.1f}{(r['ratio'] or 0):>7.2f}{sp:>10s}")
