@@ -22,8 +22,6 @@ StagingRing::StagingRing(std::size_t capacity, bool pinned)
   const std::size_t most = capacity_ + capacity_ / 4;
   if (pinned) block_ = host_memory::take(capacity_, most, true);
   if (!block_.data) block_ = host_memory::take(capacity_, most, false);
-  base_ = block_.data;
-  pinned_ = block_.pinned;
   // Pages are touched on first use and then reused as the ring wraps (never
   // returned to the OS while the process cache keeps the block): only the
   // first lap pays the page-fault cost, and a small workload never maps the
@@ -35,9 +33,9 @@ StagingRing::~StagingRing() { host_memory::give(block_); }
 
 void StagingRing::prefault(std::size_t offset, std::size_t n) noexcept {
 #ifdef MADV_POPULATE_WRITE
-  if (pinned_ || offset >= capacity_) return;
+  if (block_.pinned || offset >= capacity_) return;
   n = std::min(n, capacity_ - offset);
-  ::madvise(base_ + offset, n, MADV_POPULATE_WRITE);
+  ::madvise(block_.data + offset, n, MADV_POPULATE_WRITE);
 #else
   (void)offset;
   (void)n;
@@ -88,7 +86,7 @@ StagingRing::Slot StagingRing::reserve(std::size_t nbytes) {
   stats_.used_bytes += n;
   stats_.peak_used_bytes = std::max(stats_.peak_used_bytes, stats_.used_bytes);
   ++stats_.reservations;
-  return Slot{l.id, base_ + off, nbytes};
+  return Slot{l.id, block_.data + off, nbytes};
 }
 
 void StagingRing::release(uint64_t id) {
@@ -109,7 +107,7 @@ void StagingRing::release(uint64_t id) {
 RingStats StagingRing::stats() const {
   std::lock_guard<std::mutex> lk(mu_);
   RingStats s = stats_;
-  s.pinned = pinned_;
+  s.pinned = block_.pinned;
   return s;
 }
 

@@ -44,7 +44,7 @@ class StagingRing {
   void release(uint64_t id);
   RingStats stats() const;
   std::size_t capacity() const noexcept { return capacity_; }
-  bool pinned() const noexcept { return pinned_; }
+  bool pinned() const noexcept { return block_.pinned; }
   // Fault pages [offset, offset + n) in without writing them (MADV_POPULATE_WRITE):
   // safe while slots are in use; a no-op where unsupported.
   void prefault(std::size_t offset, std::size_t n) noexcept;
@@ -59,8 +59,6 @@ class StagingRing {
   bool fits(std::size_t n, std::size_t* offset) const;
   const std::size_t capacity_;
   host_memory::Block block_;  // from (and back to) the process-wide cache
-  bool pinned_ = false;
-  uint8_t* base_ = nullptr;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Live> live_;
