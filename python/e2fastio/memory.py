@@ -8,7 +8,8 @@ and the next backend takes them warm, as PyTorch's caching allocators do.
 
 The cache holds at most a limit of blocks nobody uses: 1 GiB by default (one
 default backend's worth), ``E2FASTIO_HOST_CACHE_BYTES`` at start-up, or
-`set_host_cache_limit`; `empty_cache` frees it all now.
+`set_host_cache_limit`; `empty_cache` frees it all now. Page-locked blocks
+belong to the CUDA context: call `empty_cache` before resetting the device.
 """
 
 from __future__ import annotations
