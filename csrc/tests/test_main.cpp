@@ -252,6 +252,30 @@ TEST(a_new_ring_and_pool_start_on_the_memory_a_destroyed_engine_left_warm) {
   ring.release(s.id);
 }
 
+TEST(page_locked_rings_are_cached_apart_from_pageable_ones) {
+  host_memory::empty();
+  uint8_t* pinned_base = nullptr;
+  {
+    StagingRing ring(16 * 4096, /*pinned=*/true);  // the fake CUDA runtime's cudaHostAlloc
+    CHECK(ring.pinned());
+    auto s = ring.reserve(4096);
+    pinned_base = s.data;
+    ring.release(s.id);
+  }
+  {
+    StagingRing pageable(16 * 4096, /*pinned=*/false);  // never handed a page-locked block
+    CHECK(!pageable.pinned());
+    auto s = pageable.reserve(4096);
+    CHECK(s.data != pinned_base);
+    pageable.release(s.id);
+  }
+  StagingRing again(16 * 4096, /*pinned=*/true);
+  CHECK(again.pinned());
+  auto s = again.reserve(4096);
+  CHECK(s.data == pinned_base);
+  again.release(s.id);
+}
+
 // ----------------------------------------------------------------- staging ring
 TEST(ring_wraps_releases_out_of_order_and_blocks_when_full) {
   StagingRing ring(16 * 4096);
