@@ -1,5 +1,7 @@
 #include "e2fastio/host_memory.hpp"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -53,10 +55,35 @@ struct Cache {
   }
 };
 
+Cache* g_cache = nullptr;
+
+// In a forked child, page-locked blocks are not the child's: the driver maps
+// them MADV_DONTFORK (absent in the child), and CUDA cannot run there anyway.
+// Forget them (never free them). Only the forking thread exists here, and the
+// lock was held across the fork (ForkSafeMutex), so the list is whole; the
+// lock is not taken, since this handler may run before it is released.
+void forget_pinned_in_child() {
+  if (!g_cache) return;
+  Cache& c = *g_cache;
+  for (auto it = c.blocks.begin(); it != c.blocks.end();) {
+    if (it->pinned) {
+      c.stats.cached_bytes -= it->size;
+      it = c.blocks.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  c.stats.cached_blocks = c.blocks.size();
+}
+
 // Never destroyed: blocks may be given back from static destructors, and
 // pinned blocks must not be freed after the CUDA runtime has shut down.
 Cache& cache() {
-  static Cache* c = new Cache();
+  static Cache* c = [] {
+    g_cache = new Cache();
+    pthread_atfork(nullptr, nullptr, forget_pinned_in_child);
+    return g_cache;
+  }();
   return *c;
 }
 }  // namespace

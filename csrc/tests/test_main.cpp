@@ -269,7 +269,30 @@ TEST(page_locked_rings_are_cached_apart_from_pageable_ones) {
     CHECK(s.data != pinned_base);
     pageable.release(s.id);
   }
-  StagingRing again(16 * 4096, /*pinned=*/true);
+  // A forked child must not be handed the parent's page-locked block (the real
+  // driver does not map it there); pageable blocks stay usable.
+  {
+    BufferPool pool(1 << 20);
+    (void)pool.acquire(300 * 1024);
+  }
+  CHECK(host_memory::stats().cached_blocks == 3);  // pinned ring, pageable ring, pool buffer
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const auto st = host_memory::stats();
+    bool ok = st.cached_blocks == 2;
+    {
+      StagingRing child(16 * 4096, /*pinned=*/true);
+      auto cs = child.reserve(4096);
+      ok = ok && cs.data != pinned_base;
+      std::memset(cs.data, 1, 4096);
+      child.release(cs.id);
+    }
+    _exit(ok ? 0 : 1);
+  }
+  int status = -1;
+  CHECK(waitpid(pid, &status, 0) == pid);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  StagingRing again(16 * 4096, /*pinned=*/true);  // the parent still has it
   CHECK(again.pinned());
   auto s = again.reserve(4096);
   CHECK(s.data == pinned_base);

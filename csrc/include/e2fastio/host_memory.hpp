@@ -12,6 +12,7 @@
 // start-up, 0 turns caching off); a block given back beyond the limit is freed.
 // empty() frees every cached block now (Python: e2fastio.empty_cache()).
 // Blocks in use are bounded by their engines (max_buffer_bytes each), not here.
+// A forked child forgets the page-locked blocks (they are not mapped there).
 #pragma once
 
 #include <cstddef>
