@@ -49,11 +49,14 @@ def test_a_new_backend_stages_in_the_memory_a_closed_one_left_warm(tmp_path, rng
     first = host_cache_info()
     # The closed backend's staging (the ring, 3/4 of max_buffer_bytes, when non-blocking; its encode buffers) is cached.
     assert first["cached_bytes"] >= (48 * MiB if not blocking else 91 * 180 * 8)
-    _write(tmp_path / "b.zarr", data, blocking=blocking)
-    second = host_cache_info()
-    assert second["hits"] > first["hits"]  # the second backend took the first one's blocks
-    assert second["cached_bytes"] == first["cached_bytes"]  # and gave them back: no growth per backend
-    for name in ("a.zarr", "b.zarr"):
+    for name in ("b.zarr", "c.zarr", "d.zarr"):
+        before = host_cache_info()
+        _write(tmp_path / name, data, blocking=blocking)
+        after = host_cache_info()
+        assert after["hits"] > before["hits"]  # each backend took the previous one's blocks
+        # and gave them back: one backend at a time never leaves more than its own staging bound cached
+        assert first["cached_bytes"] <= after["cached_bytes"] <= 64 * MiB
+    for name in ("a.zarr", "b.zarr", "c.zarr", "d.zarr"):
         np.testing.assert_array_equal(zarr.open_group(str(tmp_path / name), mode="r")["t2m"][:], data)
 
 
