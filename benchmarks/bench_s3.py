@@ -207,8 +207,12 @@ def _measure(w: common.Workload, comps: dict[str, Callable[..., None]], endpoint
                 "server_cpu_s": statistics.median(s for _, s in cpu[n])} for n in names}
 
 
-def _report(results: dict[str, dict[str, Any]], w: common.Workload, repeats: int) -> dict[str, float]:
-    """Print the table and every e2fastio variant's ratio to each baseline; return the ratios."""
+def _report(results: dict[str, dict[str, Any]], w: common.Workload,
+            repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Print the table and every e2fastio variant's ratio to each baseline.
+
+    Returns the ratios ("ours vs baseline") and each e2fastio variant's ratio to the best baseline.
+    """
     print(f"\nmedian of {repeats}, time until every object is stored ({w.nbytes / 1e9:.2f} GB raw)")
     print(f"{'backend':<46s}{'s':>8s}{'MB/s':>8s}{'PUT/s':>8s}{'objects':>9s}{'stored MB':>11s}"
           f"{'client CPU s':>14s}{'server CPU s':>14s}")
@@ -217,19 +221,16 @@ def _report(results: dict[str, dict[str, Any]], w: common.Workload, repeats: int
               f"{r['bytes_stored'] / 1e6:>11.1f}{r['client_cpu_s']:>14.2f}{r['server_cpu_s']:>14.2f}")
     baselines = {n: r["seconds"] for n, r in results.items() if not n.startswith("e2fastio")}
     ratios: dict[str, float] = {}
+    best: dict[str, float] = {}
     if baselines:
         best_name = min(baselines, key=baselines.get)
         for ours in (n for n in results if n.startswith("e2fastio")):
             t = results[ours]["seconds"]
             ratios.update({f"{ours} vs {n}": b / t for n, b in baselines.items()})
+            best[ours] = baselines[best_name] / t
             print(f"{ours}: {baselines[best_name] / t:.2f}x the best baseline ({best_name}); "
                   + ", ".join(f"{b / t:.2f}x {n}" for n, b in baselines.items() if n != best_name))
-    return ratios
-
-
-def _best_ratio(results: dict[str, dict[str, Any]], ours: str) -> float | None:
-    baselines = [r["seconds"] for n, r in results.items() if not n.startswith("e2fastio")]
-    return min(baselines) / results[ours]["seconds"] if baselines and ours in results else None
+    return ratios, best
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -267,16 +268,18 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"workload: {w.steps} writes of {w.members} x {len(VARS)} x {w.nlat} x {w.nlon} float32 "
           f"= {w.nbytes / 1e9:.2f} GB raw, blosc zstd-3 + shuffle")
     runs = []
+    best_by_latency = []
     for latency in latencies:
         results = _measure(w, comps, args.endpoint, latency, repeats, args.warmup)
-        runs.append({"latency_ms": latency, "results": results, "ratios": _report(results, w, repeats)})
+        ratios, best = _report(results, w, repeats)
+        runs.append({"latency_ms": latency, "results": results, "ratios": ratios})
+        best_by_latency.append(best)
     if len(runs) > 1:
         ours = [n for n in comps if n.startswith("e2fastio")]
         print("\nratio to the best baseline by added latency per request")
         print(f"{'latency ms':>11s}" + "".join(f"{n:>44s}" for n in ours))
-        for run in runs:
-            print(f"{run['latency_ms']:>11g}" + "".join(f"{_best_ratio(run['results'], n) or float('nan'):>43.2f}x"
-                                                        for n in ours))
+        for latency, best in zip(latencies, best_by_latency, strict=True):
+            print(f"{latency:>11g}" + "".join(f"{best.get(n, float('nan')):>43.2f}x" for n in ours))
     record = {"benchmark": "bench_s3", "machine": common.machine(), "git": common.git_rev(),
               "command": " ".join([os.path.basename(sys.executable)] + sys.argv), "workload": size,
               "endpoint": "moto (local process)" if args.endpoint is None else "given", "repeats": repeats,
