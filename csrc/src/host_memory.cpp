@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <cstring>
 #include <deque>
 #include <mutex>
 #include <new>
@@ -19,13 +18,6 @@ namespace {
 constexpr std::size_t kAlign = 4096;
 constexpr std::size_t kDefaultLimit = std::size_t{1} << 30;
 
-std::size_t limit_from_env() {
-  const char* v = std::getenv("E2FASTIO_HOST_CACHE_BYTES");
-  if (!v || !*v || std::strspn(v, "0123456789") != std::strlen(v) || std::strlen(v) > 19)
-    return kDefaultLimit;  // not a plain byte count (the Python package warns)
-  return static_cast<std::size_t>(std::strtoull(v, nullptr, 10));
-}
-
 void release(const Block& b) noexcept {
   if (!b.data) return;
   if (b.pinned) {
@@ -39,7 +31,7 @@ struct Cache {
   ForkSafeMutex mu;  // a leaf lock: nothing is waited for while it is held
   std::deque<Block> blocks;  // oldest first
   Stats stats;
-  Cache() { stats.limit = limit_from_env(); }
+  Cache() { stats.limit = kDefaultLimit; }
 
   // Drop cached blocks, oldest first, until cached_bytes <= target; the
   // caller frees the returned blocks outside the lock.

@@ -52,11 +52,16 @@ def host_cache_info() -> dict[str, Any]:
     return dict(_core.host_cache_stats())
 
 
-def _check_environment() -> None:
+def _apply_environment() -> None:
+    """Apply E2FASTIO_HOST_CACHE_BYTES (the one place it is read); warn and keep the default if malformed."""
     value = os.environ.get(ENV, "")
-    if value and not (value.isdigit() and value.isascii() and len(value) <= 19):
+    if not value:
+        return
+    if value.isdigit() and value.isascii() and len(value) <= 19:
+        set_host_cache_limit(int(value))
+    else:
         warnings.warn(f"{ENV}={value!r} is not a byte count (digits only, e.g. 2147483648, or 0 for no cache); "
                       f"using the default limit of {host_cache_info()['limit']} bytes", RuntimeWarning, stacklevel=3)
 
 
-_check_environment()
+_apply_environment()

@@ -8,8 +8,9 @@
 // are destroyed, and the next engine takes them.
 //
 // Bound: the cache holds at most limit() bytes of blocks nobody uses (default
-// 1 GiB, one default engine's worth; E2FASTIO_HOST_CACHE_BYTES overrides it at
-// start-up, 0 turns caching off); a block given back beyond the limit is freed.
+// 1 GiB, one default engine's worth; set_limit() changes it, 0 turns caching
+// off; the Python package applies E2FASTIO_HOST_CACHE_BYTES at import); a
+// block given back beyond the limit is freed.
 // empty() frees every cached block now (Python: e2fastio.empty_cache()).
 // Blocks in use are bounded by their engines (max_buffer_bytes each), not here.
 // A forked child forgets the page-locked blocks (they are not mapped there).
