@@ -28,8 +28,80 @@ sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402
 
 VARS = ["t2m", "tcwv"]
-COMPETITORS = ["no IO", "e2fastio ZarrBackend(blocking=False)", "e2fastio AsyncZarrBackend",
-               "pure Python async (Earth2Studio's way)"]
+E2S_ASYNC = "Earth2Studio 0.19 AsyncZarrBackend(blocking=False)"
+STAND_IN = "stand-in: pure Python async (Earth2Studio's way)"
+COMPETITORS = ["no IO", "e2fastio ZarrBackend(blocking=False)", "e2fastio AsyncZarrBackend", E2S_ASYNC, STAND_IN]
+PROBE_WRITES = 12
+
+
+def _have_earth2studio() -> bool:
+    try:
+        from earth2studio.io import AsyncZarrBackend  # type: ignore[import-not-found]  # noqa: F401
+    except Exception:  # not installed, or installed without what it imports
+        return False
+    return True
+
+
+def d2h_probe(make_io, fields, coords, lead) -> dict:
+    """Write latency and time until the copy landed, per CUDA write, strided and contiguous inputs.
+
+    After a write, the caller's stream waits for our copy, so synchronising it
+    tells when the data is on the host: bytes / (write start -> synced) is
+    the device-to-host throughput the caller sees, Python overhead included.
+    A cProfile of the strided writes says where `write` spends its time.
+    """
+    import cProfile
+    import pstats
+
+    import numpy as np
+
+    def contig(t):
+        return t.contiguous() if hasattr(t, "is_cuda") else np.ascontiguousarray(t)
+
+    cuda = hasattr(fields[0], "is_cuda") and fields[0].is_cuda
+    if cuda:
+        import torch
+
+        sync_all, sync_stream = torch.cuda.synchronize, torch.cuda.current_stream().synchronize
+    else:  # a rehearsal on the CPU: the same calls, nothing to wait for
+        sync_all = sync_stream = lambda: None
+    out: dict = {}
+    io = make_io()
+    io.add_array(coords, VARS)
+    for label, make in (("strided", lambda x: [x[:, :, :, 0], x[:, :, :, 1]]),
+                        ("contiguous", lambda x: [contig(x[:, :, :, 0]), contig(x[:, :, :, 1])])):
+        lat, landed = [], []
+        prof = cProfile.Profile()
+        for k in range(PROBE_WRITES):
+            xs = make(fields[k % 2])
+            sync_all()
+            c = dict(coords)
+            c["lead_time"] = lead[k % len(lead) : k % len(lead) + 1]
+            if label == "strided" and k >= 2:
+                prof.enable()
+            t0 = time.perf_counter()
+            io.write(xs, c, VARS)
+            t1 = time.perf_counter()
+            if label == "strided" and k >= 2:
+                prof.disable()
+            sync_stream()
+            t2 = time.perf_counter()
+            if k >= 2:  # the first writes pay for stream and event creation
+                lat.append(t1 - t0)
+                landed.append(t2 - t0)
+        nbytes = fields[0].nbytes
+        out[label] = {"write_ms_median": statistics.median(lat) * 1e3,
+                      "landed_ms_median": statistics.median(landed) * 1e3,
+                      "d2h_gbps": nbytes / statistics.median(landed) / 1e9}
+        if label == "strided":
+            st = pstats.Stats(prof).stats  # {(file, line, func): (cc, nc, tottime, cumtime, callers)}
+            n = PROBE_WRITES - 2
+            rows = sorted(st.items(), key=lambda kv: -kv[1][2])[:14]
+            out["profile"] = "\n".join(
+                f"{v[2] / n * 1e6:9.1f} us own {v[3] / n * 1e6:9.1f} us cum per write  {v[1] / n:5.1f} calls  "
+                f"{os.path.basename(k[0])}:{k[1]}({k[2]})" for k, v in rows)
+    io.close()
+    return out
 
 
 def _rss() -> int:
@@ -52,7 +124,8 @@ def pinned_d2h_gbps(nbytes: int) -> float:
     return 5 * nbytes / (time.perf_counter() - t) / 1e9
 
 
-def worker(name: str, size: dict, step_s: float, path: str, max_buffer_bytes: int, device: str = "cpu") -> dict:
+def worker(name: str, size: dict, step_s: float, path: str, max_buffer_bytes: int, device: str = "cpu",
+           probe_on_cpu: bool = False) -> dict:
     import numpy as np
     import zarr
 
@@ -71,6 +144,11 @@ def worker(name: str, size: dict, step_s: float, path: str, max_buffer_bytes: in
     elif name == "e2fastio ZarrBackend(blocking=False)":
         io = e2fastio.ZarrBackend(path, chunks={"time": 1, "lead_time": 1}, backend_kwargs={"overwrite": True},
                                   zarr_codecs=codec, blocking=False, max_buffer_bytes=max_buffer_bytes)
+    elif name == E2S_ASYNC:
+        from earth2studio.io import AsyncZarrBackend as E2SAsync  # type: ignore[import-not-found]
+
+        io = E2SAsync(path, parallel_coords={"time": coords["time"], "lead_time": lead}, blocking=False,
+                      zarr_codecs=codec, zarr_kwargs={"mode": "w"})
     elif name == "e2fastio AsyncZarrBackend":
         io = e2fastio.AsyncZarrBackend(path, parallel_coords={"time": coords["time"], "lead_time": lead},
                                        blocking=False, zarr_codecs=codec, zarr_kwargs={"mode": "w"},
@@ -85,6 +163,10 @@ def worker(name: str, size: dict, step_s: float, path: str, max_buffer_bytes: in
 
         fields = [torch.from_numpy(f).to(device) for f in w.fields]
         torch.cuda.synchronize()
+    elif name == E2S_ASYNC:  # it takes torch tensors only
+        import torch
+
+        fields = [torch.from_numpy(f) for f in w.fields]
     write_s = []
     t0 = time.perf_counter()
     for k in range(steps):
@@ -102,6 +184,15 @@ def worker(name: str, size: dict, step_s: float, path: str, max_buffer_bytes: in
         io.close()
     durable = time.perf_counter() - t1
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    probe = None
+    if (device != "cpu" or probe_on_cpu) and name.startswith("e2fastio"):
+        codec2 = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+        try:
+            probe = d2h_probe(lambda: e2fastio.ZarrBackend(path + ".probe", chunks={"time": 1, "lead_time": 1},
+                                                           backend_kwargs={"overwrite": True}, zarr_codecs=codec2,
+                                                           blocking=False), fields, coords, lead)
+        except Exception as e:  # a probe failure must not lose the run's numbers
+            probe = {"error": repr(e)}
     nbytes = steps * w.fields[0].nbytes
     out = {"loop_s": loop, "durable_after_last_step_s": durable, "peak_rss_growth_bytes": peak - base_rss,
            "bytes": nbytes, "write_s_median": statistics.median(write_s) if write_s else 0.0,
@@ -109,6 +200,8 @@ def worker(name: str, size: dict, step_s: float, path: str, max_buffer_bytes: in
     if device != "cpu":
         out["pinned_d2h_gbps"] = pinned_d2h_gbps(w.fields[0].nbytes)
         out["write_gbps_median"] = w.fields[0].nbytes / out["write_s_median"] / 1e9 if write_s else 0.0
+    if probe is not None:
+        out["d2h_probe"] = probe
     return out
 
 
@@ -120,20 +213,34 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-buffer-bytes", type=int, default=1 << 30)
     ap.add_argument("--json", default="bench-out/bench_async.json")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda to write CUDA tensors (needs a GPU)")
+    ap.add_argument("--skip", default="", help="comma-separated competitors (substrings) to skip")
+    ap.add_argument("--probe", action="store_true", help="also run the write-latency probe on the CPU (rehearsal)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--path", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     size = dict(common.QUICK if args.quick else common.FULL)
     size["steps"] = size.pop("steps") if args.quick else 21
     if args.worker:
-        print(json.dumps(worker(args.worker, size, args.step_seconds, args.path, args.max_buffer_bytes, args.device)))
+        print(json.dumps(worker(args.worker, size, args.step_seconds, args.path, args.max_buffer_bytes, args.device,
+                                args.probe)))
         return {}
     repeats = args.repeats or (1 if args.quick else 3)
-    samples: dict[str, list[dict]] = {n: [] for n in COMPETITORS}
+    skip = [s.strip() for s in args.skip.split(",") if s.strip()]
+    competitors = [n for n in COMPETITORS if n == "no IO" or not any(s in n for s in skip)]
+    if _have_earth2studio():
+        if STAND_IN in competitors:
+            competitors.remove(STAND_IN)  # the real peer is here: the stand-in is not needed
+    elif E2S_ASYNC in competitors:
+        competitors.remove(E2S_ASYNC)
+        print("Earth2Studio is not installed (pip install e2fastio[compare]): comparing with a stand-in")
+    samples: dict[str, list[dict]] = {n: [] for n in competitors}
+    failed: set[str] = set()
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(repeats):
-            order = COMPETITORS[r % len(COMPETITORS):] + COMPETITORS[: r % len(COMPETITORS)]
+            order = competitors[r % len(competitors):] + competitors[: r % len(competitors)]
             for n in order:
+                if n in failed:
+                    continue
                 path = os.path.join(tmp, "store.zarr")
                 common.rm(path)
                 cmd = [sys.executable, __file__, "--worker", n, "--path", path, "--step-seconds",
@@ -141,16 +248,26 @@ def main(argv: list[str] | None = None) -> dict:
                        "--device", args.device]
                 if args.quick:
                     cmd.append("--quick")
-                out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                if args.probe:
+                    cmd.append("--probe")
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                if out.returncode != 0:
+                    if n == "no IO":
+                        raise RuntimeError(f"the no-IO reference failed:\n{out.stderr[-3000:]}")
+                    print(f"  round {r + 1}/{repeats} {n}: FAILED (dropped from the table)\n{out.stderr[-2000:]}")
+                    failed.add(n)
+                    continue
                 res = json.loads(out.stdout.strip().splitlines()[-1])
                 samples[n].append(res)
                 print(f"  round {r + 1}/{repeats} {n:<40s} loop {res['loop_s']:7.3f} s  durable after "
                       f"{res['durable_after_last_step_s']:6.3f} s  "
                       f"peak RSS +{res['peak_rss_growth_bytes'] / 2**20:7.0f} MiB")
                 common.rm(path)
+                common.rm(path + ".probe")
     base = statistics.median(s["loop_s"] for s in samples["no IO"])
     table = {}
-    for n in COMPETITORS:
+    competitors = [n for n in competitors if samples[n]]
+    for n in competitors:
         loop = statistics.median(s["loop_s"] for s in samples[n])
         table[n] = {
             "loop_s": loop,
@@ -172,6 +289,20 @@ def main(argv: list[str] | None = None) -> dict:
         if args.device != "cpu" and n != "no IO":
             print(f"    device->host: write {statistics.median(s['write_gbps_median'] for s in samples[n]):.1f} GB/s, "
                   f"pinned cudaMemcpy {statistics.median(s['pinned_d2h_gbps'] for s in samples[n]):.1f} GB/s")
+        probes = [s["d2h_probe"] for s in samples[n] if "d2h_probe" in s]
+        for q in probes:
+            if "error" in q:
+                print(f"    probe failed: {q['error']}")
+        probes = [q for q in probes if "error" not in q]
+        if probes:
+            for label in ("strided", "contiguous"):
+                p = {k: statistics.median(q[label][k] for q in probes) for k in probes[0][label]}
+                t["d2h_probe_" + label] = p
+                print(f"    probe ({label} inputs): write {p['write_ms_median']:.2f} ms, on the host after "
+                      f"{p['landed_ms_median']:.2f} ms = {p['d2h_gbps']:.1f} GB/s")
+            if probes:
+                print("    where write spends its time (one run, cProfile, by own time):")
+                print("\n".join("      " + ln for ln in probes[-1]["profile"].splitlines()[:30] if ln.strip()))
     record = {"benchmark": "bench_async", "machine": common.machine(), "git": common.git_rev(),
               "command": " ".join([os.path.basename(sys.executable)] + sys.argv), "size": size,
               "step_seconds": args.step_seconds, "max_buffer_bytes": args.max_buffer_bytes, "results": table}

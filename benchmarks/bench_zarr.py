@@ -6,6 +6,14 @@ the size on disk, MB/s and speed-ups, as a table and a JSON record.
 
     python benchmarks/bench_zarr.py                 # full seed workload (1.33 GB)
     python benchmarks/bench_zarr.py --quick         # seconds, for CI smoke runs
+    python benchmarks/bench_zarr.py --threads 2,4,8,16 --modes compressed   # scaling with cores
+
+With ``--threads``, every competitor is held to N threads in each round:
+e2fastio ``threads=N``, tensorstore's ``data_copy_concurrency`` and
+``file_io_concurrency`` limits, zarr-python's ``threading.max_workers`` (and
+numcodecs' Blosc threads) for Earth2Studio, and an N-thread pool for the raw
+limit. Earth2Studio 0.19's own ``ZarrBackend`` is the baseline when it is
+installed; otherwise a pure-Python stand-in, labelled as such.
 """
 
 from __future__ import annotations
@@ -36,9 +44,21 @@ def zarr_codec(compressed: bool):
 
 
 # ----------------------------------------------------------------------------- competitors
-def run_e2fastio(w: common.Workload, compressed: bool, path: str) -> None:
+def _have_earth2studio() -> bool:
+    try:
+        from earth2studio.io import ZarrBackend  # type: ignore[import-not-found]  # noqa: F401
+    except Exception:  # not installed, or installed without what it imports
+        return False
+    return True
+
+
+HAVE_E2S = _have_earth2studio()
+BASELINE = "Earth2Studio 0.19 ZarrBackend" if HAVE_E2S else "stand-in: pure Python (Earth2Studio's way)"
+
+
+def run_e2fastio(w: common.Workload, compressed: bool, path: str, threads: int | None = None) -> None:
     io = e2fastio.ZarrBackend(path, chunks={"time": 1, "lead_time": 1}, backend_kwargs={"overwrite": True},
-                              zarr_codecs=zarr_codec(compressed))
+                              zarr_codecs=zarr_codec(compressed), threads=threads)
     io.add_array(w.coords, list(VARS))
     for k in range(w.steps):
         xs, c = w.step(k)
@@ -46,14 +66,14 @@ def run_e2fastio(w: common.Workload, compressed: bool, path: str) -> None:
     io.close()
 
 
-def run_earth2studio_way(w: common.Workload, compressed: bool, path: str) -> None:
-    """zarr-python setitem per write, as Earth2Studio's ZarrBackend drives it."""
-    try:  # the real thing when installed
-        from earth2studio.io import ZarrBackend  # type: ignore[import-not-found]
-    except ImportError:
-        ZarrBackend = None
-    if ZarrBackend is not None:
+def run_earth2studio_way(w: common.Workload, compressed: bool, path: str, threads: int | None = None) -> None:
+    """Earth2Studio's ZarrBackend when installed, else zarr-python setitem per write as it drives it."""
+    if threads is not None:
+        zarr.config.set({"threading.max_workers": threads})
+        numcodecs.blosc.set_nthreads(threads)
+    if HAVE_E2S:
         import torch
+        from earth2studio.io import ZarrBackend  # type: ignore[import-not-found]
 
         io = ZarrBackend(path, chunks={"time": 1, "lead_time": 1}, backend_kwargs={"overwrite": True},
                          zarr_codecs=zarr_codec(compressed))
@@ -69,12 +89,15 @@ def run_earth2studio_way(w: common.Workload, compressed: bool, path: str) -> Non
         io.write(xs, c, list(VARS))
 
 
-def run_zarr_slices(w: common.Workload, compressed: bool, path: str) -> None:
+def run_zarr_slices(w: common.Workload, compressed: bool, path: str, threads: int | None = None) -> None:
     """zarr-python at its best from Python: one slice assignment per array and step."""
+    if threads is not None:
+        zarr.config.set({"threading.max_workers": threads})
+        numcodecs.blosc.set_nthreads(threads)
     common.write_zarr_slices(path, w, zarr_codec(compressed), VARS)
 
 
-def run_tensorstore(w: common.Workload, compressed: bool, path: str) -> None:
+def run_tensorstore(w: common.Workload, compressed: bool, path: str, threads: int | None = None) -> None:
     """tensorstore zarr3, fastest mode: all writes issued, then awaited; no per-chunk fsync."""
     import tensorstore as ts
 
@@ -82,7 +105,11 @@ def run_tensorstore(w: common.Workload, compressed: bool, path: str) -> None:
     if compressed:
         codecs.append({"name": "blosc", "configuration": {"cname": "zstd", "clevel": 3, "shuffle": "shuffle",
                                                            "typesize": 4, "blocksize": 0}})
-    ctx = ts.Context({"file_io_sync": False})
+    spec: dict = {"file_io_sync": False}
+    if threads is not None:
+        spec["data_copy_concurrency"] = {"limit": threads}
+        spec["file_io_concurrency"] = {"limit": threads}
+    ctx = ts.Context(spec)
     shape = [w.members, 1, w.steps, w.nlat, w.nlon]
     arrays = []
     for name in VARS:
@@ -112,7 +139,7 @@ def _chunk_files(w: common.Workload, path: str):
             yield os.path.join(path, name, "c", "0", "0", str(k), "0", "0"), x
 
 
-def run_raw_compress_write(w: common.Workload, compressed: bool, path: str) -> None:
+def run_raw_compress_write(w: common.Workload, compressed: bool, path: str, threads: int | None = None) -> None:
     """The machine's limit: the same chunks compressed on all cores and written as plain files."""
     codec = numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.SHUFFLE, typesize=4)
 
@@ -123,13 +150,13 @@ def run_raw_compress_write(w: common.Workload, compressed: bool, path: str) -> N
         with open(p, "wb") as f:
             f.write(data)
 
-    with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
+    with ThreadPoolExecutor(threads or len(os.sched_getaffinity(0))) as pool:
         list(pool.map(job, _chunk_files(w, path)))
 
 
 COMPETITORS = {
     "e2fastio ZarrBackend": run_e2fastio,
-    "pure Python (Earth2Studio's way)": run_earth2studio_way,
+    BASELINE: run_earth2studio_way,
     "zarr-python slices": run_zarr_slices,
     "tensorstore zarr3 (all issued)": run_tensorstore,
     "raw: chunks as plain files": run_raw_compress_write,
@@ -144,6 +171,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--dir", default=None, help="where stores are written (default: a temp dir)")
     ap.add_argument("--json", default="bench-out/bench_zarr.json")
     ap.add_argument("--skip", default="", help="comma-separated competitors to skip")
+    ap.add_argument("--threads", default="", help="comma-separated thread counts to sweep (default: all cores, once)")
+    ap.add_argument("--distinct-steps", type=int, default=None,
+                    help="generate this many different steps and cycle them (same bytes, faster set-up)")
     args = ap.parse_args(argv)
     size = common.QUICK if args.quick else common.FULL
     repeats = args.repeats or (1 if args.quick else 5)
@@ -160,24 +190,38 @@ def main(argv: list[str] | None = None) -> dict:
         print("tensorstore not installed (pip install e2fastio[bench]); skipping it")
 
     t0 = time.perf_counter()
-    w = common.make_workload(**size)
+    w = common.make_workload(**size, distinct=args.distinct_steps)
+    sweep: list[int | None] = [int(t) for t in args.threads.split(",") if t.strip()] or [None]
+    if any(t is not None and t < 1 for t in sweep):
+        ap.error("--threads: thread counts must be positive integers")
     print(f"workload: {w.steps} writes of {w.members} x {len(VARS)} x {w.nlat} x {w.nlon} float32 "
           f"= {w.nbytes / 1e9:.2f} GB (generated in {time.perf_counter() - t0:.1f} s)")
     record = {"benchmark": "bench_zarr", "machine": common.machine(), "git": common.git_rev(),
               "command": " ".join([os.path.basename(sys.executable)] + sys.argv), "workload": size,
               "repeats": repeats, "e2fastio": e2fastio.info(), "results": {}}
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        for threads in sweep:
+            for mode in modes:
+                compressed = mode == "compressed"
+                key = mode if threads is None else f"{mode}@{threads}"
+                print(f"\n[{mode}{'' if threads is None else f', {threads} threads'}]")
+                fns = {n: (lambda path, f=f, compressed=compressed, threads=threads: f(w, compressed, path, threads))
+                       for n, f in comps.items()}
+                res = common.run_interleaved(fns, Path(tmp), repeats, w.nbytes)
+                record["results"][key] = res
+                common.print_table(f"{key}: median of {repeats}", res, BASELINE, w.nbytes)
+                ours = res["e2fastio ZarrBackend"]["synced_s"]
+                ratios = {f"vs {n}": res[n]["synced_s"] / ours for n in res if n != "e2fastio ZarrBackend"}
+                record["results"][key + "_ratios_synced"] = ratios
+                print("  e2fastio speed-up (synced): " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
+    if sweep != [None]:
+        print("\nscaling (MB/s until synced, by threads):")
         for mode in modes:
-            compressed = mode == "compressed"
-            print(f"\n[{mode}]")
-            fns = {n: (lambda path, f=f, compressed=compressed: f(w, compressed, path)) for n, f in comps.items()}
-            res = common.run_interleaved(fns, Path(tmp), repeats, w.nbytes)
-            record["results"][mode] = res
-            common.print_table(f"{mode}: median of {repeats}", res, "pure Python (Earth2Studio's way)", w.nbytes)
-            ours = res["e2fastio ZarrBackend"]["synced_s"]
-            ratios = {f"vs {n}": res[n]["synced_s"] / ours for n in res if n != "e2fastio ZarrBackend"}
-            record["results"][mode + "_ratios_synced"] = ratios
-            print("  e2fastio speed-up (synced): " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
+            print(f"  {mode}: " + f"{'threads':>8s}" + "".join(f"{n[:22]:>24s}" for n in comps))
+            for threads in sweep:
+                res = record["results"][f"{mode}@{threads}"]
+                cells = "".join(f"{res[n]['mb_per_s_synced']:>24.0f}" for n in comps)
+                print(f"  {'':{len(mode) + 1}s} {threads:>8d}" + cells)
     common.save_json(args.json, record)
     print(f"\nJSON record: {args.json}")
     return record

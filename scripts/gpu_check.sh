@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
-# The GPU checks (CUDA tests, GPU benchmark), prepared to run as one command on
-# a lent GPU machine, which has torch, pybind11, scikit-build-core, cmake and
-# pytest but no zarr, numcodecs or blosc, and no network.
+# The GPU checks (CUDA and fake-CUDA tests, the GPU benchmark against
+# Earth2Studio 0.19, the Zarr benchmark's thread sweep against Earth2Studio and
+# tensorstore), prepared to run as one command on a lent GPU machine, which has
+# torch, pybind11, scikit-build-core, cmake, pytest, pandas and xarray but no
+# zarr, numcodecs, blosc or Earth2Studio, and no network.
 #
 #   bash scripts/gpu_check.sh prepare   # here, with the network: cp312 wheels into .whl/ (git-ignored)
 #   bash scripts/gpu_check.sh run       # there (carry .whl): build, test, benchmark; results under $OUT
 #
 # PYVER (default 3.12) picks the wheels' Python; DEVICE (default cuda) the
 # benchmark's device, so the whole sequence can be rehearsed on a CPU machine
-# (PYVER=3.11 DEVICE=cpu; the cuda tests then skip).
+# (PYVER=3.11 DEVICE=cpu; the cuda tests then skip). THREADS (default 2,4,8,16)
+# is the Zarr benchmark's sweep; ZARR_ARGS and BENCH_ARGS add arguments (e.g.
+# --quick for a rehearsal). Each step has its own time limit, so a slow step
+# cannot take the later ones' results with it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 PYVER=${PYVER:-3.12}
-WHEELS=(zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0 blosc==1.11.4)
+WHEELS=(zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0 blosc==1.11.4
+        # the peers: Earth2Studio 0.19 (and what its io module imports beyond that image) and tensorstore
+        earth2studio==0.19.0 loguru==0.7.3 cftime==1.6.6.1 lz4==4.4.5 netCDF4==1.7.2 tensorstore==0.1.86)
 
 case "${1:-}" in
   prepare)
@@ -36,17 +43,24 @@ case "${1:-}" in
     # c-blosc 1.x headers and static library: the blosc wheel's data files.
     rm -rf /tmp/e2fastio-blosc && "$PY" -m zipfile -e .whl/blosc-*.whl /tmp/e2fastio-blosc
     BLOSC_ROOT=$(ls -d /tmp/e2fastio-blosc/blosc-*.data/data)
+    export E2FASTIO_BLOSC_ROOT=$BLOSC_ROOT  # also for the fake-CUDA runtime's CMake build in the tests
     "$PY" -m pip install --quiet --no-index --no-deps --no-build-isolation --target "$SITE" --upgrade \
       -C cmake.define.E2FASTIO_BLOSC_ROOT="$BLOSC_ROOT" . 2>&1 | tee "$OUT/build.log"
     (cd /tmp && "$PY" -c "import e2fastio, json; print(json.dumps({**e2fastio.info(), 'file': e2fastio.__file__}, indent=1))") | tee "$OUT/info.json"
     set +e
-    "$PY" -m pytest -m cuda tests/test_cuda.py -p no:cacheprovider -v 2>&1 | tee "$OUT/pytest_cuda.log"
+    timeout 120 "$PY" -m pytest tests/test_cuda.py tests/test_fake_cuda.py -p no:cacheprovider -v 2>&1 \
+      | tee "$OUT/pytest_cuda.log"
     rc_tests=${PIPESTATUS[0]}
-    "$PY" benchmarks/bench_async.py --device "${DEVICE:-cuda}" ${BENCH_ARGS:-} --json "$OUT/bench_async_gpu.json" \
-      2>&1 | tee "$OUT/bench_async_gpu.log"
+    # The encoder pool at 2..16 threads against Earth2Studio 0.19 and tensorstore (seed size, 4 distinct steps cycled).
+    timeout "${ZARR_TIMEOUT:-180}" "$PY" benchmarks/bench_zarr.py --modes compressed --repeats 2 --distinct-steps 4 \
+      --threads "${THREADS:-2,4,8,16}" --skip "zarr-python slices" ${ZARR_ARGS:-} --json "$OUT/bench_zarr_threads.json" \
+      2>&1 | tee "$OUT/bench_zarr_threads.log"
+    rc_zarr=${PIPESTATUS[0]}
+    timeout "${ASYNC_TIMEOUT:-200}" "$PY" benchmarks/bench_async.py --device "${DEVICE:-cuda}" --repeats 2 ${BENCH_ARGS:-} \
+      --json "$OUT/bench_async_gpu.json" 2>&1 | tee "$OUT/bench_async_gpu.log"
     rc_bench=${PIPESTATUS[0]}
-    echo "cuda tests rc=$rc_tests, benchmark rc=$rc_bench"
-    exit $(( rc_tests || rc_bench ))
+    echo "tests rc=$rc_tests, zarr sweep rc=$rc_zarr, async benchmark rc=$rc_bench"
+    exit $(( rc_tests || rc_zarr || rc_bench ))
     ;;
   *)
     echo "usage: bash scripts/gpu_check.sh prepare|run" >&2

@@ -330,6 +330,7 @@ class Uploader:
         self._loop = _get_loop()
         self._slots = threading.Semaphore(options.concurrency)
         self._closed = False
+        self._stopping = False
         self.pid = os.getpid()
         self._thread: threading.Thread | None = None
         self._thread_lock = threading.Lock()
@@ -349,7 +350,7 @@ class Uploader:
             item = self.sink.next(0.2)
             if item is None:
                 self._slots.release()
-                if self._closed:
+                if self._closed or self._stopping:
                     return
                 continue
             try:
@@ -429,6 +430,21 @@ class Uploader:
         failures = self.sink.take_errors()
         if failures:
             raise UploadError(failures)
+
+    def stop(self) -> None:
+        """Stop the feeder thread while idle (call wait() first); the next start() runs a new one."""
+        with self._thread_lock:
+            t, self._stopping = self._thread, True
+        try:
+            if t is not None and t is not threading.current_thread():
+                t.join()
+        finally:
+            with self._thread_lock:
+                self._thread, self._stopping = None, False
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
 
     def close(self) -> None:
         """Stop the feeder thread after the queue is empty (call wait() first to upload everything)."""

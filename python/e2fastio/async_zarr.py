@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -14,11 +17,38 @@ import zarr.storage
 
 from e2fastio import _data, _stores
 from e2fastio.errors import CoordinateError
-from e2fastio.zarr_backend import ZarrBackend
+from e2fastio.zarr_backend import ZarrBackend, _read_whole
 
 logger = logging.getLogger(__name__)
 
 CoordSystem = Mapping[str, np.ndarray]
+
+
+_ZARR_KWARGS = ("mode", "zarr_format", "use_consolidated")
+
+
+def _check_zarr_kwargs(zarr_kwargs: Mapping[str, Any]) -> str:
+    """The open mode of `zarr_kwargs`; every other key is honoured or refused by name."""
+    if not isinstance(zarr_kwargs, Mapping):
+        raise TypeError(f"zarr_kwargs must be a dict, got {type(zarr_kwargs).__name__}")
+    unknown = sorted(set(zarr_kwargs) - set(_ZARR_KWARGS))
+    if unknown:
+        hint = {
+            "path": "put the sub-path into the store location (file_name or store) instead",
+            "storage_options": "pass object-store options as store_kwargs with store='s3://...' instead",
+        }
+        why = "; ".join(f"{k!r}: {hint.get(k, 'not supported by e2fastio')}" for k in unknown)
+        raise ValueError(f"zarr_kwargs: unsupported key(s) {why}. Supported keys: {', '.join(_ZARR_KWARGS)}")
+    mode = zarr_kwargs.get("mode", "a")
+    if mode not in ("a", "w", "w-", "r+"):
+        raise ValueError(f"zarr_kwargs['mode'] must be 'a', 'r+', 'w' or 'w-' for writing, got {mode!r}")
+    if zarr_kwargs.get("zarr_format", 3) not in (3, None):
+        raise ValueError(f"zarr_kwargs['zarr_format']: e2fastio writes Zarr v3 only, got "
+                         f"{zarr_kwargs['zarr_format']!r}; leave it out or pass 3")
+    if zarr_kwargs.get("use_consolidated"):  # as Earth2Studio: ignored, with a warning
+        logger.warning("zarr_kwargs['use_consolidated'] is ignored: the backend needs the live store membership "
+                       "to create and write arrays (consolidate at the end with zarr.consolidate_metadata(io.store))")
+    return str(mode)
 
 
 class AsyncZarrBackend:
@@ -44,13 +74,21 @@ class AsyncZarrBackend:
     blocking : bool
         ``True``: ``write`` returns when the data is stored.
     pool_size : int
-        Uploads in flight at once for object stores (Earth2Studio's loop
-        count); the native encoder threads are set by ``threads``.
+        Earth2Studio's number of writes in flight. Here: non-blocking writes
+        in flight at once (a ``write`` waits while `pool_size` earlier writes
+        are still being stored), and uploads in flight at once for object
+        stores. The native encoder threads are set by ``threads``; staging
+        memory is bounded by ``max_buffer_bytes`` in any case.
     async_timeout : float
         Seconds ``flush``/``close`` wait for pending writes before raising
         ``TimeoutError``.
     zarr_kwargs : dict
-        ``mode``: ``"a"`` (default, open or create) or ``"w"`` (overwrite).
+        Earth2Studio passes these to ``zarr.api.asynchronous.open``. Honoured:
+        ``mode`` (``"a"`` default: open or create; ``"w"``: overwrite;
+        ``"w-"``: fail if it exists; ``"r+"``: must exist), ``zarr_format``
+        (3 or ``None``), ``use_consolidated`` (ignored with a warning, as in
+        Earth2Studio: the live membership is used). Any other key raises
+        ``ValueError`` naming it: nothing is silently dropped.
     zarr_codecs : zarr codec(s), optional
         Compressor(s) of new arrays.
     chunked_coords : dict[str, int]
@@ -113,9 +151,7 @@ class AsyncZarrBackend:
             raise ValueError(f"max_inflight_shards must be at least 1 but got {max_inflight_shards}")
         if not (isinstance(async_timeout, (int, float)) and async_timeout > 0):
             raise ValueError(f"async_timeout must be a positive number of seconds, got {async_timeout!r}")
-        mode = dict(zarr_kwargs).get("mode", "a")
-        if mode not in ("a", "w", "w-", "r+"):
-            raise ValueError(f"zarr_kwargs['mode'] must be 'a', 'r+', 'w' or 'w-' for writing, got {mode!r}")
+        mode = _check_zarr_kwargs(zarr_kwargs)
         if store is not None and file_name is not None:
             logger.warning("Both file_name and store were provided; file_name is ignored and the store "
                            "defines the output location")
@@ -123,6 +159,13 @@ class AsyncZarrBackend:
             raise ValueError("An output location is required: pass `store` (preferred) or `file_name`")
         if store is None and fs_factory is None and isinstance(file_name, str) and "://" in file_name:
             raise ValueError(f"file_name={file_name!r} is a URL: pass it as store= (with store_kwargs)")
+        target = store if store is not None else file_name
+        if isinstance(target, (str, os.PathLike)) and "://" not in os.fspath(target):  # a local directory
+            if mode == "w-" and os.path.exists(target):
+                raise FileExistsError(f"zarr_kwargs mode 'w-': {os.fspath(target)} already exists")
+            if mode == "r+" and not os.path.exists(target):
+                raise FileNotFoundError(f"zarr_kwargs mode 'r+': {os.fspath(target)} does not exist; use mode 'a' "
+                                        "to create it")
         options = _stores.RemoteOptions(concurrency=pool_size, retries=upload_retries, timeout=upload_timeout)
         location = _stores.resolve(
             store if store is not None else file_name,
@@ -131,10 +174,6 @@ class AsyncZarrBackend:
             options=options,
             what="store" if store is not None else "file_name",
         )
-        if mode == "w-" and location.local_path is not None and os.path.exists(location.local_path):
-            if location.uploader is not None:
-                location.uploader.close()
-            raise FileExistsError(f"zarr_kwargs mode 'w-': {location.local_path} already exists")
 
         self.parallel_coords: OrderedDict[str, np.ndarray] = OrderedDict()
         for key, value in _data.convert_multidim_to_singledim(parallel_coords)[0].items():
@@ -161,6 +200,10 @@ class AsyncZarrBackend:
                               blocking=blocking, process_group=process_group,
                               distributed_timeout=distributed_timeout, consolidate_metadata=consolidate_metadata)
         self._z.flush_timeout = self.async_timeout
+        # Serialises this backend's writes (sync calls from several threads and
+        # async_write tasks alike); the chunks of one write still encode in parallel.
+        self._lock = threading.RLock()
+        self._inflight: list[int] = []  # chunks still pending after each non-blocking write, oldest first
         # Parallel coordinates already in the store must hold the same values.
         for key, value in self.parallel_coords.items():
             if key in self._z.coords and not np.array_equal(self._z.coords[key], value):
@@ -171,8 +214,9 @@ class AsyncZarrBackend:
 
     # ------------------------------------------------------------------ attributes users reach for
     @property
-    def root(self) -> zarr.Group:
-        return self._z.root
+    def root(self) -> zarr.AsyncGroup:
+        """The store's root as a ``zarr.AsyncGroup`` (as in Earth2Studio); ``self[name]`` gives synchronous arrays."""
+        return self._z.root._async_group
 
     @property
     def store(self) -> Any:
@@ -180,13 +224,28 @@ class AsyncZarrBackend:
 
     @property
     def coords(self) -> OrderedDict[str, np.ndarray]:
-        return self._z.coords
+        """Coordinate arrays read back from the store (the store is the source of truth).
+
+        Dimensions come in the order data arrays name them; coordinate arrays
+        that no data array uses (a coordinate-only store) follow.
+        """
+        self._z._wait_uploads()  # coordinates written through the upload path are visible
+        arrays = dict(sorted((k, v) for k, v in self._z.root.members() if isinstance(v, zarr.Array)))
+        dims_of = {name: list(a.metadata.dimension_names or ()) for name, a in arrays.items()}
+        order: list[str] = []
+        for name, dims in dims_of.items():
+            if dims != [name]:
+                order += [d for d in dims if d not in order]
+        order += [name for name, dims in dims_of.items() if dims == [name] and name not in order]
+        present = [d for d in order if d in arrays]
+        values = _read_whole(self._z.root, [arrays[d] for d in present])
+        return OrderedDict(zip(present, values, strict=True))
 
     def __contains__(self, item: str) -> bool:
         return item in self._z
 
     def __getitem__(self, item: str) -> zarr.Array:
-        self.flush()
+        self.flush()  # what is read includes every write so far
         return self._z.root[item]
 
     def __len__(self) -> int:
@@ -199,7 +258,13 @@ class AsyncZarrBackend:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self._z.__exit__(exc_type, exc, tb)
+        if exc_type is None:
+            self.close()
+        else:  # the caller's error wins; ours is logged
+            try:
+                self.close()
+            except Exception as err:  # noqa: BLE001
+                logger.error("AsyncZarrBackend: closing after an error failed too: %s", err)
 
     def stats(self) -> dict[str, object]:
         return self._z.stats()
@@ -245,8 +310,39 @@ class AsyncZarrBackend:
         """Write tensor(s); returns once staged (``blocking=False``) or stored.
 
         Parallel coordinates may be any subset of their values; every other
-        coordinate must be passed in full, as in Earth2Studio.
+        coordinate must be passed in full, as in Earth2Studio. Safe to call
+        from several threads (writes are taken one at a time).
         """
+        with self._lock:
+            self._throttle()
+            self._write(x, coords, array_name)
+            if not self.blocking and self._z._engine.started:
+                done, pending = self._progress()
+                self._inflight.append(done + pending)  # this write is stored once that many chunks are done
+
+    def _progress(self) -> tuple[int, int]:
+        """(chunks finished, chunks pending) of the native pipeline."""
+        st = self._z._engine.stats()
+        return int(st.get("chunks_written", 0)) + int(st.get("failed_chunks", 0)), int(st.get("pending_chunks", 0))
+
+    def _throttle(self) -> None:
+        """Earth2Studio's pool_size: wait while `pool_size` earlier non-blocking writes are still being stored."""
+        if self.blocking or not self._z._engine.started:
+            self._inflight.clear()
+            return
+        deadline = time.monotonic() + self.async_timeout
+        while self._inflight:
+            done, _ = self._progress()
+            while self._inflight and self._inflight[0] <= done:
+                self._inflight.pop(0)
+            if len(self._inflight) < self.pool_size:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"a write waited {self.async_timeout:g} s (async_timeout) for one of the "
+                                   f"{self.pool_size} writes in flight (pool_size) to be stored")
+            self._z._engine.get().wait_idle(0.002)  # a short wait with the GIL released
+
+    def _write(self, x: Any, coords: CoordSystem, array_name: str | list[str]) -> None:
         xs = _data.as_list(x, "x")
         names = _data.as_list(array_name, "array_name")
         if len(xs) != len(names):
@@ -254,6 +350,15 @@ class AsyncZarrBackend:
                 f"Input tensors and array names must same length but got {len(xs)} and {len(names)}."
             )
         adjusted, _ = _data.convert_multidim_to_singledim(coords)
+        self._check_write_coords(adjusted)
+        full = self._array_coords(coords)
+        for xi, name in zip(xs, names, strict=True):
+            if _data.check_array_name(name) and name not in self._z and self._z._coord is None:
+                # dtype only: a CUDA tensor stays on its device (no host copy here)
+                self._z.add_array(full, name, dtype=_data.to_input(xi, True, "x").dtype)
+        self._z.write(xs, coords, names)
+
+    def _check_write_coords(self, adjusted: CoordSystem) -> None:
         for key, value in adjusted.items():
             if key in self.parallel_coords or key not in self._z.coords:
                 continue
@@ -262,24 +367,76 @@ class AsyncZarrBackend:
                     f"Non-index coordinate {key} must match the complete coordinate system defined in zarr "
                     "array. Sliced writes of non-index coordinates are not supported."
                 )
-        full = self._array_coords(coords)
-        for xi, name in zip(xs, names, strict=True):
-            if _data.check_array_name(name) and name not in self._z and self._z._coord is None:
-                # dtype only: a CUDA tensor stays on its device (no host copy here)
-                self._z.add_array(full, name, dtype=_data.to_input(xi, True, "x").dtype)
-        self._z.write(xs, coords, names)
 
     def read(self, coords: CoordSystem, array_name: str, device: Any = "cpu") -> tuple[Any, CoordSystem]:
         return self._z.read(coords, array_name, device)
 
     def flush(self) -> None:
         """Wait until every write so far is stored; raise the first background error."""
-        self._z.flush()
+        with self._lock:
+            self._inflight.clear()
+            self._z.flush()
 
     def close(self) -> None:
-        """Store what is pending and stop every thread of ours (idempotent)."""
-        self._z.close()
+        """Store everything pending, then stop every thread of ours; raise the first background error.
+
+        As in Earth2Studio, the backend stays usable: a later ``write`` starts
+        the threads again, and ``close`` may be called any number of times.
+        Nothing of ours runs while the backend is idle after ``close``. With an
+        opted-in ``process_group``, ``close`` is collective and final.
+        """
+        with self._lock:
+            self._inflight.clear()
+            if self._z._coord is not None:
+                self._z.close()  # opted-in multi-rank: collective, and final
+            else:
+                self._z._suspend()
 
     @property
     def closed(self) -> bool:
-        return self._z.closed
+        """True while no thread of ours runs for this backend (after ``close``, until the next write)."""
+        return self._z.idle
+
+    # ------------------------------------------------------------------ coroutines (Earth2Studio's async API)
+    async def prepare_inputs(
+        self, x: Any, coords: CoordSystem, array_name: str | list[str]
+    ) -> tuple[dict[str, Any], CoordSystem]:
+        """Check a write and create its missing arrays; return ``({name: tensor}, coords)``.
+
+        As Earth2Studio's: lengths of `x` and `array_name` must match, parallel
+        coordinates must hold values given at construction, every other
+        coordinate must be complete.
+        """
+        xs = _data.as_list(x, "x")
+        names = _data.as_list(array_name, "array_name")
+        if len(xs) != len(names):
+            raise ValueError(f"Input tensors and array names must same length but got {len(xs)} and {len(names)}.")
+        adjusted, _ = _data.convert_multidim_to_singledim(coords)
+        await asyncio.to_thread(self._prepare, xs, adjusted, names)
+        return dict(zip(names, xs, strict=True)), OrderedDict(adjusted)
+
+    def _prepare(self, xs: list[Any], coords: CoordSystem, names: list[str]) -> None:
+        with self._lock:
+            self._check_write_coords(coords)
+            full = self._array_coords(coords)
+            for xi, name in zip(xs, names, strict=True):
+                if _data.check_array_name(name) and name not in self._z:
+                    self._z.add_array(full, name, dtype=_data.to_input(xi, True, "x").dtype)
+
+    async def async_write(self, x: Any, coords: CoordSystem, array_name: str | list[str]) -> None:
+        """Write and wait (without blocking the event loop) until the data is stored.
+
+        As in Earth2Studio, the tensors must not change until this completes.
+        """
+        await asyncio.to_thread(self._write_and_store, x, coords, array_name)
+
+    def _write_and_store(self, x: Any, coords: CoordSystem, array_name: str | list[str]) -> None:
+        with self._lock:
+            self._write(x, coords, array_name)
+            if not self.blocking:
+                self._inflight.clear()
+                self._z.flush()
+
+    async def async_flush(self) -> None:
+        """Wait (without blocking the event loop) until every write so far is stored."""
+        await asyncio.to_thread(self.flush)

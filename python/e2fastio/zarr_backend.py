@@ -39,7 +39,7 @@ def _drain_at_exit() -> None:
     with _open_lock:
         backends = list(_open_nonblocking)
     for b in backends:
-        if b.closed:
+        if b.closed or getattr(b, "idle", False):
             continue
         pending = b.stats().get("pending_chunks", 0)
         warnings.warn(
@@ -353,6 +353,26 @@ class ZarrBackend:
                 f"{self.flush_timeout:g} s (flush again to keep waiting)"
             )
 
+    def _suspend(self) -> None:
+        """Store what is pending, then stop every thread of ours; the backend stays usable.
+
+        The encoder threads and the upload thread start again at the next write
+        (staging memory goes to the process-wide cache meanwhile, so the restart
+        is cheap). Raises the first background error, after everything else was stored.
+        """
+        self._check_open("close")
+        try:
+            self._drain()
+        finally:
+            if self._uploader is not None:
+                self._uploader.stop()
+            self._engine.close()
+
+    @property
+    def idle(self) -> bool:
+        """No thread of ours is running (nothing pending): a suspended or never-used backend."""
+        return not self._engine.started and (self._uploader is None or not self._uploader.running)
+
     def close(self) -> None:
         """Store what is pending, stop the encoder threads, release staging memory. Idempotent.
 
@@ -590,6 +610,8 @@ class ZarrBackend:
                 t.array.set_orthogonal_selection(tuple(index), arr)
         if not batch and not device_batch:
             return
+        if self._uploader is not None:
+            self._uploader.start()  # after a suspend (AsyncZarrBackend.close) the thread starts again
         engine = self._engine.get()
         if self.blocking:
             engine.write_batch(batch)
