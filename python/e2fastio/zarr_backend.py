@@ -214,7 +214,8 @@ class ZarrBackend:
         Seconds a collective step waits for the other ranks (default 600);
         a rank that never arrives is named in the error.
     consolidate_metadata : bool, optional
-        At ``close``, write consolidated metadata (rank 0 in a multi-rank run).
+        At ``close``, write consolidated metadata (only rank 0 when ranks
+        coordinate through `process_group`).
     """
 
     def __init__(
