@@ -1,20 +1,26 @@
-"""Many ranks, one store: real torch.distributed (gloo) process groups on this machine."""
+"""Many ranks: real torch.distributed (gloo) process groups on this machine.
+
+Coordinated writes into one store (opted in with ``process_group="world"`` or a
+group), and the default: one store per rank with no coordination at all.
+"""
 
 from __future__ import annotations
 
 import json
 import multiprocessing as mp
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import _dist_workers as W
+import netCDF4
 import numpy as np
 import pytest
 import xarray as xr
 import zarr
 
-from e2fastio import ZarrBackend
+from e2fastio import AsyncZarrBackend, NetCDF4Backend, ZarrBackend
 from e2fastio._distributed import ChunkOwnershipError, check_whole_chunks
 
 
@@ -44,7 +50,7 @@ def spawn(world: int, scenario: str, tmp: Path, args: dict[str, Any], timeout: f
 
 
 def single_process(path: str, **kw: Any) -> None:
-    W.write_members(path, np.arange(W.MEMBERS), blocking=True, process_group=False, **kw)
+    W.write_members(path, np.arange(W.MEMBERS), blocking=True, **kw)
 
 
 def chunk_bytes(root: Path) -> dict[str, bytes]:
@@ -113,21 +119,95 @@ def test_single_process_ignores_distributed_when_not_initialised(tmp_path):
     assert not dist.is_initialized()
     with ZarrBackend(str(tmp_path / "s.zarr")) as io:
         assert io._coord is None
-    with pytest.raises(ValueError, match="process_group"):
-        ZarrBackend(str(tmp_path / "t.zarr"), process_group=object())
+    with ZarrBackend(str(tmp_path / "f.zarr"), process_group=False) as io:  # the earlier opt-out still works
+        assert io._coord is None
+    with pytest.raises(ValueError, match=r"process_group='world' needs torch.distributed to be initialised"):
+        ZarrBackend(str(tmp_path / "t.zarr"), process_group="world")
+
+
+@pytest.mark.parametrize("cls", ["zarr", "async", "netcdf"])
+@pytest.mark.parametrize("value, error, text", [
+    ("everyone", ValueError, r"process_group='everyone' is not a known group name; pass process_group='world'"),
+    ("WORLD", ValueError, r"process_group='WORLD' is not a known group name"),
+    (True, TypeError, r"process_group=True is ambiguous; pass process_group='world'"),
+    (object(), TypeError, r"process_group must be None, 'world' or a torch.distributed.ProcessGroup, got object"),
+    (0, TypeError, r"process_group must be None, 'world' or a torch.distributed.ProcessGroup, got int"),
+])
+def test_process_group_is_validated_and_named(tmp_path, cls, value, error, text):
+    with pytest.raises(error, match=text):
+        if cls == "zarr":
+            ZarrBackend(str(tmp_path / "v.zarr"), process_group=value)
+        elif cls == "async":
+            AsyncZarrBackend(str(tmp_path / "v.zarr"), parallel_coords={}, process_group=value)
+        else:
+            NetCDF4Backend(str(tmp_path / "v.nc"), {"mode": "w"}, process_group=value)
+    assert not (tmp_path / "v.nc").exists()
+
+
+def test_netcdf_rank_template_outside_a_distributed_run(tmp_path):
+    c = OrderedDict(lead_time=np.arange(2), lat=np.linspace(0, 1, 3))
+    with NetCDF4Backend(str(tmp_path / "r{rank}_of_{world_size}.nc"), {"mode": "w"}) as io:
+        io.add_array(c, "t2m")
+        assert io.file_name == str(tmp_path / "r0_of_1.nc")
+    with NetCDF4Backend(str(tmp_path / "plain.nc"), {"mode": "w"}) as io:
+        assert io.file_name == str(tmp_path / "plain.nc")
+    with pytest.raises(ValueError, match=r"only \{rank\} and \{world_size\} are replaced"):
+        NetCDF4Backend(str(tmp_path / "r{rank}_{date}.nc"), {"mode": "w"})
 
 
 def test_netcdf_ranks_write_one_file_each_or_get_a_clear_error(tmp_path):
     records = spawn(2, "netcdf", tmp_path, {"directory": str(tmp_path)})
     for r in records:
         assert not r["shared"]["ok"] and "{rank}" in r["shared"]["message"], r
+        assert "process_group=None" in r["shared"]["message"], r
         assert r["per_rank"]["ok"], r
+        assert r["template_default"]["ok"], r  # no opt-in: the template still gives one file per rank
     assert not (tmp_path / "one.nc").exists()
-    parts = sorted(tmp_path.glob("part_*_of_2.nc"))
-    assert [p.name for p in parts] == ["part_00_of_2.nc", "part_01_of_2.nc"]
-    ds = xr.open_mfdataset(parts, combine="nested", concat_dim="ensemble", engine="netcdf4")
     want = np.stack([W.field(np.arange(W.MEMBERS), k, 0)[:, 0, 0] for k in range(W.STEPS)], axis=1)
-    np.testing.assert_array_equal(ds["t2m"].values[:, 0], want)
+    for pattern in ("part_*_of_2.nc", "tmpl_*_of_2.nc"):
+        parts = sorted(tmp_path.glob(pattern))
+        assert [p.name for p in parts] == [pattern.replace("*", r) for r in (("00", "01") if "part" in pattern
+                                                                             else ("0", "1"))]
+        opened = [xr.open_dataset(p, engine="netcdf4") for p in parts]  # open_mfdataset without dask
+        try:
+            ds = xr.concat(opened, dim="ensemble")
+            np.testing.assert_array_equal(ds["t2m"].values[:, 0], want)
+        finally:
+            for d in opened:
+                d.close()
+
+
+def test_each_rank_writes_its_own_store_without_coordination(tmp_path):
+    """Earth2Studio's distributed example: under an initialised group, one store per rank, no opt-in."""
+    records = spawn(2, "per_rank_stores", tmp_path, {"directory": str(tmp_path)}, timeout=180)
+    for rank, r in enumerate(records):
+        assert r.get("world") == 2 and r.get("group_rank") == rank, r  # a live 2-rank default group
+        for kind in W.PER_RANK_KINDS:
+            assert r[kind]["ok"], (rank, kind, r[kind])
+    lead = W.coords()["lead_time"]
+    for rank, times in enumerate(np.array_split(W.PER_RANK_TIMES, 2)):
+        assert records[rank]["times"] == [str(t) for t in times]
+        want = {name: np.stack([np.concatenate([W.per_rank_field(t, k, v) for t in times])[:, 0]
+                                for k in range(W.STEPS)], axis=1)
+                for v, name in enumerate(W.VARS)}
+        for kind in W.PER_RANK_KINDS:
+            path = W.per_rank_path(str(tmp_path), kind, rank)
+            if kind == "netcdf":
+                with netCDF4.Dataset(path) as ds:
+                    assert ds["lead_time"].units == "hours"
+                    np.testing.assert_array_equal(ds["lead_time"][:].data, np.arange(W.STEPS) * 6)
+                    for name in W.VARS:
+                        assert ds[name].dimensions == ("time", "lead_time", "lat", "lon")
+                        np.testing.assert_array_equal(ds[name][:].data, want[name])
+                with xr.open_dataset(path, engine="netcdf4") as ds:  # decodes the time units
+                    np.testing.assert_array_equal(ds["time"].values, times)
+                continue
+            root = zarr.open_group(path, mode="r")
+            np.testing.assert_array_equal(root["time"][:], times)
+            np.testing.assert_array_equal(root["lead_time"][:], lead)
+            for name in W.VARS:
+                assert root[name].metadata.dimension_names == ("time", "lead_time", "lat", "lon")
+                np.testing.assert_array_equal(root[name][:], want[name])
 
 
 def test_ranks_write_one_s3_store_identical_to_one_process(tmp_path, s3_bucket):

@@ -1,5 +1,11 @@
 """Many ranks, one store: coordination over ``torch.distributed``.
 
+Coordination is opt-in: a backend coordinates only when it is given
+``process_group="world"`` (the default group) or a ``ProcessGroup``. By default
+(``process_group=None``) every process writes exactly what it is given, as
+Earth2Studio's backends do, even under ``torchrun``: one store per rank needs no
+coordination, and a backend must not wait for ranks that never construct one.
+
 e2fastio adds no launcher: it uses the process group the job already has
 (torchrun, SLURM, ``torch.multiprocessing``). All coordination is metadata
 only (a few small pickled objects per ``add_array``/``close``); data never
@@ -41,31 +47,73 @@ class ChunkOwnershipError(E2FastIOError, ValueError):
     """A write would make ranks share a chunk (refused before any data moved)."""
 
 
-def resolve_group(process_group: Any) -> Any:
-    """The group a backend coordinates over, or None for single-process behaviour.
+# The word that opts a backend into coordination over the default process group.
+WORLD = "world"
 
-    ``None`` (default): the default group when ``torch.distributed`` is
-    initialised with more than one rank; ``False``: no coordination (each
-    process writes its own store); otherwise a ``ProcessGroup``.
+
+def resolve_group(process_group: Any) -> Any:
+    """The group a backend coordinates over, or None when each rank works alone.
+
+    Coordination is opt-in. ``None`` (default) or ``False``: none at all, even
+    under ``torchrun``: each process writes exactly what it is given to its own
+    store, as Earth2Studio's backends do (no barrier, no collective call).
+    ``"world"``: the default group of ``torch.distributed``; a
+    ``torch.distributed.ProcessGroup``: that group. An opted-in group of one
+    rank needs no coordination either (None).
     """
-    if process_group is False:
+    if process_group is None or process_group is False:
         return None
+    if isinstance(process_group, str):
+        if process_group != WORLD:
+            raise ValueError(
+                f"process_group={process_group!r} is not a known group name; pass process_group={WORLD!r} for the "
+                "default torch.distributed group, a torch.distributed.ProcessGroup, or None (the default: no "
+                "coordination, each rank writes its own store)"
+            )
+    elif process_group is True:
+        raise TypeError(f"process_group=True is ambiguous; pass process_group={WORLD!r} for the default "
+                        "torch.distributed group, a torch.distributed.ProcessGroup, or None (no coordination)")
     try:
         import torch.distributed as dist
     except ImportError:  # pragma: no cover - torch without distributed
-        if process_group is not None:
-            raise ValueError("process_group: torch.distributed is not available in this torch build") from None
+        raise ValueError(f"process_group={process_group!r}: torch.distributed is not available in this torch "
+                         "build") from None
+    if not dist.is_available():  # pragma: no cover - torch built without distributed
+        raise ValueError(f"process_group={process_group!r}: torch.distributed is not available in this torch build")
+    if not isinstance(process_group, (str, dist.ProcessGroup)):
+        raise TypeError(
+            f"process_group must be None, {WORLD!r} or a torch.distributed.ProcessGroup, got "
+            f"{type(process_group).__name__}"
+        )
+    if not dist.is_initialized():
+        raise ValueError(f"process_group={process_group!r} needs torch.distributed to be initialised; call "
+                         "torch.distributed.init_process_group first (or leave process_group=None: no coordination)")
+    group = dist.group.WORLD if isinstance(process_group, str) else process_group
+    if dist.get_world_size(group) <= 1:
         return None
-    if process_group is None:
-        if not (dist.is_available() and dist.is_initialized()):
-            return None
-        process_group = dist.group.WORLD
-    elif not (dist.is_available() and dist.is_initialized()):
-        raise ValueError("process_group was given but torch.distributed is not initialised; "
-                         "call torch.distributed.init_process_group first")
-    if dist.get_world_size(process_group) <= 1:
-        return None
-    return process_group
+    return group
+
+
+def rank_and_size(process_group: Any) -> tuple[int, int]:
+    """This process's rank and the number of ranks, local queries only (no communication).
+
+    In the group `process_group` names (validated as by :func:`resolve_group`),
+    else in the default group when ``torch.distributed`` is initialised, else
+    ``(0, 1)``.
+    """
+    if process_group is not None and process_group is not False:
+        import torch.distributed as dist
+
+        resolve_group(process_group)  # validates it
+        group = dist.group.WORLD if isinstance(process_group, str) else process_group
+        return dist.get_rank(group), dist.get_world_size(group)
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover - torch without distributed
+        return 0, 1
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
 
 
 class Coordinator:

@@ -75,11 +75,16 @@ class NetCDF4Backend:
         caller's thread, at the next call: HDF5 is not thread-safe). ``flush``,
         ``read``, ``[]`` and ``close`` store everything first; background errors
         are raised at the next ``write``/``flush``/``close``.
-    process_group : torch.distributed ProcessGroup | False, keyword-only
-        In a multi-rank run (default: the initialised default group) each rank
-        writes its own file: `file_name` must contain ``{rank}`` (formatted
-        with ``rank`` and ``world_size``), because ranks cannot share one HDF5
-        file without MPI. ``False``: no check.
+    process_group : None | "world" | torch.distributed ProcessGroup, keyword-only
+        ``{rank}`` and ``{world_size}`` in `file_name` are replaced by this
+        process's rank and the number of ranks (in the group given here, else
+        in the default ``torch.distributed`` group when it is initialised, else
+        0 and 1), so one name gives one file per rank. ``None`` (default, also
+        ``False``): nothing more; a name without them (e.g. ``f"out_{rank}.nc"``
+        formatted by the caller) is used as given. Opt-in, ``"world"`` (the
+        default group) or a ``ProcessGroup`` of more than one rank: `file_name`
+        must contain ``{rank}``, because ranks cannot share one HDF5 file
+        without MPI.
     """
 
     def __init__(
@@ -534,27 +539,33 @@ def _write_c_pieces(ds: Any, box: tuple[slice, ...], arr: np.ndarray) -> None:
 
 
 def _per_rank_file_name(file_name: str | os.PathLike[str], process_group: Any) -> str | os.PathLike[str]:
-    """One file per rank in a multi-rank run: ``{rank}`` in the name, or a clear error.
+    """`file_name` with ``{rank}``/``{world_size}`` filled in; with a group, a name per rank or a clear error.
 
     HDF5 files cannot be written by several processes at once without an
     MPI-enabled HDF5 (parallel HDF5 is not what netCDF4/h5py wheels ship), so
     ranks never share a NetCDF file. ``"forecast_{rank:03d}.nc"`` gives each rank
     its own complete NetCDF-4 file (open them together with
     ``xarray.open_mfdataset``); ``ZarrBackend`` writes one shared store instead.
+    Without a group (the default) a name without ``{rank}`` is the caller's
+    business, as in Earth2Studio.
     """
-    from e2fastio._distributed import resolve_group
+    from e2fastio._distributed import rank_and_size, resolve_group
 
     group = resolve_group(process_group)
     name = os.fspath(file_name)
-    if group is None:
+    if group is None and "{rank" not in name and "{world_size" not in name:
         return file_name
-    import torch.distributed as dist
-
-    rank, size = dist.get_rank(group), dist.get_world_size(group)
-    if "{rank" not in name:
+    rank, size = rank_and_size(process_group)
+    if group is not None and "{rank" not in name:
         raise ValueError(
             f"file_name={name!r}: {size} ranks cannot write one NetCDF4 file (HDF5 needs MPI for that); put "
             "'{rank}' in file_name for one file per rank (e.g. 'forecast_{rank:03d}.nc'), use ZarrBackend for "
-            "one shared store, or pass process_group=False if each rank already writes its own file"
+            "one shared store, or leave process_group=None if each rank already writes its own file"
         )
-    return name.format(rank=rank, world_size=size)
+    try:
+        return name.format(rank=rank, world_size=size)
+    except (KeyError, IndexError, ValueError) as err:
+        raise ValueError(
+            f"file_name={name!r}: only {{rank}} and {{world_size}} are replaced in a file name; write other braces "
+            f"twice ('{{{{' and '}}}}') ({type(err).__name__}: {err})"
+        ) from None

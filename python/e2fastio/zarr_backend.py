@@ -201,18 +201,21 @@ class ZarrBackend:
         attempts of a failed upload with exponential backoff (default 6), and
         seconds one attempt may take (default 60). A chunk that still fails is
         reported (key and reason, never credentials) as ``UploadError``.
-    process_group : torch.distributed ProcessGroup | False, optional
-        Several ranks writing one store. ``None`` (default): the default group
-        when ``torch.distributed`` is initialised with more than one rank;
-        ``False``: no coordination. Rank 0 creates the group and the arrays
-        (``add_array`` is collective and checks that every rank passes the
-        same coordinates); each rank writes only whole chunks of its own part;
-        ``close`` is collective. See ``e2fastio._distributed``.
+    process_group : None | "world" | torch.distributed ProcessGroup, optional
+        Opt-in: several ranks writing one store. ``None`` (default, also
+        ``False``): no coordination, even under ``torchrun``; each process
+        writes exactly what it is given (one store per rank needs nothing
+        more). ``"world"``: the default ``torch.distributed`` group; or a
+        ``ProcessGroup``. Then construction is collective, rank 0 creates the
+        group and the arrays (``add_array`` is collective and checks that every
+        rank passes the same coordinates); each rank writes only whole chunks
+        of its own part; ``close`` is collective. See ``e2fastio._distributed``.
     distributed_timeout : float, optional
         Seconds a collective step waits for the other ranks (default 600);
         a rank that never arrives is named in the error.
     consolidate_metadata : bool, optional
-        At ``close``, write consolidated metadata (rank 0 in a multi-rank run).
+        At ``close``, write consolidated metadata (only rank 0 when ranks
+        coordinate through `process_group`).
     """
 
     def __init__(
