@@ -15,8 +15,10 @@ from e2fastio.errors import (
     UploadError,
 )
 from e2fastio.info import info
+from e2fastio.kv_backend import KVBackend
 from e2fastio.memory import empty_cache, set_host_cache_limit
 from e2fastio.netcdf_backend import NetCDF4Backend
+from e2fastio.xarray_backend import XarrayBackend
 from e2fastio.zarr_backend import ZarrBackend
 
 __all__ = [
@@ -26,9 +28,11 @@ __all__ = [
     "BackgroundWriteError",
     "CoordinateError",
     "E2FastIOError",
+    "KVBackend",
     "NetCDF4Backend",
     "UnknownDimensionError",
     "UploadError",
+    "XarrayBackend",
     "ZarrBackend",
     "__version__",
     "_core",

@@ -30,16 +30,21 @@ def as_list(x: Any, what: str) -> list[Any]:
     return [x]
 
 
-def write_inputs(x: Any, array_name: Any) -> tuple[list[Any], list[str]]:
-    """The (data, name) pairs of a write, checked: equal counts, safe and distinct names."""
+def write_inputs(x: Any, array_name: Any, path_names: bool = True) -> tuple[list[Any], list[str]]:
+    """The (data, name) pairs of a write, checked: equal counts, safe and distinct names.
+
+    `path_names=False` (in-memory backends) only requires each name to be a
+    non-empty str: it never becomes a key inside a store.
+    """
     xs = as_list(x, "x")
     names = as_list(array_name, "array_name")
     if len(xs) != len(names):
         raise ValueError(
             f"The number of input tensors and array names must be the same but got {len(xs)} and {len(names)}."
         )
+    check = check_array_name if path_names else check_member_name
     for n in names:
-        check_array_name(n)
+        check(n)
     if len(set(names)) != len(names):
         raise ValueError(f"array_name lists an array twice ({names}); write each array once per call")
     return xs, names
@@ -67,6 +72,13 @@ def check_array_name(name: Any, argument: str = "array_name") -> str:
             f"{argument}={name!r} is not a safe array name: use letters, digits, '_', '-', '.', '+' "
             "(not starting with '.', '-' or '__'), without '/' or '\\'"
         )
+    return name
+
+
+def check_member_name(name: Any, argument: str = "array_name") -> str:
+    """A name of an in-memory backend's member: any non-empty str."""
+    if not isinstance(name, str) or not name:
+        raise ArrayNameError(f"{argument} must be a non-empty str, got {name!r}")
     return name
 
 
@@ -108,8 +120,12 @@ def to_input(x: Any, device_ok: bool, argument: str = "x") -> np.ndarray | Devic
     return to_host_array(x, argument)
 
 
-def to_host_array(x: Any, argument: str = "x") -> np.ndarray:
-    """A numpy view (no copy when possible) of a tensor or array on the host."""
+def to_host_array(x: Any, argument: str = "x", extra_kinds: str = "") -> np.ndarray:
+    """A numpy view (no copy when possible) of a tensor or array on the host.
+
+    `extra_kinds`: numpy dtype kinds accepted besides float, int, uint and bool
+    (``"c"`` for backends that hold complex data).
+    """
     if is_torch_tensor(x):
         t = x.detach()
         if t.device.type != "cpu":
@@ -131,6 +147,8 @@ def to_host_array(x: Any, argument: str = "x") -> np.ndarray:
         raise UnsupportedDTypeError(
             f"{argument} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}"
         )
+    if arr.dtype.kind in extra_kinds:
+        return arr
     if arr.dtype.kind not in _SUPPORTED_KINDS or arr.dtype.itemsize not in (1, 2, 4, 8):
         raise UnsupportedDTypeError(
             f"{argument} has dtype {arr.dtype}, which e2fastio does not store; "
@@ -145,12 +163,17 @@ def cast_for_array(arr: Any, dtype: np.dtype, name: str) -> Any:
         return arr.cast(dtype, name)
     if arr.dtype == dtype and arr.dtype.isnative:
         return arr
-    if not np.can_cast(arr.dtype, dtype, casting="same_kind"):
+    check_cast(arr.dtype, dtype, name)
+    return arr.astype(dtype.newbyteorder("="), copy=True)
+
+
+def check_cast(src: np.dtype, dtype: np.dtype, name: str) -> None:
+    """Refuse a cast that changes the kind of value (complex -> real, float -> int)."""
+    if not np.can_cast(src, dtype, casting="same_kind"):
         raise UnsupportedDTypeError(
-            f"x for array {name!r} has dtype {arr.dtype} but the array stores {dtype}; "
+            f"x for array {name!r} has dtype {src} but the array stores {dtype}; "
             f"cast it first (e.g. x.astype({str(dtype)!r}))"
         )
-    return arr.astype(dtype.newbyteorder("="), copy=True)
 
 
 def convert_multidim_to_singledim(
@@ -204,10 +227,13 @@ class CoordinateIndex:
         if v.ndim != 1:
             raise CoordinateError(f"coords[{self.dim!r}] must be one-dimensional, got shape {v.shape}")
         stored = self._sorted
+        probe = v
         if stored.dtype.kind in "mM" and v.dtype.kind == stored.dtype.kind:
-            v = v.astype(stored.dtype)
+            # Search in the stored unit; `found` compares the values as given, so a
+            # finer value (06:00 against whole days) is not rounded onto a stored one.
+            probe = v.astype(stored.dtype)
         try:
-            pos = np.searchsorted(stored, v)
+            pos = np.searchsorted(stored, probe)
         except TypeError as err:
             raise CoordinateError(
                 f"coords[{self.dim!r}] has dtype {v.dtype}, not comparable with the stored {stored.dtype}"
@@ -269,7 +295,7 @@ class Selector:
         index = []
         for d, v in adjusted.items():
             ix = self._indexes.get(d)
-            if ix is None:
+            if ix is None or ix.values is not self.coords[d]:  # new, or replaced by the user
                 ix = self._indexes[d] = CoordinateIndex(d, self.coords[d])
             index.append(ix.locate(v))
         return adjusted, index
@@ -282,6 +308,28 @@ def check_shape(arr: np.ndarray | DeviceTensor, index: Sequence[np.ndarray], dim
             f"x for array {name!r} has shape {tuple(arr.shape)} but coords {list(dims)} "
             f"give {expected}; the data must have one axis per coordinate, in order"
         )
+
+
+def orthogonal_key(index: Sequence[np.ndarray], outer: bool = False) -> tuple[Any, ...]:
+    """A key selecting the outer product of `index` from a numpy array or torch tensor.
+
+    Runs of consecutive positions become slices (a view, no gather or scatter);
+    otherwise the key is ``np.ix_`` of the positions, or with `outer` (for
+    xarray's ``Variable``, which indexes orthogonally) one slice or 1-d array
+    per dimension. Reading through slices gives a view: copy it before handing
+    it out.
+    """
+    key: list[Any] = []
+    for idx in index:
+        n = len(idx)
+        if n == 0 or (idx[0] >= 0 and np.array_equal(idx, np.arange(idx[0], idx[0] + n))):
+            start = int(idx[0]) if n else 0
+            key.append(slice(start, start + n))
+        elif outer:
+            key.append(np.asarray(idx))
+        else:
+            return np.ix_(*index)
+    return tuple(key)
 
 
 def first_partial_chunk(index: Sequence[np.ndarray], shape: Sequence[int], chunks: Sequence[int]) -> int | None:
