@@ -48,6 +48,8 @@ def d2h_probe(make_io, fields, coords, lead) -> dict:
     After a write, the caller's stream waits for our copy, so synchronising it
     tells when the data is on the host: bytes / (write start -> synced) is
     the device-to-host throughput the caller sees, Python overhead included.
+    Each write starts with the pipeline idle (a flush, untimed), so a full
+    ring's backpressure is not mistaken for copy time.
     A cProfile of the strided writes says where `write` spends its time.
     """
     import cProfile
@@ -74,6 +76,7 @@ def d2h_probe(make_io, fields, coords, lead) -> dict:
         prof = cProfile.Profile()
         for k in range(PROBE_WRITES):
             xs = make(fields[k % 2])
+            io.flush()  # an empty ring and idle encoders: measure the copy path, not backpressure
             sync_all()
             c = dict(coords)
             c["lead_time"] = lead[k % len(lead) : k % len(lead) + 1]
