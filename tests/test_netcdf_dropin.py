@@ -410,6 +410,9 @@ def test_root_create_variable_fill_values_and_masks_match_netcdf4(tmp_path):
     assert root["packed"].chunking() == [5] and root["packed"].filters()["zlib"]
     with pytest.raises(TypeError, match="least_significant_digit"):
         root.createVariable("lossy", "f4", ("station",), least_significant_digit=2)
+    with pytest.raises(TypeError, match="unexpected"):
+        root.createVariable("typo", "f4", ("station",), complvl=2)
+    root.createVariable("plain", "f8", ("station",), quantize_mode="BitGroom")  # netCDF4's default, accepted
     with pytest.raises(UnsupportedDTypeError):
         root.createVariable("flag", "bool", ("station",))
     io.close()
@@ -579,6 +582,8 @@ def test_netcdf_names(tmp_path):
                 io.add_array(c, name)
             with pytest.raises(ValueError):
                 io.write(torch.ones(3), c, name)
+        with pytest.raises(ArrayNameError, match="coords key"):
+            io.add_array(OrderedDict(c, **{"level/hPa": np.arange(2)}), "t2m_levels")
         assert set(io) == {"lat", *good}
     with netCDF4.Dataset(path) as ds:
         assert not ds.groups

@@ -18,6 +18,12 @@ import numpy as np
 
 from e2fastio.errors import UnsupportedDTypeError
 
+# netCDF4.Dataset.createVariable arguments e2fastio does not implement, with netCDF4's defaults.
+_CREATE_VARIABLE_UNSUPPORTED = {
+    "least_significant_digit": None, "significant_digits": None, "quantize_mode": "BitGroom",
+    "szip_coding": "nn", "szip_pixels_per_block": 8, "blosc_shuffle": 1, "chunk_cache": None,
+}
+
 # NetCDF's default fill values (netcdf.h NC_FILL_*), by numpy dtype string.
 DEFAULT_FILL = {
     "i1": -127, "u1": 255, "i2": -32767, "u2": 65535, "i4": -2147483647, "u4": 4294967295,
@@ -456,9 +462,12 @@ class Dataset(_Attributes):
         ``blosc``, ...) raise ``TypeError`` naming them.
         """
         self._check_writable(f"create variable {varname!r}")
-        used = {k: v for k, v in unsupported.items() if v not in (None, False)}
+        unknown = sorted(set(unsupported) - set(_CREATE_VARIABLE_UNSUPPORTED))
+        if unknown:
+            raise TypeError(f"createVariable() got unexpected keyword argument(s) {unknown}")
+        used = sorted(k for k, v in unsupported.items() if v != _CREATE_VARIABLE_UNSUPPORTED[k])
         if used:
-            raise TypeError(f"createVariable: e2fastio does not support {sorted(used)}; "
+            raise TypeError(f"createVariable: e2fastio does not support {used}; "
                             "supported: compression='zlib'/zlib, complevel, shuffle, fletcher32, contiguous, "
                             "chunksizes, endian, fill_value")
         if compression not in (None, "zlib"):
@@ -467,7 +476,7 @@ class Dataset(_Attributes):
             raise ValueError(f"createVariable: varname={varname!r}; groups are not supported, use a flat name")
         if isinstance(dimensions, str):
             dimensions = (dimensions,)
-        if datatype is str or (isinstance(datatype, (str, np.dtype)) and np.dtype(datatype).kind in "US"):
+        if datatype is str or np.dtype(datatype).kind == "U":
             import h5py
 
             dtype: Any = h5py.string_dtype()

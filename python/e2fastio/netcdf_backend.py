@@ -412,6 +412,9 @@ class NetCDF4Backend:
         self._check_writable("add_array")
         names, host = _add_array_inputs(array_name, data)
         adjusted, mapping = _data.convert_multidim_to_singledim(coords)
+        for dim in [*adjusted, *mapping]:
+            if dim not in self._nc.variables and dim not in self._nc.dimensions:
+                _check_name(dim, "coords key")
         shape = tuple(len(self.coords[d]) if d in self.coords else len(v) for d, v in adjusted.items())
         for h, n in zip(host, names, strict=True):
             if h is not None and h.shape != shape:
