@@ -496,6 +496,22 @@ def test_nonblocking_root_sync_stores_and_fsyncs(tmp_path, monkeypatch):
     assert len(synced) == 1  # close() hands data to the OS without fsync, as netCDF4-python
 
 
+def test_a_backend_never_closed_is_closed_cleanly_at_exit(tmp_path):
+    """Earth2Studio's workflows never call close(): the process must still exit cleanly, the file complete."""
+    path = tmp_path / "unclosed.nc"
+    script = (
+        "import numpy as np, torch; from collections import OrderedDict; from e2fastio import NetCDF4Backend\n"
+        "c = OrderedDict(lat=np.arange(3.0), lon=np.arange(4.0))\n"
+        f"io = NetCDF4Backend({str(path)!r}, {{'mode': 'w'}}, compression='zlib')\n"
+        "io.add_array(c, 'x'); io.write(torch.ones(3, 4), c, 'x'); v = io.root['x']\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       env=dict(_reader_env(), PYTHONPATH=os.pathsep.join(sys.path)))
+    assert r.returncode == 0 and "Exception ignored" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+    with netCDF4.Dataset(path) as ds:
+        np.testing.assert_array_equal(ds["x"][:].data, np.ones((3, 4), "float32"))
+
+
 def test_nonblocking_reads_through_root_include_pending_writes(tmp_path):
     c = _coords()
     x = _field(_shape(c))

@@ -10,10 +10,12 @@ without plugins.
 
 from __future__ import annotations
 
+import atexit
 import errno
 import logging
 import os
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -43,6 +45,18 @@ _EPOCH = np.datetime64("0001-01-01T00:00:00", "s")
 _TD_UNITS = {"h": "hours", "m": "minutes", "s": "seconds", "D": "days"}
 _REV_TD_UNITS = {v: k for k, v in _TD_UNITS.items()}
 _DEFAULT_BACKEND_KWARGS = {"mode": "r+", "diskless": False}
+# Open blocking backends, closed at exit: Earth2Studio's workflows never close their
+# backend, and h5netcdf's own close at interpreter teardown fails once h5py is gone.
+_open_blocking: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    for backend in list(_open_blocking):
+        try:
+            backend.close()
+        except Exception:  # the data of blocking writes is in the file already
+            logger.exception("e2fastio: closing %s at exit failed", backend.file_name)
 
 
 def _import_h5netcdf() -> Any:
@@ -267,6 +281,8 @@ class NetCDF4Backend:
         if not blocking:
             with _open_lock:
                 _open_nonblocking.add(self)  # drained (with a warning) at exit if never closed
+        else:
+            _open_blocking.add(self)
         self._specs: dict[str, _core.ArraySpec] = {}
         self.coords: OrderedDict[str, np.ndarray] = OrderedDict()
         self._selector = _data.Selector(
@@ -382,6 +398,7 @@ class NetCDF4Backend:
         self._closed = True
         with _open_lock:
             _open_nonblocking.discard(self)
+        _open_blocking.discard(self)
         pending_error: Exception | None = None
         try:
             self._drain()
