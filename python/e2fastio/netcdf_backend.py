@@ -211,7 +211,9 @@ class NetCDF4Backend:
     the same and then fsyncs the file, so it survives a power loss;
     ``close()`` is ``flush()`` and closes the file (no fsync, as
     netCDF4-python). Diskless files stay in memory until ``sync()`` /
-    ``close()`` (``persist=True``) or are dropped at ``close()``.
+    ``close()`` (``persist=True``) or are dropped at ``close()``. A backend
+    never closed (Earth2Studio's workflows do not close theirs) is closed at
+    interpreter exit.
     """
 
     def __init__(
