@@ -37,6 +37,10 @@ class BackendClosedError(E2FastIOError, RuntimeError):
     """The backend was closed; open a new one to write again."""
 
 
+class ReadOnlyError(E2FastIOError, RuntimeError):
+    """The store was opened read-only (e.g. NetCDF ``mode="r"``); reopen it in a writing mode."""
+
+
 class BackgroundWriteError(E2FastIOError, RuntimeError):
     """A non-blocking write failed in the background.
 

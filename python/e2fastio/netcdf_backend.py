@@ -10,19 +10,30 @@ without plugins.
 
 from __future__ import annotations
 
+import atexit
+import errno
 import logging
 import os
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from e2fastio import _core, _data
 from e2fastio._engine import EngineHandle
+from e2fastio._netcdf_root import Dataset, Variable, netcdf_dtype
 from e2fastio._zarr_native import engine_kwargs
-from e2fastio.errors import BackendClosedError, CoordinateError, surface_background_error
+from e2fastio.errors import (
+    ArrayNameError,
+    BackendClosedError,
+    CoordinateError,
+    ReadOnlyError,
+    surface_background_error,
+)
 from e2fastio.zarr_backend import _open_lock, _open_nonblocking
 
 logger = logging.getLogger(__name__)
@@ -33,6 +44,19 @@ TIME_UNITS = "hours since 0001-01-01 00:00:00.0"
 _EPOCH = np.datetime64("0001-01-01T00:00:00", "s")
 _TD_UNITS = {"h": "hours", "m": "minutes", "s": "seconds", "D": "days"}
 _REV_TD_UNITS = {v: k for k, v in _TD_UNITS.items()}
+_DEFAULT_BACKEND_KWARGS = {"mode": "r+", "diskless": False}
+# Open blocking backends, closed at exit: Earth2Studio's workflows never close their
+# backend, and h5netcdf's own close at interpreter teardown fails once h5py is gone.
+_open_blocking: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    for backend in list(_open_blocking):
+        try:
+            backend.close()
+        except Exception:  # the data of blocking writes is in the file already
+            logger.exception("e2fastio: closing %s at exit failed", backend.file_name)
 
 
 def _import_h5netcdf() -> Any:
@@ -45,6 +69,70 @@ def _import_h5netcdf() -> Any:
     return h5netcdf
 
 
+@dataclass(frozen=True)
+class _OpenOptions:
+    """``backend_kwargs`` read with netCDF4.Dataset's meaning."""
+
+    mode: str  # "r", "w", "x" (create, never overwrite) or "a" ("r+" too: append, create when missing)
+    diskless: bool
+    persist: bool
+    auto_complex: bool
+
+
+def _open_options(backend_kwargs: Mapping[str, Any] | None, path: str) -> _OpenOptions:
+    """Check `backend_kwargs` as netCDF4.Dataset would take them; refuse what cannot be honoured."""
+    if backend_kwargs is None:
+        backend_kwargs = _DEFAULT_BACKEND_KWARGS
+    if not isinstance(backend_kwargs, Mapping):
+        raise TypeError(f"backend_kwargs must be a dict of netCDF4.Dataset arguments, got {type(backend_kwargs)}")
+    kw = dict(backend_kwargs)
+    mode = kw.pop("mode", "r")  # netCDF4.Dataset's default
+    # A trailing "s" asks for unbuffered shared access, which netCDF4 ignores for NETCDF4 files.
+    base = mode[:-1] if isinstance(mode, str) and mode.endswith("s") and mode[:-1] in ("r", "w", "a", "r+") else mode
+    if base not in ("r", "w", "x", "a", "r+"):
+        raise ValueError(f"backend_kwargs['mode'] must be 'r', 'w', 'x', 'a' or 'r+' (netCDF4.Dataset's modes), "
+                         f"got {mode!r}")
+    if base == "r+":
+        base = "a"
+    if base == "w" and not kw.pop("clobber", True):
+        base = "x"
+    kw.pop("clobber", None)
+    fmt = kw.pop("format", "NETCDF4")
+    if fmt != "NETCDF4":
+        raise ValueError(
+            f"backend_kwargs['format']={fmt!r}: e2fastio writes NETCDF4 (HDF5) files only, as Earth2Studio does "
+            "(it replaces any format with 'NETCDF4'); drop the argument or pass format='NETCDF4'"
+        )
+    diskless = bool(kw.pop("diskless", False))
+    persist = bool(kw.pop("persist", False)) and diskless  # netCDF4: persist only means something when diskless
+    auto_complex = bool(kw.pop("auto_complex", False))
+    kw.pop("keepweakref", None)  # only how netCDF4's Python objects refer to each other; nothing to do here
+    if kw.pop("memory", None) is not None:
+        raise ValueError("backend_kwargs['memory'] (netCDF4's in-memory buffer) is not supported by e2fastio; "
+                         "use backend_kwargs={'mode': 'w', 'diskless': True} for a file kept in memory")
+    encoding = kw.pop("encoding", None)
+    if encoding is not None:
+        try:
+            same = path.encode(encoding) == os.fsencode(path)
+        except (LookupError, UnicodeError) as err:
+            raise ValueError(f"backend_kwargs['encoding']={encoding!r} cannot encode file_name {path!r}") from err
+        if not same:
+            raise ValueError(f"backend_kwargs['encoding']={encoding!r} names file_name with other bytes than the "
+                             "file system's encoding; e2fastio opens files by the file system's encoding only")
+    if kw.pop("parallel", False):
+        raise ValueError("backend_kwargs['parallel']=True (MPI-parallel HDF5) is not supported; in a multi-rank run "
+                         "give each rank its own file with '{rank}' in file_name")
+    for name in ("comm", "info"):
+        if kw.pop(name, None) is not None:
+            raise ValueError(f"backend_kwargs[{name!r}] is an MPI argument of parallel access, which e2fastio "
+                             "does not support")
+    if kw:
+        raise TypeError(f"backend_kwargs has argument(s) {sorted(kw)} that e2fastio's NetCDF4Backend does not take; "
+                        "it takes netCDF4.Dataset's mode, clobber, format, diskless, persist, keepweakref, "
+                        "encoding and auto_complex (see the class docstring)")
+    return _OpenOptions(mode=base, diskless=diskless, persist=persist, auto_complex=auto_complex)
+
+
 class NetCDF4Backend:
     """A NetCDF-4 backend with Earth2Studio's ``NetCDF4Backend`` interface.
 
@@ -53,9 +141,26 @@ class NetCDF4Backend:
     file_name : str
         Path of the ``.nc`` file.
     backend_kwargs : dict, optional
-        ``mode``: ``"w"`` (create or overwrite), ``"r+"``/``"a"`` (append to an
-        existing file; ``"a"`` creates it when missing); ``diskless``: keep the
-        file in memory only. By default ``{"mode": "r+", "diskless": False}``.
+        ``netCDF4.Dataset``'s arguments, with their meaning there (default
+        ``{"mode": "r+", "diskless": False}``, as Earth2Studio):
+
+        * ``mode``: ``"r"`` read only (the file must exist); ``"w"`` create or
+          overwrite; ``"x"`` create, fail if the file exists; ``"a"`` / ``"r+"``
+          append, creating the file when missing. A trailing ``"s"`` (shared
+          access) is accepted and, as in netCDF4 for NETCDF4 files, ignored.
+          Without ``mode`` the file is opened read only, as ``netCDF4.Dataset``.
+        * ``clobber`` (default True): ``False`` makes ``"w"`` fail on an
+          existing file.
+        * ``format``: ``"NETCDF4"`` only (Earth2Studio forces it too); other
+          formats raise ``ValueError``.
+        * ``diskless``: keep the file in memory; ``persist=True`` writes it to
+          `file_name` at ``sync()`` / ``close()``.
+        * ``auto_complex``: store complex64/complex128 (nc-complex compound
+          types, read by netCDF4 with ``auto_complex=True``, h5netcdf, xarray).
+        * ``keepweakref`` is accepted (it only concerns netCDF4's own objects);
+          ``encoding`` when it names the file as the file system does.
+        * ``memory``, ``parallel``, ``comm``, ``info`` and any other argument
+          raise an error naming it.
     compression : None or "zlib", keyword-only
         Compress data variables with shuffle + deflate (NetCDF-4's standard).
     complevel : int, keyword-only
@@ -85,6 +190,35 @@ class NetCDF4Backend:
         default group) or a ``ProcessGroup`` of more than one rank: `file_name`
         must contain ``{rank}``, because ranks cannot share one HDF5 file
         without MPI.
+
+    Notes
+    -----
+    ``root`` is not a ``netCDF4.Dataset``: HDF5 writes the file through h5py
+    (direct chunk writes, and the core writes contiguous variables in place),
+    and the HDF5 library inside netCDF4 must not hold the same file open for
+    writing at the same time. ``root`` is an adapter with the surface
+    Earth2Studio code uses: ``variables`` and ``dimensions`` by name (variables
+    with ``shape``, ``dtype``, ``dimensions``, attributes, masked reads and
+    writes by slicing, ``chunking()``, ``filters()``), ``root[name]``, global
+    attributes (``ncattrs``, ``getncattr``, ``setncattr``, ``delncattr``,
+    attribute access), ``createDimension``, ``createVariable``, ``sync()``,
+    ``close()``, ``isopen()``, ``filepath()``.
+
+    Durability. Earth2Studio 0.19 calls ``root.sync()`` (netCDF's ``nc_sync``:
+    HDF5's buffers handed to the operating system, no fsync) after
+    ``add_array`` and every ``write``. Here, when ``add_array`` or a blocking
+    ``write`` returns, the data and HDF5's metadata are handed to the
+    operating system in the same way: another process opening the file (with
+    ``HDF5_USE_FILE_LOCKING=FALSE``) reads everything written, and the file is
+    complete if this process dies. Non-blocking writes get there at
+    ``flush()``, ``root.sync()`` or ``close()``. ``flush()`` stores pending
+    writes and hands everything to the operating system; ``root.sync()`` does
+    the same and then fsyncs the file, so it survives a power loss;
+    ``close()`` is ``flush()`` and closes the file (no fsync, as
+    netCDF4-python). Diskless files stay in memory until ``sync()`` /
+    ``close()`` (``persist=True``) or are dropped at ``close()``. A backend
+    never closed (Earth2Studio's workflows do not close theirs) is closed at
+    interpreter exit.
     """
 
     def __init__(
@@ -103,12 +237,8 @@ class NetCDF4Backend:
     ) -> None:
         h5netcdf = _import_h5netcdf()
         file_name = _per_rank_file_name(file_name, process_group)
-        kw = dict(backend_kwargs)
-        mode = kw.pop("mode", "r+")
-        diskless = bool(kw.pop("diskless", False))
-        kw.pop("format", None)
-        if mode not in ("w", "r+", "a"):
-            raise ValueError(f"backend_kwargs['mode'] must be 'w', 'r+' or 'a' for writing, got {mode!r}")
+        path = os.fspath(file_name)
+        opts = _open_options(backend_kwargs, path)
         if compression not in (None, "zlib"):
             raise ValueError(f"compression must be None or 'zlib', got {compression!r}")
         if not isinstance(complevel, int) or not 1 <= complevel <= 9:
@@ -116,26 +246,34 @@ class NetCDF4Backend:
         for dim, size in (chunks or {}).items():
             if not isinstance(size, (int, np.integer)) or size < 1:
                 raise ValueError(f"chunks[{dim!r}] must be a positive int, got {size!r}")
-        path = os.fspath(file_name)
-        if mode == "r+" and not diskless and not os.path.exists(path):
-            raise FileNotFoundError(f"{path}: mode 'r+' appends to an existing file; use mode 'w' to create one")
-        # No HDF5 file lock: after flush(), other processes may open the file to
-        # read what was written so far (HDF5 would otherwise refuse them).
-        h5kw: dict[str, Any] = {"locking": False, **kw}
-        if diskless:
-            h5kw.update(driver="core", backing_store=False)
-            mode = "w" if mode == "r+" and not os.path.exists(path) else mode
+        if not isinstance(blocking, bool):
+            raise TypeError(f"blocking must be True or False, got {blocking!r}")
+        exists = os.path.exists(path)
+        if opts.mode == "r" and not exists:
+            raise FileNotFoundError(errno.ENOENT, f"{os.strerror(errno.ENOENT)} (backend_kwargs['mode'] is 'r': "
+                                    "read only; use 'w' or 'a' to create the file)", path)
+        if opts.mode == "x" and exists:
+            raise FileExistsError(errno.EEXIST, f"{os.strerror(errno.EEXIST)} (mode 'x', or 'w' with clobber=False, "
+                                  "never overwrites; use mode 'w' to replace it or 'a' to append)", path)
         self.file_name = path
-        h5mode = "a" if mode in ("r+", "a") else "w"
+        self._writable = opts.mode != "r"
+        self._diskless = opts.diskless
+        self._on_disk = not opts.diskless or opts.persist
+        self._auto_complex = opts.auto_complex
+        self._closed = False
         self._h5file = None
-        if not diskless and not kw:
+        if opts.diskless:
+            h5mode = {"x": "w-"}.get(opts.mode, opts.mode)
+            self._nc = h5netcdf.File(path, h5mode, driver="core", backing_store=opts.persist, locking=False,
+                                     decode_vlen_strings=True)
+        else:
             # Our own HDF5 file access: no raw-data sieve buffer (contiguous data is
             # written in place by the core, HDF5 must never serve stale bytes of it),
             # 4 KiB-aligned large allocations (O_DIRECT), no file lock.
-            self._h5file = _open_h5py(path, h5mode, align=compression is None)
-            self.root = h5netcdf.File(self._h5file, h5mode)
-        else:
-            self.root = h5netcdf.File(path, h5mode, **h5kw)
+            self._h5file, created = _open_h5py(path, opts.mode, align=compression is None)
+            ncmode = "w" if created else ("r" if opts.mode == "r" else "a")
+            self._nc = h5netcdf.File(self._h5file, ncmode, decode_vlen_strings=True)
+        self.root = Dataset(self._nc, path, self)
         self.compression = compression
         self.complevel = complevel
         self.shuffle = shuffle
@@ -143,23 +281,22 @@ class NetCDF4Backend:
         ekw = engine_kwargs(threads, max_buffer_bytes)
         # A staging ring lets HDF5 store finished chunks while others are still encoding.
         self._engine = EngineHandle(**ekw, ring_bytes=ekw["max_buffer_bytes"] * 3 // 4)
-        if not isinstance(blocking, bool):
-            raise TypeError(f"blocking must be True or False, got {blocking!r}")
         self.blocking = blocking
         self.flush_timeout = 600.0
         self._sink = _core.CollectSink()
-        self._closed = False
         self._regions: dict[str, tuple[_core.ArraySpec, Any] | None] = {}
         if not blocking:
             with _open_lock:
                 _open_nonblocking.add(self)  # drained (with a warning) at exit if never closed
+        else:
+            _open_blocking.add(self)
         self._specs: dict[str, _core.ArraySpec] = {}
         self.coords: OrderedDict[str, np.ndarray] = OrderedDict()
         self._selector = _data.Selector(
-            self.coords, "NetCDF store", lambda k: self.root.variables[k].shape if k in self.root.variables else None)
-        for dim in self.root.dimensions:
-            if dim in self.root.variables:
-                self.coords[dim] = self._decode_coord(self.root.variables[dim])
+            self.coords, "NetCDF store", lambda k: self._nc.variables[k].shape if k in self._nc.variables else None)
+        for dim in self._nc.dimensions:
+            if dim in self._nc.variables:
+                self.coords[dim] = self._decode_coord(self._nc.variables[dim])
 
     # ------------------------------------------------------------------ coordinates
     @staticmethod
@@ -179,43 +316,45 @@ class NetCDF4Backend:
         """Add a dimension and its coordinate variable (Earth2Studio's encoding)."""
         import h5py
 
+        self._check_open("add_dimension")
+        self._check_writable("add_dimension")
         if len(shape) != 1:
             raise ValueError("Error, only 1-dimension coordinates are supported.")
         data = np.asarray(data)
-        self.root.dimensions[name] = shape[0]
+        self._nc.dimensions[name] = shape[0]
         if np.issubdtype(data.dtype, np.datetime64):
-            var = self.root.create_variable(name, (name,), dtype="f8")
+            var = self._nc.create_variable(name, (name,), dtype="f8")
             var.attrs["units"] = TIME_UNITS
             var.attrs["calendar"] = "proleptic_gregorian"
             var[...] = (data.astype("datetime64[s]") - _EPOCH) / np.timedelta64(1, "h")
         elif np.issubdtype(data.dtype, np.timedelta64):
             unit = next((u for u in ("h", "m", "s") if np.all(data % np.timedelta64(1, u) == np.timedelta64(0))), "s")
-            var = self.root.create_variable(name, (name,), dtype="i8")
+            var = self._nc.create_variable(name, (name,), dtype="i8")
             var.attrs["units"] = _TD_UNITS[unit]
             var.attrs["calendar"] = "gregorian"
             var.attrs["dtype"] = "timedelta64[ns]"  # xarray's target dtype
             var[...] = (data / np.timedelta64(1, unit)).astype("i8")
         elif data.dtype.kind in "US":
-            var = self.root.create_variable(name, (name,), dtype=h5py.string_dtype())
+            var = self._nc.create_variable(name, (name,), dtype=h5py.string_dtype())
             var[...] = data.astype(object)
         else:
-            var = self.root.create_variable(name, (name,), dtype=data.dtype)
+            var = self._nc.create_variable(name, (name,), dtype=data.dtype)
             var[...] = data
 
     # ------------------------------------------------------------------ mapping protocol
     def __contains__(self, item: str) -> bool:
-        return item in self.root.variables
+        return item in self._nc.variables
 
-    def __getitem__(self, item: str) -> Any:
-        if not self._closed:
-            self._drain()  # what readers get must include every write so far
+    def __getitem__(self, item: str) -> Variable:
+        """The variable `item` as ``root.variables[item]`` (reads include every write so far)."""
+        self._check_open(f"get {item!r}")
         return self.root.variables[item]
 
     def __len__(self) -> int:
-        return len(self.root.variables)
+        return len(self._nc.variables)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.root.variables)
+        return iter(self._nc.variables)
 
     def __enter__(self) -> NetCDF4Backend:
         return self
@@ -227,12 +366,37 @@ class NetCDF4Backend:
         if self._closed:
             raise BackendClosedError(f"cannot {what}: this NetCDF4Backend was closed; create a new one")
 
+    def _check_writable(self, what: str) -> None:
+        if not self._writable:
+            raise ReadOnlyError(f"cannot {what}: {self.file_name} was opened with backend_kwargs['mode']='r' "
+                                "(read only); open it with mode 'a' (or 'r+') to append")
+
+    def _publish(self) -> None:
+        """Hand HDF5's buffers to the OS, as Earth2Studio's ``root.sync()`` after each call does.
+
+        Diskless files stay in memory (a persisted one is written whole at
+        ``sync()`` / ``close()``).
+        """
+        if not self._diskless:
+            self._nc._h5file.flush()
+
     def flush(self) -> None:
-        """Flush HDF5's buffers: another process can then read everything written so far."""
+        """Store pending writes and hand HDF5's buffers to the OS: another process then reads everything."""
         self._check_open("flush")
         self._drain()
-        self.root.flush()  # h5netcdf's metadata (_NCProperties, dimension ids)
-        self.root._h5file.flush()  # h5netcdf does not flush HDF5's caches itself
+        if self._writable:
+            self._nc.flush()  # h5netcdf's metadata (_NCProperties)
+            self._nc._h5file.flush()  # h5netcdf does not flush HDF5's caches itself
+
+    def _sync(self) -> None:
+        """``root.sync()``: ``flush()``, then fsync the file so that it survives a power loss."""
+        self.flush()
+        if self._writable and self._on_disk:
+            fd = os.open(self.file_name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def close(self) -> None:
         """Close the file and stop the encoder threads. Idempotent."""
@@ -241,6 +405,7 @@ class NetCDF4Backend:
         self._closed = True
         with _open_lock:
             _open_nonblocking.discard(self)
+        _open_blocking.discard(self)
         pending_error: Exception | None = None
         try:
             self._drain()
@@ -248,7 +413,7 @@ class NetCDF4Backend:
             pending_error = err
         try:
             try:
-                self.root.close()
+                self._nc.close()
             finally:
                 if self._h5file is not None and self._h5file.id.valid:
                     self._h5file.close()
@@ -268,32 +433,38 @@ class NetCDF4Backend:
     def add_array(self, coords: CoordSystem, array_name: str | list[str], data: Any = None) -> None:
         """Add data variable(s) (and any new dimensions) to the file."""
         self._check_open("add_array")
-        names, host = _data.add_array_inputs(array_name, data)
+        self._check_writable("add_array")
+        names, host = _add_array_inputs(array_name, data)
         adjusted, mapping = _data.convert_multidim_to_singledim(coords)
+        for dim in [*adjusted, *mapping]:
+            if dim not in self._nc.variables and dim not in self._nc.dimensions:
+                _check_name(dim, "coords key")
         shape = tuple(len(self.coords[d]) if d in self.coords else len(v) for d, v in adjusted.items())
         for h, n in zip(host, names, strict=True):
             if h is not None and h.shape != shape:
                 raise _data.DataShapeError(f"data for array {n!r} has shape {h.shape} but coords give {shape}")
+            if h is not None and n not in self._nc.variables:
+                netcdf_dtype(h.dtype, f"data for array {n!r}", self._auto_complex)
         for dim, values in adjusted.items():
             if dim not in self.coords:
                 self.add_dimension(dim, np.shape(values), values)
                 self.coords[dim] = np.asarray(values)
                 self._selector.forget(dim)
         for key, dims in mapping.items():
-            if key not in self.root.variables:
+            if key not in self._nc.variables:
                 values = np.asarray(coords[key])
-                self.root.create_variable(key, tuple(dims), data=values)
+                self._nc.create_variable(key, tuple(dims), data=values)
         dims = tuple(adjusted)
         for name, h in zip(names, host, strict=True):
-            if name in self.root.variables:
+            if name in self._nc.variables:
                 logger.warning("%s is already in NetCDF Store. Skipping add_array.", name)
                 continue
             dtype = h.dtype if h is not None else np.dtype("float32")
             if self.compression == "zlib":
                 comp = dict(compression="gzip", compression_opts=self.complevel, shuffle=self.shuffle)
-                self.root.create_variable(name, dims, dtype=dtype, chunks=self._chunk_shape(dims, shape), **comp)
+                self._nc.create_variable(name, dims, dtype=dtype, chunks=self._chunk_shape(dims, shape), **comp)
             elif self.chunks:
-                self.root.create_variable(name, dims, dtype=dtype, chunks=self._chunk_shape(dims, shape))
+                self._nc.create_variable(name, dims, dtype=dtype, chunks=self._chunk_shape(dims, shape))
             else:
                 # Uncompressed, no chunks asked for: contiguous, as netCDF4-python lays it out;
                 # HDF5 writes straight from the data (one copy), nothing to parallelise.
@@ -303,9 +474,11 @@ class NetCDF4Backend:
                 # Storage allocated at creation: its place in the file is known, so
                 # writes go there directly (see _write_in_place).
                 kw = {"dcpl": _early_allocation()} if self._h5file is not None else {}
-                self.root.create_variable(name, dims, dtype=dtype, fill_time="never", **kw)
+                self._nc.create_variable(name, dims, dtype=dtype, fill_time="never", **kw)
             if h is not None:
                 self._store([(name, h, [np.arange(s, dtype=np.int64) for s in shape])])
+        self._nc.flush()  # h5netcdf's file properties (_NCProperties) in a new file
+        self._publish()
 
     def _chunk_shape(self, dims: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
         default = [1] * max(len(shape) - 2, 0) + list(shape[-2:])
@@ -315,7 +488,7 @@ class NetCDF4Backend:
     def _spec(self, name: str) -> _core.ArraySpec:
         spec = self._specs.get(name)
         if spec is None:
-            var = self.root.variables[name]
+            var = self._nc.variables[name]
             ds = var._h5ds
             codec = _core.CodecSpec()
             dtype = np.dtype(ds.dtype)
@@ -342,32 +515,41 @@ class NetCDF4Backend:
     def write(self, x: Any, coords: CoordSystem, array_name: str | list[str]) -> None:
         """Write tensor(s) at `coords`; every input is checked before anything is stored."""
         self._check_open("write")
-        xs, names = _data.write_inputs(x, array_name)
+        self._check_writable("write")
+        xs, names = _write_inputs(x, array_name)
         adjusted, index = self._selector.select(coords)
         dims = tuple(adjusted)
         planned = []
         for xi, name in zip(xs, names, strict=True):
-            arr = _data.to_host_array(xi, "x")
+            arr = _host_array(xi, "x")
             _data.check_shape(arr, index, dims, name)
-            if name in self.root.variables:
-                var = self.root.variables[name]
+            if name in self._nc.variables:
+                var = self._nc.variables[name]
                 if tuple(var.dimensions) != dims:
                     raise CoordinateError(
                         f"array {name!r} has dimensions {list(var.dimensions)} but coords give {list(dims)}; "
                         "pass coords (and data axes) in the array's order"
                     )
                 arr = _data.cast_for_array(arr, np.dtype(var.dtype), name)
+            else:  # created as float32, as Earth2Studio does
+                arr = _data.cast_for_array(arr, np.dtype("float32"), name)
             planned.append((name, arr))
         for name, _ in planned:
-            if name not in self.root.variables:
+            if name not in self._nc.variables:
                 self.add_array(adjusted, name)
         self._store([(name, arr, index) for name, arr in planned])
+        if self.blocking:
+            self._publish()
 
     def _store(self, items: list[tuple[str, np.ndarray, list[np.ndarray]]]) -> None:
         batch = []
         for name, arr, index in items:
-            var = self.root.variables[name]
+            var = self._nc.variables[name]
             arr = _data.cast_for_array(arr, np.dtype(var.dtype), name)
+            if arr.dtype.kind == "c":
+                self._drain()
+                _write_box(var, index, arr)  # complex (nc-complex compound type): through HDF5
+                continue
             if var._h5ds.chunks is None:
                 region = self._region(name)
                 if region is None or 0 in var.shape:
@@ -413,7 +595,7 @@ class NetCDF4Backend:
                 name, _, *cc = key.split("/")
                 spec = self._specs[name]
                 offsets = tuple(int(c) * ch for c, ch in zip(cc, spec.chunks, strict=True))
-                self.root.variables[name]._h5ds.id.write_direct_chunk(offsets, data, filter_mask=0)
+                self._nc.variables[name]._h5ds.id.write_direct_chunk(offsets, data, filter_mask=0)
             if idle or not wait:
                 return
             if time.monotonic() > deadline:
@@ -441,7 +623,7 @@ class NetCDF4Backend:
         if name in self._regions:
             return self._regions[name]
         region = None
-        ds = self.root.variables[name]._h5ds
+        ds = self._nc.variables[name]._h5ds
         dtype = np.dtype(ds.dtype)
         offset = ds.id.get_offset() if self._h5file is not None else None
         if offset is not None and dtype.byteorder != ">" and dtype.kind in "fiub" and ds.ndim >= 1:
@@ -466,7 +648,7 @@ class NetCDF4Backend:
         self._check_open("read")
         self._drain()
         _, index = self._selector.select(coords, "reading")
-        var = self.root.variables[array_name]
+        var = self._nc.variables[array_name]
         box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in index)
         values = np.asarray(var[box])[np.ix_(*[i - i.min() for i in index])]
         import torch
@@ -474,8 +656,62 @@ class NetCDF4Backend:
         return torch.as_tensor(values, device=device), coords
 
 
-def _open_h5py(path: str, mode: str, align: bool) -> Any:
-    """An h5py File as h5netcdf would open it, with our file-access properties."""
+def _check_name(name: Any, argument: str = "array_name") -> str:
+    """A NetCDF variable name in the root group (netCDF-C's rules), or ArrayNameError."""
+    if not isinstance(name, str):
+        raise ArrayNameError(f"{argument} must be a str, got {type(name).__name__}")
+    if "/" in name:
+        raise ArrayNameError(
+            f"{argument}={name!r} contains '/', which NetCDF reads as a group path (netCDF4-python would create "
+            f"group {name.split('/')[0]!r}, where {name!r} is then never found again); this backend writes the root "
+            f"group only: use a flat name such as {name.replace('/', '_')!r}"
+        )
+    first_ok = bool(name) and (name[0].isalnum() or name[0] == "_" or ord(name[0]) > 127)
+    if not first_ok or name != name.rstrip() or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise ArrayNameError(
+            f"{argument}={name!r} is not a NetCDF name: it must start with a letter, digit or '_', "
+            "and have no control characters and no trailing white space"
+        )
+    return name
+
+
+def _host_array(x: Any, argument: str) -> np.ndarray:
+    """A host numpy view of `x`, complex values included (NetCDF stores them with auto_complex)."""
+    if _data.is_torch_tensor(x) and x.is_complex():
+        return x.detach().cpu().resolve_conj().numpy()
+    if isinstance(x, np.ndarray) and x.dtype.kind == "c":
+        return x
+    return _data.to_host_array(x, argument)
+
+
+def _write_inputs(x: Any, array_name: Any) -> tuple[list[Any], list[str]]:
+    xs = _data.as_list(x, "x")
+    names = [_check_name(n) for n in _data.as_list(array_name, "array_name")]
+    if len(xs) != len(names):
+        raise ValueError(
+            f"The number of input tensors and array names must be the same but got {len(xs)} and {len(names)}."
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"array_name lists an array twice ({names}); write each array once per call")
+    return xs, names
+
+
+def _add_array_inputs(array_name: Any, data: Any) -> tuple[list[str], list[np.ndarray | None]]:
+    names = [_check_name(n) for n in _data.as_list(array_name, "array_name")]
+    datas = [None] * len(names) if data is None else _data.as_list(data, "data")
+    if len(datas) != len(names):
+        raise ValueError(
+            f"The number of input tensors and array names must be the same but got {len(datas)} and {len(names)}."
+        )
+    return names, [None if d is None else _host_array(d, "data") for d in datas]
+
+
+def _open_h5py(path: str, mode: str, align: bool) -> tuple[Any, bool]:
+    """An h5py File as h5netcdf would open it, with our file-access properties, and whether it was created.
+
+    `mode`: "r" (read only), "w" (create or truncate), "x" (create, never
+    overwrite) or "a" (open for writing, create when missing).
+    """
     import h5py
 
     fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
@@ -488,15 +724,15 @@ def _open_h5py(path: str, mode: str, align: bool) -> Any:
     except AttributeError:  # pragma: no cover - HDF5 < 1.12.1: locking is the environment's business
         pass
     path_b = os.fsencode(path)
-    if mode == "a" and os.path.exists(path):
-        fid = h5py.h5f.open(path_b, h5py.h5f.ACC_RDWR, fapl=fapl)
-    else:
-        fcpl = h5py.h5p.create(h5py.h5p.FILE_CREATE)  # h5netcdf's track_order=True
-        order = h5py.h5p.CRT_ORDER_TRACKED | h5py.h5p.CRT_ORDER_INDEXED
-        fcpl.set_link_creation_order(order)
-        fcpl.set_attr_creation_order(order)
-        fid = h5py.h5f.create(path_b, h5py.h5f.ACC_TRUNC, fapl=fapl, fcpl=fcpl)
-    return h5py.File(fid)
+    if mode in ("r", "a") and os.path.exists(path):
+        access = h5py.h5f.ACC_RDONLY if mode == "r" else h5py.h5f.ACC_RDWR
+        return h5py.File(h5py.h5f.open(path_b, access, fapl=fapl)), False
+    fcpl = h5py.h5p.create(h5py.h5p.FILE_CREATE)  # h5netcdf's track_order=True
+    order = h5py.h5p.CRT_ORDER_TRACKED | h5py.h5p.CRT_ORDER_INDEXED
+    fcpl.set_link_creation_order(order)
+    fcpl.set_attr_creation_order(order)
+    flags = h5py.h5f.ACC_EXCL if mode == "x" else h5py.h5f.ACC_TRUNC
+    return h5py.File(h5py.h5f.create(path_b, flags, fapl=fapl, fcpl=fcpl)), True
 
 
 def _early_allocation() -> Any:
