@@ -101,3 +101,25 @@ def test_demo_writes_to_s3_when_asked(tmp_path, s3_bucket, monkeypatch, capsys):
     assert s3["bytes"] > 0 and s3["speedup"] is not None
     assert S.list_keys(endpoint, bucket, "demo/") == {}  # cleaned up (no --keep)
     assert "e2fastio Zarr zstd S3" in capsys.readouterr().out
+
+
+def test_demo_without_matplotlib_says_what_to_install_and_still_reports(tmp_path):
+    """`pip install e2fastio` has no plotting library: the demo must not end in a traceback."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["matplotlib"] = None  # as if it were not installed: importing it raises ImportError
+        from e2fastio.__main__ import main
+        sys.exit(main(["demo", "--grid", "10", "--members", "2", "--steps", "3", "--backends", "zarr",
+                       "--out", {str(tmp_path)!r}, "--no-progress"]))
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    assert "pip install 'e2fastio[plot]'" in r.stdout
+    record = json.loads((tmp_path / "demo.json").read_text())
+    assert record["figure"] is None and record["identical"] is True
+    assert not (tmp_path / "demo.png").exists()

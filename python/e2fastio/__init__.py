@@ -5,6 +5,7 @@ from __future__ import annotations
 from e2fastio import _core
 from e2fastio._version import __version__
 from e2fastio.async_zarr import AsyncZarrBackend
+from e2fastio.base import IOBackend
 from e2fastio.errors import (
     ArrayNameError,
     BackendClosedError,
@@ -28,6 +29,7 @@ __all__ = [
     "BackgroundWriteError",
     "CoordinateError",
     "E2FastIOError",
+    "IOBackend",
     "KVBackend",
     "NetCDF4Backend",
     "UnknownDimensionError",

@@ -50,7 +50,7 @@ def write_inputs(x: Any, array_name: Any, path_names: bool = True) -> tuple[list
     return xs, names
 
 
-def add_array_inputs(array_name: Any, data: Any) -> tuple[list[str], list[np.ndarray | None]]:
+def add_array_inputs(array_name: Any, data: Any, extra_kinds: str = "") -> tuple[list[str], list[np.ndarray | None]]:
     """The names of an add_array call and their optional initial data (host arrays), checked."""
     names = as_list(array_name, "array_name")
     for n in names:
@@ -60,18 +60,25 @@ def add_array_inputs(array_name: Any, data: Any) -> tuple[list[str], list[np.nda
         raise ValueError(
             f"The number of input tensors and array names must be the same but got {len(datas)} and {len(names)}."
         )
-    return names, [None if d is None else to_host_array(d, "data") for d in datas]
+    return names, [None if d is None else to_host_array(d, "data", extra_kinds) for d in datas]
 
 
 def check_array_name(name: Any, argument: str = "array_name") -> str:
-    """Array names are single path components: no separators, no '..', no hidden names."""
+    """Array names are paths inside the store: '/'-separated safe components, never '..' or hidden names.
+
+    ``"t2m"`` or, nested in groups, ``"surface/t2m"``; nothing that could leave
+    the store or shadow its metadata.
+    """
     if not isinstance(name, str):
         raise ArrayNameError(f"{argument} must be a str, got {type(name).__name__}")
-    if name in ("", ".", "..") or not _NAME_RE.match(name) or name.startswith("__") or name == "zarr.json":
-        raise ArrayNameError(
-            f"{argument}={name!r} is not a safe array name: use letters, digits, '_', '-', '.', '+' "
-            "(not starting with '.', '-' or '__'), without '/' or '\\'"
-        )
+    parts = name.split("/")
+    for part in parts:
+        if part in ("", ".", "..") or not _NAME_RE.match(part) or part.startswith("__") or part == "zarr.json":
+            raise ArrayNameError(
+                f"{argument}={name!r} is not a safe array name: use letters, digits, '_', '-', '.', '+' "
+                "(not starting with '.', '-' or '__'), and '/' only between such parts (a nested array "
+                "such as 'surface/t2m'), never '..', '\\' or a leading or trailing '/'"
+            )
     return name
 
 
@@ -87,7 +94,7 @@ class DeviceTensor:
 
     __slots__ = ("dtype", "shape", "tensor")
 
-    def __init__(self, tensor: Any) -> None:
+    def __init__(self, tensor: Any, extra_kinds: str = "") -> None:
         import torch
 
         self.tensor = tensor
@@ -98,6 +105,8 @@ class DeviceTensor:
             raise UnsupportedDTypeError(
                 f"x has dtype {tensor.dtype}, which numpy (and zarr) cannot store; convert it first, e.g. x.float()"
             ) from err
+        if self.dtype.kind in extra_kinds:
+            return
         if self.dtype.kind not in _SUPPORTED_KINDS or self.dtype.itemsize not in (1, 2, 4, 8):
             raise UnsupportedDTypeError(f"x has dtype {tensor.dtype}, which e2fastio does not store")
 
@@ -110,14 +119,14 @@ class DeviceTensor:
             )
         import torch
 
-        return DeviceTensor(self.tensor.to(torch.from_numpy(np.zeros((), dtype)).dtype))
+        return DeviceTensor(self.tensor.to(torch.from_numpy(np.zeros((), dtype)).dtype), dtype.kind)
 
 
-def to_input(x: Any, device_ok: bool, argument: str = "x") -> np.ndarray | DeviceTensor:
+def to_input(x: Any, device_ok: bool, argument: str = "x", extra_kinds: str = "") -> np.ndarray | DeviceTensor:
     """A host view of `x`, or (when `device_ok`) a CUDA tensor left on its device."""
     if device_ok and is_torch_tensor(x) and x.device.type == "cuda":
-        return DeviceTensor(x.detach())
-    return to_host_array(x, argument)
+        return DeviceTensor(x.detach(), extra_kinds)
+    return to_host_array(x, argument, extra_kinds)
 
 
 def to_host_array(x: Any, argument: str = "x", extra_kinds: str = "") -> np.ndarray:

@@ -102,11 +102,14 @@ def array_spec(array: zarr.Array) -> tuple[_core.ArraySpec | None, str]:
     if type(kenc).__name__ != "DefaultChunkKeyEncoding":
         return None, f"chunk key encoding {type(kenc).__name__}"
     dtype = np.dtype(array.dtype)
-    if dtype.kind not in "fiub" or dtype.itemsize not in (1, 2, 4, 8):
+    if dtype.kind not in "fiubc" or dtype.itemsize not in (1, 2, 4, 8):
         return None, f"dtype {dtype}"
     codecs = list(meta.codecs)
     if not codecs or type(codecs[0]).__name__ != "BytesCodec" or len(codecs) > 2:
         return None, f"codecs {codecs}"
+    big = codecs[0].endian is not None and getattr(codecs[0].endian, "value", codecs[0].endian) == "big"
+    if dtype.kind == "c" and big:  # two 4-byte parts to swap, not one 8-byte item
+        return None, f"dtype {dtype} big-endian"
     codec = _core.CodecSpec()
     codec.itemsize = dtype.itemsize
     endian = codecs[0].endian

@@ -355,7 +355,7 @@ class AsyncZarrBackend:
         for xi, name in zip(xs, names, strict=True):
             if _data.check_array_name(name) and name not in self._z and self._z._coord is None:
                 # dtype only: a CUDA tensor stays on its device (no host copy here)
-                self._z.add_array(full, name, dtype=_data.to_input(xi, True, "x").dtype)
+                self._z.add_array(full, name, dtype=_data.to_input(xi, True, "x", "c").dtype)
         self._z.write(xs, coords, names)
 
     def _check_write_coords(self, adjusted: CoordSystem) -> None:
@@ -421,7 +421,7 @@ class AsyncZarrBackend:
             full = self._array_coords(coords)
             for xi, name in zip(xs, names, strict=True):
                 if _data.check_array_name(name) and name not in self._z:
-                    self._z.add_array(full, name, dtype=_data.to_input(xi, True, "x").dtype)
+                    self._z.add_array(full, name, dtype=_data.to_input(xi, True, "x", "c").dtype)
 
     async def async_write(self, x: Any, coords: CoordSystem, array_name: str | list[str]) -> None:
         """Write and wait (without blocking the event loop) until the data is stored.

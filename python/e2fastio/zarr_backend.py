@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 CoordSystem = Mapping[str, np.ndarray]
 
 _DEFAULT_CHUNKS = {"ensemble": 1, "time": 1, "lead_time": 1, "variable": 1}
+_COMPLEX = "c"  # Zarr v3 stores complex64/complex128 (Earth2Studio writes what torch gives it)
 
 # Non-blocking backends still open; drained (with a warning) at interpreter exit,
 # because Earth2Studio's workflows never call close().
@@ -290,7 +291,7 @@ class ZarrBackend:
         # membership tests cost no requests (the store changes only through us,
         # as Earth2Studio's backends assume; zarr still refuses to create over
         # an array that appeared meanwhile).
-        listed = {} if created else dict(self.root.members())
+        listed = {} if created else dict(self.root.members(max_depth=None))  # nested arrays as "group/name"
         self._members: set[str] = set(listed)
         members = dict(sorted((k, v) for k, v in listed.items() if isinstance(v, zarr.Array)))
         # Data arrays first, so coords follow their dimension order.
@@ -465,7 +466,7 @@ class ZarrBackend:
             an existing array; ``fill_value``, ``compressors``, ...).
         """
         self._check_open("add_array")
-        names, host = _data.add_array_inputs(array_name, data)
+        names, host = _data.add_array_inputs(array_name, data, _COMPLEX)
         if self._coord is None:
             self._add_array(coords, names, host, kwargs)
             return
@@ -532,6 +533,8 @@ class ZarrBackend:
                 nodes[name] = scratch.create_array(name, **kw).metadata
         arrays = _sync(_create_arrays(self.root, nodes, values, replace))
         self._members.update(nodes)
+        for name in nodes:  # the groups a nested name implies
+            self._members.update("/".join(name.split("/")[:i]) for i in range(1, name.count("/") + 1))
         for d in new_dims:
             self.coords[d] = known[d]
             self._selector.forget(d)
@@ -568,7 +571,7 @@ class ZarrBackend:
         planned = []
         device_ok = not self.blocking and self._engine.get().cuda_available
         for xi, name in zip(xs, names, strict=True):
-            arr = _data.to_input(xi, device_ok, "x")
+            arr = _data.to_input(xi, device_ok, "x", _COMPLEX)
             _data.check_shape(arr, index, dims, name)
             if name in self._members:
                 t = self._target(name)

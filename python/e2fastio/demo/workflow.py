@@ -302,7 +302,14 @@ def run_demo(members: int = 8, steps: int = 20, resolution: float = 0.25, device
     (out / "demo.json").write_text(json.dumps(record, indent=2))
     print_report(record)
     if plot:
-        record["figure"] = str(plot_report(record, outputs, model, out / "demo.png"))
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            record["figure"] = None
+            print("figure skipped: matplotlib is not installed (pip install 'e2fastio[plot]'); "
+                  f"the table above and {out / 'demo.json'} are complete")
+        else:
+            record["figure"] = str(plot_report(record, outputs, model, out / "demo.png"))
         (out / "demo.json").write_text(json.dumps(record, indent=2))
     if not keep:
         for name in names:
