@@ -230,8 +230,6 @@ class CoordinateIndex:
         self.values = np.asarray(values)
         self._sorter = np.argsort(self.values, kind="stable")
         self._sorted = self.values[self._sorter]
-        self._whole = np.arange(len(self.values), dtype=np.int64)
-        self._whole.setflags(write=False)
 
     def locate(self, value: Any) -> np.ndarray:
         v = np.atleast_1d(np.asarray(value))
@@ -242,7 +240,7 @@ class CoordinateIndex:
         # per write on 721 + 1440 grid values.
         if v is self.values or (len(v) == len(self.values) and v.dtype == self.values.dtype
                                 and np.array_equal(v, self.values)):
-            return self._whole
+            return np.arange(len(v), dtype=np.int64)  # a new array: callers may keep or change it
         stored = self._sorted
         probe = v
         if stored.dtype.kind in "mM" and v.dtype.kind == stored.dtype.kind:
