@@ -193,3 +193,26 @@ def test_writes_from_two_threads(tmp_path):
     for t in range(2):
         for k in range(6):
             np.testing.assert_array_equal(got[t, k], _field(t, k)[0, 0].numpy())
+
+
+def test_coordinate_scrubbing_chunking_and_coordinate_only_stores(tmp_path):
+    """Earth2Studio's conveniences: datetime objects, chunked_coords set late, add_array with no names."""
+    import datetime
+
+    io = AsyncZarrBackend(str(tmp_path / "s.zarr"), parallel_coords={}, blocking=True)
+    assert io.fs is None  # no fsspec filesystem on the default path
+    io.chunked_coords = {"lat": 2}  # set after construction: new arrays follow it
+    c = OrderedDict(time=np.array([datetime.datetime(2024, 1, 1)], dtype=object), lat=np.linspace(-90, 90, 4))
+    io.write(torch.ones(1, 4), c, "fields")
+    io.close()
+    assert zarr.open_array(str(tmp_path / "s.zarr" / "time")).dtype == np.dtype("datetime64[ns]")
+    assert zarr.open_array(str(tmp_path / "s.zarr" / "fields")).chunks == (1, 2)
+    with pytest.raises(ValueError, match="0 shape"):
+        io.write(torch.ones(1, 4), OrderedDict(time=np.array(np.datetime64("2024-01-01")), lat=c["lat"]), "fields")
+
+    lead = np.array([np.timedelta64(0, "h"), np.timedelta64(6, "h")])
+    only = AsyncZarrBackend(str(tmp_path / "o.zarr"), parallel_coords=OrderedDict(lead_time=lead))
+    only.add_array(OrderedDict(lead_time=lead, lat=np.linspace(-90, 90, 4)), [])
+    only.close()
+    assert set(only.coords) == {"lead_time", "lat"}
+    assert sorted(zarr.open_group(str(tmp_path / "o.zarr")).array_keys()) == ["lat", "lead_time"]

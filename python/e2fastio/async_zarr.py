@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import os
 import threading
@@ -25,6 +26,23 @@ CoordSystem = Mapping[str, np.ndarray]
 
 
 _ZARR_KWARGS = ("mode", "zarr_format", "use_consolidated")
+
+
+def _scrub(coords: CoordSystem) -> OrderedDict[str, np.ndarray]:
+    """Earth2Studio's coordinate clean-up: datetime objects to datetime64[ns], timedelta objects to
+    timedelta64[ns]; a 0-d coordinate is an error."""
+    out: OrderedDict[str, np.ndarray] = OrderedDict()
+    for key, value in coords.items():
+        v = np.asarray(value)
+        if v.ndim == 0:
+            raise ValueError(f"Coordinate {key} has a 0 shape, needs to be a 1D coordinate")
+        if v.dtype == object and v.size:
+            if isinstance(v.flat[0], datetime.datetime):
+                v = v.astype("datetime64[ns]")
+            elif isinstance(v.flat[0], datetime.timedelta):
+                v = v.astype("timedelta64[ns]")
+        out[key] = v
+    return out
 
 
 def _check_zarr_kwargs(zarr_kwargs: Mapping[str, Any]) -> str:
@@ -176,8 +194,7 @@ class AsyncZarrBackend:
         )
 
         self.parallel_coords: OrderedDict[str, np.ndarray] = OrderedDict()
-        for key, value in _data.convert_multidim_to_singledim(parallel_coords)[0].items():
-            value = np.asarray(value)
+        for key, value in _scrub(_data.convert_multidim_to_singledim(parallel_coords)[0]).items():
             if len(np.unique(value)) != len(value):
                 raise ValueError(
                     f"Chunked coordinate array '{key}' contains duplicate values. "
@@ -274,8 +291,7 @@ class AsyncZarrBackend:
         """The coordinates an array written at `coords` is created with."""
         adjusted, _ = _data.convert_multidim_to_singledim(coords)
         out: OrderedDict[str, np.ndarray] = OrderedDict()
-        for key, value in adjusted.items():
-            value = np.asarray(value)
+        for key, value in _scrub(adjusted).items():
             if key in self.parallel_coords:
                 if not np.all(np.isin(value, self.parallel_coords[key])):
                     raise CoordinateError(f"Coordinate array '{key}' contains values not present in parallel_coords")
@@ -303,8 +319,18 @@ class AsyncZarrBackend:
                         "use a different dimension name"
                     )
         missing = [n for n in names if _data.check_array_name(n) and n not in self._z]
-        if missing:
+        if missing or not names:  # no names: the coordinates alone (a store other ranks validate against)
+            self._sync_chunks()
             self._z.add_array(full, missing, dtype=np.dtype(dtype))
+
+    def _sync_chunks(self) -> None:
+        """New arrays take `chunked_coords` as it is now (users may set it after construction)."""
+        self._z.chunks.update({k: 1 for k in self.parallel_coords} | dict(self.chunked_coords))
+
+    @property
+    def fs(self) -> Any:
+        """The fsspec filesystem of a deprecated `fs_factory` store; ``None`` otherwise (as in Earth2Studio)."""
+        return getattr(self._z.store, "fs", None)
 
     def write(self, x: Any, coords: CoordSystem, array_name: str | list[str]) -> None:
         """Write tensor(s); returns once staged (``blocking=False``) or stored.
@@ -349,12 +375,14 @@ class AsyncZarrBackend:
             raise ValueError(
                 f"Input tensors and array names must same length but got {len(xs)} and {len(names)}."
             )
+        coords = _scrub(coords)
         adjusted, _ = _data.convert_multidim_to_singledim(coords)
         self._check_write_coords(adjusted)
         full = self._array_coords(coords)
         for xi, name in zip(xs, names, strict=True):
             if _data.check_array_name(name) and name not in self._z and self._z._coord is None:
                 # dtype only: a CUDA tensor stays on its device (no host copy here)
+                self._sync_chunks()
                 self._z.add_array(full, name, dtype=_data.to_input(xi, True, "x", "c").dtype)
         self._z.write(xs, coords, names)
 
@@ -411,7 +439,7 @@ class AsyncZarrBackend:
         names = _data.as_list(array_name, "array_name")
         if len(xs) != len(names):
             raise ValueError(f"Input tensors and array names must same length but got {len(xs)} and {len(names)}.")
-        adjusted, _ = _data.convert_multidim_to_singledim(coords)
+        adjusted, _ = _data.convert_multidim_to_singledim(_scrub(coords))
         await asyncio.to_thread(self._prepare, xs, adjusted, names)
         return dict(zip(names, xs, strict=True)), OrderedDict(adjusted)
 
@@ -421,6 +449,7 @@ class AsyncZarrBackend:
             full = self._array_coords(coords)
             for xi, name in zip(xs, names, strict=True):
                 if _data.check_array_name(name) and name not in self._z:
+                    self._sync_chunks()
                     self._z.add_array(full, name, dtype=_data.to_input(xi, True, "x", "c").dtype)
 
     async def async_write(self, x: Any, coords: CoordSystem, array_name: str | list[str]) -> None:
