@@ -334,7 +334,10 @@ class Uploader:
         self.pid = os.getpid()
         self._thread: threading.Thread | None = None
         self._thread_lock = threading.Lock()
-        sink.set_fetch(self._fetch)
+        # The native sink holds this callback where the collector cannot see it: held
+        # strongly, it would keep the uploader (its thread, store and client) alive for
+        # ever once the backend is gone. It holds a weak reference instead.
+        sink.set_fetch(_weak_fetch(weakref.ref(self)))
         _live_uploaders.add(self)
 
     def start(self) -> None:
@@ -457,6 +460,16 @@ class Uploader:
 
     def stats(self) -> dict[str, Any]:
         return {**self.sink.stats(), "retries": self.retries_done, "concurrency": self.options.concurrency}
+
+
+def _weak_fetch(ref: weakref.ref[Uploader]) -> Any:
+    def fetch(key: str) -> Any:
+        uploader = ref()
+        if uploader is None:
+            raise RuntimeError(f"reading chunk {key!r} for a partial write: its backend is gone")
+        return uploader._fetch(key)
+
+    return fetch
 
 
 def deprecated_fs_factory(stacklevel: int = 3) -> None:

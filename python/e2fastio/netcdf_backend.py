@@ -10,12 +10,10 @@ without plugins.
 
 from __future__ import annotations
 
-import atexit
 import errno
 import logging
 import os
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -25,16 +23,14 @@ import numpy as np
 
 from e2fastio import _core, _data
 from e2fastio._engine import EngineHandle
+from e2fastio._lifecycle import Lifecycle
 from e2fastio._netcdf_root import Dataset, Variable, netcdf_dtype
 from e2fastio._zarr_native import engine_kwargs
 from e2fastio.errors import (
     ArrayNameError,
-    BackendClosedError,
     CoordinateError,
     ReadOnlyError,
-    surface_background_error,
 )
-from e2fastio.zarr_backend import _open_lock, _open_nonblocking
 
 logger = logging.getLogger(__name__)
 
@@ -45,20 +41,6 @@ _EPOCH = np.datetime64("0001-01-01T00:00:00", "s")
 _TD_UNITS = {"h": "hours", "m": "minutes", "s": "seconds", "D": "days"}
 _REV_TD_UNITS = {v: k for k, v in _TD_UNITS.items()}
 _DEFAULT_BACKEND_KWARGS = {"mode": "r+", "diskless": False}
-# Open blocking backends, closed at exit: Earth2Studio's workflows never close their
-# backend, and h5netcdf's own close at interpreter teardown fails once h5py is gone.
-_open_blocking: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-@atexit.register
-def _close_at_exit() -> None:
-    for backend in list(_open_blocking):
-        try:
-            backend.close()
-        except Exception:  # the data of blocking writes is in the file already
-            logger.exception("e2fastio: closing %s at exit failed", backend.file_name)
-
-
 def _import_h5netcdf() -> Any:
     try:
         import h5netcdf
@@ -133,7 +115,7 @@ def _open_options(backend_kwargs: Mapping[str, Any] | None, path: str) -> _OpenO
     return _OpenOptions(mode=base, diskless=diskless, persist=persist, auto_complex=auto_complex)
 
 
-class NetCDF4Backend:
+class NetCDF4Backend(Lifecycle):
     """A NetCDF-4 backend with Earth2Studio's ``NetCDF4Backend`` interface.
 
     Parameters
@@ -285,11 +267,11 @@ class NetCDF4Backend:
         self.flush_timeout = 600.0
         self._sink = _core.CollectSink()
         self._regions: dict[str, tuple[_core.ArraySpec, Any] | None] = {}
-        if not blocking:
-            with _open_lock:
-                _open_nonblocking.add(self)  # drained (with a warning) at exit if never closed
-        else:
-            _open_blocking.add(self)
+        # Closed at exit when still open (Earth2Studio's workflows never close their backend, and
+        # h5netcdf's own close at interpreter teardown fails once h5py is gone). A non-blocking one
+        # is kept alive until then: its encoded chunks reach HDF5 through this object only.
+        self._start_lifecycle(where=str(self.file_name), engine=self._engine, nonblocking=not blocking,
+                              keep_alive=not blocking)
         self._specs: dict[str, _core.ArraySpec] = {}
         self.coords: OrderedDict[str, np.ndarray] = OrderedDict()
         self._selector = _data.Selector(
@@ -356,15 +338,6 @@ class NetCDF4Backend:
     def __iter__(self) -> Iterator[str]:
         return iter(self._nc.variables)
 
-    def __enter__(self) -> NetCDF4Backend:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _check_open(self, what: str) -> None:
-        if self._closed:
-            raise BackendClosedError(f"cannot {what}: this NetCDF4Backend was closed; create a new one")
 
     def _check_writable(self, what: str) -> None:
         if not self._writable:
@@ -400,12 +373,8 @@ class NetCDF4Backend:
 
     def close(self) -> None:
         """Close the file and stop the encoder threads. Idempotent."""
-        if self._closed:
+        if not self._end_lifecycle():
             return
-        self._closed = True
-        with _open_lock:
-            _open_nonblocking.discard(self)
-        _open_blocking.discard(self)
         pending_error: Exception | None = None
         try:
             self._drain()
@@ -421,10 +390,6 @@ class NetCDF4Backend:
             self._engine.close()
         if pending_error is not None:
             raise pending_error
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def stats(self) -> dict[str, object]:
         return self._engine.stats()
@@ -607,9 +572,6 @@ class NetCDF4Backend:
             return
         self._hand_over(wait=True)
         self._background(self._engine.get().check)
-
-    def _background(self, fn: Any) -> None:
-        surface_background_error(fn, lambda: self._engine.stats().get("failed_chunks", 0))
 
     def _region(self, name: str) -> tuple[_core.ArraySpec, Any] | None:
         """(spec, sink) writing a contiguous variable in place, or None (HDF5 writes it then).

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import atexit
 import logging
 import os
-import threading
-import warnings
-import weakref
 from collections import OrderedDict, deque
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -18,9 +14,10 @@ import zarr
 
 from e2fastio import _data, _distributed
 from e2fastio._engine import EngineHandle
+from e2fastio._lifecycle import Lifecycle
 from e2fastio._stores import Location, RemoteOptions, resolve
 from e2fastio._zarr_native import array_spec, engine_kwargs
-from e2fastio.errors import BackendClosedError, CoordinateError, surface_background_error
+from e2fastio.errors import CoordinateError
 
 logger = logging.getLogger(__name__)
 
@@ -28,33 +25,6 @@ CoordSystem = Mapping[str, np.ndarray]
 
 _DEFAULT_CHUNKS = {"ensemble": 1, "time": 1, "lead_time": 1, "variable": 1}
 _COMPLEX = "c"  # Zarr v3 stores complex64/complex128 (Earth2Studio writes what torch gives it)
-
-# Non-blocking backends still open; drained (with a warning) at interpreter exit,
-# because Earth2Studio's workflows never call close().
-_open_nonblocking: weakref.WeakSet[Any] = weakref.WeakSet()  # ZarrBackend, NetCDF4Backend
-_open_lock = threading.Lock()
-
-
-@atexit.register
-def _drain_at_exit() -> None:
-    with _open_lock:
-        backends = list(_open_nonblocking)
-    for b in backends:
-        if b.closed or getattr(b, "idle", False):
-            continue
-        pending = b.stats().get("pending_chunks", 0)
-        warnings.warn(
-            f"e2fastio: a non-blocking backend for {getattr(b, 'location', None) or getattr(b, 'file_name', '?')} "
-            "was not closed; storing its "
-            f"{pending} pending chunk(s) at exit. Call close() (or use `with`) to control when.",
-            RuntimeWarning,
-            stacklevel=1,
-        )
-        try:
-            b.close()
-        except Exception as err:  # noqa: BLE001 - exit: report, never raise
-            logger.error("e2fastio: draining at exit failed: %s", err)
-
 
 def _open_root(store: Any, backend_kwargs: dict[str, Any]) -> tuple[zarr.Group, bool]:
     """The root group, and whether it was created here in an empty store.
@@ -151,7 +121,7 @@ class _Target:
             logger.info("array %r is written through zarr-python (%s)", array.path, reason)
 
 
-class ZarrBackend:
+class ZarrBackend(Lifecycle):
     """A Zarr v3 backend with Earth2Studio's ``ZarrBackend`` interface.
 
     Chunks are cut, encoded (Blosc via c-blosc 1.x, exactly as zarr-python's
@@ -274,11 +244,15 @@ class ZarrBackend:
                 self._uploader.close()
             raise
         self.zarr_codecs = zarr_codecs
-        self._closed = False
+        # Closed at exit when still open (collective steps of an opted-in multi-rank run are not
+        # attempted at exit for blocking backends: the other ranks may be gone); finished by a
+        # finalizer if collected while open.
+        self._start_lifecycle(where=self.location, engine=self._engine, uploader=self._uploader,
+                              nonblocking=not blocking)
+        if blocking and self._coord is not None:
+            self._end_exit_registration()
         if not blocking:
             self._engine.get()  # start now: the staging ring faults its pages in while the model runs
-            with _open_lock:
-                _open_nonblocking.add(self)
         self._targets: dict[str, _Target] = {}
         self._device_refs: deque[tuple[int, list[Any]]] = deque()
 
@@ -323,11 +297,8 @@ class ZarrBackend:
         return iter(self.root)
 
     # ------------------------------------------------------------------ lifecycle
-    def __enter__(self) -> ZarrBackend:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self._close(exc if isinstance(exc, Exception) else None)
+    def _close_with(self, caller_error: Exception | None) -> None:
+        self._close(caller_error)  # a multi-rank close reports the caller's error to the other ranks
 
     def flush(self) -> None:
         """Wait until every write so far is stored; raise a background error if one occurred."""
@@ -377,6 +348,9 @@ class ZarrBackend:
         """No thread of ours is running (nothing pending): a suspended or never-used backend."""
         return not self._engine.started and (self._uploader is None or not self._uploader.running)
 
+    def _idle(self) -> bool:
+        return self.idle
+
     def close(self) -> None:
         """Store what is pending, stop the encoder threads, release staging memory. Idempotent.
 
@@ -385,9 +359,8 @@ class ZarrBackend:
         self._close(None)
 
     def _close(self, caller_error: Exception | None) -> None:
-        if self._closed:
+        if not self._end_lifecycle():
             return
-        self._closed = True
         if self._uploader is not None and self._uploader.pid != os.getpid():
             return  # a forked child's copy: the parent stores its own pending chunks
         local_error: Exception | None = None
@@ -401,8 +374,6 @@ class ZarrBackend:
                     self._uploader.close()
             finally:
                 self._engine.close()
-            with _open_lock:
-                _open_nonblocking.discard(self)
         if self._coord is not None:  # collective: drain, barrier, outcomes, consolidate
             failures = self._coord.outcomes(local_error or caller_error)
             if not failures:
@@ -416,19 +387,11 @@ class ZarrBackend:
         if local_error is not None:
             raise local_error
 
-    def _background(self, fn: Any) -> None:
-        """Run an engine/uploader call that may rethrow a background error; wrap it."""
-        surface_background_error(fn, self._failed_so_far)
-
     def _failed_so_far(self) -> int:
         failed = int(self._engine.stats().get("failed_chunks", 0))
         if self._uploader is not None:
             failed += int(self._uploader.stats()["objects_failed"])
         return failed
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def stats(self) -> dict[str, object]:
         """Counters of the native pipeline (chunks, bytes, staging memory)."""
@@ -438,8 +401,7 @@ class ZarrBackend:
         return out
 
     def _check_open(self, what: str) -> None:
-        if self._closed:
-            raise BackendClosedError(f"cannot {what}: this ZarrBackend was closed; create a new one")
+        super()._check_open(what)
         if self._uploader is not None:
             self._uploader.check_process(what)
 

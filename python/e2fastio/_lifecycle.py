@@ -1,0 +1,201 @@
+"""One lifecycle for every file and object-store backend.
+
+ZarrBackend, AsyncZarrBackend (through its ZarrBackend) and NetCDF4Backend
+share what "open" and "closed" mean, what happens to a backend that is never
+closed, and how an error of a background thread reaches the user:
+
+* open -> closed, once: ``close()`` is idempotent; a closed backend refuses
+  further use with :class:`~e2fastio.errors.BackendClosedError` (an
+  ``AsyncZarrBackend`` suspends instead, as Earth2Studio's does).
+* ``with backend:`` closes on leaving; the caller's exception wins over ours.
+* Earth2Studio's workflows never call ``close()``. A backend still open at
+  interpreter exit is closed then (a non-blocking one with a ``RuntimeWarning``
+  saying how many chunks were still pending).
+* A backend that becomes garbage without ``close()`` does not take its
+  pipeline down with the GIL held: a finalizer, which owns the native engine
+  and the upload thread (never the backend), stores what is pending with the
+  GIL released, reports a background error as a ``RuntimeWarning`` (nobody is
+  left to raise it to), and stops the threads. A backend whose pending work
+  cannot be finished without the backend itself (NetCDF: HDF5 is written
+  from the caller's thread) is kept alive by the exit registry until closed.
+* Background errors surface at the next ``write``, ``flush`` or ``close`` as
+  :class:`~e2fastio.errors.BackgroundWriteError`, after every other chunk was
+  stored.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import warnings
+import weakref
+from typing import Any
+
+from e2fastio.errors import BackendClosedError, surface_background_error
+
+logger = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_exit_weak: weakref.WeakSet[Lifecycle] = weakref.WeakSet()  # closed at exit if still alive and open
+_exit_strong: set[Lifecycle] = set()  # kept alive until closed: only the backend can finish their work
+_reapers: set[threading.Thread] = set()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    with _lock:
+        backends = list(_exit_strong) + [b for b in _exit_weak if b not in _exit_strong]
+    for b in backends:
+        if b.closed:
+            continue
+        if b._warn_at_exit and not b._idle():
+            warnings.warn(
+                f"e2fastio: a non-blocking {type(b).__name__} for {b._where} was not closed; storing its "
+                f"{b._pending()} pending chunk(s) at exit. Call close() (or use `with`) to control when.",
+                RuntimeWarning,
+                stacklevel=1,
+            )
+        try:
+            b.close()
+        except Exception as err:  # noqa: BLE001 - exit: report, never raise
+            logger.error("e2fastio: closing %s at exit failed: %s", b._where, err)
+    for t in list(_reapers):
+        t.join()
+
+
+def _reap(kind: str, where: str, engine: Any, uploader: Any, warn: bool, timeout: float) -> None:
+    """Finish and stop the pipeline of a backend that was collected without close()."""
+    if isinstance(threading.current_thread(), threading._DummyThread):
+        # Collected on one of our native threads (inside a callback): never wait for the pool from
+        # the pool. A Python thread does it, and exit waits for that thread.
+        t = threading.Thread(target=_reap, args=(kind, where, engine, uploader, warn, timeout),
+                             name="e2fastio-reap")
+        with _lock:
+            _reapers.add(t)
+        t.start()
+        return
+    try:
+        if engine.started:
+            e = engine.get()
+            pending = int(e.pending_chunks) if e.has_ring else 0
+            if warn:
+                warnings.warn(
+                    f"e2fastio: a non-blocking {kind} for {where} was garbage-collected without close(); "
+                    f"storing its {pending} pending chunk(s) now. Call close() (or use `with`).",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            try:
+                if not e.wait_idle(timeout):  # the GIL is released while waiting
+                    raise TimeoutError(f"{e.pending_chunks} chunk(s) still pending after {timeout:g} s")
+                if uploader is not None and not uploader.wait(timeout):
+                    raise TimeoutError(f"uploads still pending after {timeout:g} s")
+                e.check()
+                if uploader is not None:
+                    uploader.raise_failures()
+            except Exception as err:  # noqa: BLE001 - nobody is left to raise it to
+                warnings.warn(
+                    f"e2fastio: a {kind} for {where} was garbage-collected without close() and a background "
+                    f"write had failed: {err}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+    finally:
+        try:
+            if uploader is not None:
+                uploader.close()
+        finally:
+            engine.close()  # shuts the pool down with the GIL released
+        with _lock:
+            _reapers.discard(threading.current_thread())
+
+
+class Lifecycle:
+    """The open/closed state and the exit and collection handling of a backend (a mixin).
+
+    Subclasses call :meth:`_start_lifecycle` once their pipeline exists,
+    :meth:`_end_lifecycle` first thing in their close, and implement
+    ``close()`` (and may override :meth:`_close_with` for ``with``).
+    """
+
+    _closed: bool = False
+    _warn_at_exit: bool = False
+    _where: str = "?"
+
+    def _start_lifecycle(self, *, where: str, engine: Any, uploader: Any = None, nonblocking: bool,
+                         keep_alive: bool = False, timeout: float = 600.0) -> None:
+        """Register for the exit close and for collection without close().
+
+        `keep_alive`: the backend itself is needed to finish its work (held
+        strongly until closed); otherwise a finalizer owning `engine` and
+        `uploader` finishes it if the backend is collected while open.
+        """
+        self._closed = False
+        self._where = where
+        self._warn_at_exit = nonblocking
+        self._lifecycle_engine = engine
+        with _lock:
+            (_exit_strong.add if keep_alive else _exit_weak.add)(self)
+        self._finalizer = weakref.finalize(self, _reap, type(self).__name__, where, engine, uploader, nonblocking,
+                                           timeout)
+        self._finalizer.atexit = False  # at exit the backend is closed by _close_at_exit while still alive
+
+    def _end_exit_registration(self) -> None:
+        """Not closed at exit (the finalizer still finishes it if collected while open)."""
+        with _lock:
+            _exit_weak.discard(self)
+            _exit_strong.discard(self)
+
+    def _end_lifecycle(self) -> bool:
+        """Mark closed and unregister; False if it was closed already."""
+        if self._closed:
+            return False
+        self._closed = True
+        fin = getattr(self, "_finalizer", None)
+        if fin is not None:
+            fin.detach()
+        with _lock:
+            _exit_weak.discard(self)
+            _exit_strong.discard(self)
+        return True
+
+    # -- state
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self, what: str) -> None:
+        if self._closed:
+            raise BackendClosedError(f"cannot {what}: this {type(self).__name__} was closed; create a new one")
+
+    def _idle(self) -> bool:
+        return not self._lifecycle_engine.started
+
+    def _pending(self) -> int:
+        return int(self._lifecycle_engine.stats().get("pending_chunks", 0))
+
+    # -- background errors
+    def _background(self, fn: Any) -> None:
+        """Run an engine/uploader call that may rethrow a background error; wrap it."""
+        surface_background_error(fn, self._failed_so_far)
+
+    def _failed_so_far(self) -> int:
+        return int(self._lifecycle_engine.stats().get("failed_chunks", 0))
+
+    # -- context manager
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._close_with(exc if isinstance(exc, Exception) else None)
+
+    def _close_with(self, caller_error: Exception | None) -> None:
+        """Close on leaving ``with``; when the block raised, its error wins and ours is logged."""
+        if caller_error is None:
+            self.close()  # type: ignore[attr-defined]
+            return
+        try:
+            self.close()  # type: ignore[attr-defined]
+        except Exception as err:  # noqa: BLE001
+            logger.error("%s: closing after an error failed too: %s", type(self).__name__, err)

@@ -1,0 +1,137 @@
+"""Backends nobody closed: collected or left at exit, they lose nothing, hang nothing and leave no thread.
+
+Earth2Studio's workflows never call ``close()``. These tests drop backends with
+work pending (local and S3 stores, partial-chunk writes that need Python on the
+encoder threads, a failing chunk) and check what a user would see.
+"""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+import textwrap
+import threading
+import warnings
+import weakref
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import s3_support as S
+import zarr
+
+from e2fastio import NetCDF4Backend, ZarrBackend
+
+BLOSC = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+C = OrderedDict(step=np.arange(12), lat=np.arange(64), lon=np.arange(96))
+
+
+def _write_steps(io, n=12, chunks_per_step_partial=False):
+    for k in range(n):
+        x = np.full((1, 64, 96), k, "float32")
+        if chunks_per_step_partial:  # half a chunk: the other half is read back (fetch callback, with the GIL)
+            io.write(x[:, :32], OrderedDict(C, step=C["step"][k : k + 1], lat=C["lat"][:32]), "v")
+        else:
+            io.write(x, OrderedDict(C, step=C["step"][k : k + 1]), "v")
+
+
+def _uploads() -> int:
+    """Upload threads alive (Python threads: their kernel name is not set on every Python version)."""
+    return sum(t.name == "e2fastio-upload" and t.is_alive() for t in threading.enumerate())
+
+
+def _collect(ref: weakref.ref) -> None:
+    for _ in range(3):
+        gc.collect()
+    assert ref() is None, "the backend is still referenced"
+
+
+def test_unclosed_nonblocking_backend_is_finished_when_collected(tmp_path, native_threads):
+    gc.collect()
+    before = native_threads()
+    io = ZarrBackend(str(tmp_path / "a.zarr"), chunks={"step": 1}, zarr_codecs=BLOSC, blocking=False, threads=2)
+    io.add_array(C, "v")
+    _write_steps(io)
+    ref = weakref.ref(io)
+    with pytest.warns(RuntimeWarning, match="garbage-collected without close"):
+        del io
+        _collect(ref)
+    assert native_threads(settle_to=before) == before
+    got = zarr.open_array(str(tmp_path / "a.zarr" / "v"))[...]
+    np.testing.assert_array_equal(got[:, 0, 0], np.arange(12))
+
+
+def test_background_error_of_a_collected_backend_is_reported_not_dropped(tmp_path, native_threads):
+    gc.collect()
+    before = native_threads()
+    path = tmp_path / "e.zarr"
+    io = ZarrBackend(str(path), chunks={"step": 1}, blocking=False, threads=2)
+    io.add_array(C, ["v", "bad"])
+    (path / "bad" / "c").write_bytes(b"a file where the chunk directory goes")
+    io.write([np.ones((12, 64, 96), "float32")] * 2, C, ["v", "bad"])
+    ref = weakref.ref(io)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del io
+        _collect(ref)
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert any("background write had failed" in m and "bad/c" in m for m in messages), messages
+    assert native_threads(settle_to=before) == before
+    np.testing.assert_array_equal(zarr.open_array(str(path / "v"))[...], 1)  # the good array landed
+
+
+@pytest.mark.parametrize("blocking", [True, False])
+def test_unclosed_s3_backend_releases_threads_store_and_client(s3_bucket, native_threads, blocking):
+    """Earth2Studio never closes ZarrBackend: on an object store that must not pin an upload thread for ever."""
+    endpoint, bucket = s3_bucket
+    gc.collect()
+    before, pool_before = _uploads(), native_threads()
+    io = ZarrBackend(f"s3://{bucket}/g.zarr", store_kwargs=S.store_kwargs(endpoint), chunks={"step": 1},
+                     zarr_codecs=BLOSC, blocking=blocking, threads=2)
+    io.add_array(C, "v")
+    _write_steps(io, 6, chunks_per_step_partial=True)  # partial chunks: encoders call back into Python
+    assert _uploads() == before + 1
+    ref, uploader = weakref.ref(io), weakref.ref(io._uploader)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the non-blocking one warns (tested above)
+        del io
+        _collect(ref)
+    assert uploader() is None, "the uploader (thread, store, client) outlived its backend"
+    assert _uploads() == before
+    assert native_threads(settle_to=pool_before) == pool_before
+    got = zarr.open_group(f"s3://{bucket}/g.zarr", mode="r", storage_options=S._s3fs_kwargs(endpoint, True))
+    np.testing.assert_array_equal(got["v"][:6, 0, 0], np.arange(6))
+
+
+def test_nonblocking_netcdf_backend_is_kept_until_exit_and_closed_then(tmp_path):
+    """Its chunks reach HDF5 through the backend itself: it must not be collected before they did."""
+    script = textwrap.dedent(f"""
+        import gc, numpy as np, torch
+        from collections import OrderedDict
+        from e2fastio import NetCDF4Backend
+        c = OrderedDict(step=np.arange(6), lat=np.arange(32), lon=np.arange(48))
+        io = NetCDF4Backend({str(tmp_path / 'n.nc')!r}, backend_kwargs={{"mode": "w"}}, blocking=False,
+                            compression="zlib")
+        io.add_array(c, "v")
+        for k in range(6):
+            io.write(torch.full((1, 32, 48), float(k)), OrderedDict(c, step=c["step"][k:k+1]), "v")
+        del io
+        gc.collect()  # not collected: kept for the exit close
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "was not closed" in r.stderr and "Traceback" not in r.stderr
+    import netCDF4
+
+    with netCDF4.Dataset(tmp_path / "n.nc") as ds:
+        np.testing.assert_array_equal(ds["v"][:, 0, 0], np.arange(6))
+
+
+def test_lifecycle_is_shared(tmp_path):
+    from e2fastio._lifecycle import Lifecycle
+
+    assert issubclass(ZarrBackend, Lifecycle) and issubclass(NetCDF4Backend, Lifecycle)
+    import e2fastio.netcdf_backend as nb
+
+    assert "e2fastio.zarr_backend" not in {getattr(v, "__module__", "") for v in vars(nb).values()}
