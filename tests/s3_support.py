@@ -438,6 +438,20 @@ _SLOW_DOWN_BODY = (
     "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message>"
     "<RequestId>{rid}</RequestId><HostId>fault-proxy</HostId></Error>"
 )
+# Scripted answers (``FaultProxy(script=...)``): status line and S3 error code.
+_SCRIPTED_ERRORS = {
+    "fail_400": ("400 Bad Request", "InvalidArgument", "fault proxy: scripted bad request"),
+    "fail_403": ("403 Forbidden", "AccessDenied", "fault proxy: scripted access denied"),
+    "fail_404": ("404 Not Found", "NoSuchBucket", "fault proxy: scripted missing bucket"),
+    "fail_429": ("429 Too Many Requests", "TooManyRequests", "fault proxy: scripted throttling"),
+    "fail_500": ("500 Internal Server Error", "InternalError", "fault proxy: scripted internal error"),
+    "fail_503": ("503 Slow Down", "SlowDown", "Please reduce your request rate."),
+}
+_SCRIPTED_BODY = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n'
+    "<Error><Code>{code}</Code><Message>{msg}</Message><RequestId>{rid}</RequestId>"
+    "<HostId>fault-proxy</HostId></Error>"
+)
 _BAD_GATEWAY_BODY = (
     '<?xml version="1.0" encoding="UTF-8"?>\n'
     "<Error><Code>BadGateway</Code><Message>fault proxy: upstream unreachable: {msg}</Message>"
@@ -542,6 +556,16 @@ class FaultProxy:
     * ``delay`` fraction: sleep `delay_seconds`, then forward;
     * otherwise forward. Responses are relayed as they come.
 
+    `script` makes faults deterministic instead: a sequence of actions taken,
+    in order, by the first requests for each (method, path) in `methods`
+    (query strings ignored); later requests for that path are forwarded, and
+    the random fractions are not drawn for them. Actions: ``"fail_400"``,
+    ``"fail_403"`` (AccessDenied), ``"fail_404"`` (NoSuchBucket), ``"fail_429"``,
+    ``"fail_500"``, ``"fail_503"`` (S3-style XML errors), ``"drop"``,
+    ``"reset"`` (drop with a TCP RST), ``"delay"`` (`delay_seconds`, then
+    forward) and ``"forward"``. ``script=("fail_503",) * 2`` fails every
+    object's first two PUTs. `requests_per_path` counts requests by (method, path).
+
     With `keep_alive` (default) the client connection stays open even when the
     upstream closes its own after each response (werkzeug, so moto, always
     does): clients pool connections as with real S3, and a pooled connection
@@ -550,7 +574,7 @@ class FaultProxy:
 
     The fractions, `delay_seconds`, `methods` and `drop_mode` are plain
     attributes: change them while it runs. `stats` counts requests, forwarded
-    (delayed ones included), fail_503, dropped, delayed, upstream_errors (502
+    (delayed ones included), fail_503, failed (other scripted errors), dropped, delayed, upstream_errors (502
     sent: upstream unreachable) and expect_100 (100-continue answered);
     `events` lists ``(method, path, action)`` per request.
 
@@ -571,6 +595,7 @@ class FaultProxy:
         seed: int = 0,
         drop_mode: str = "close",
         keep_alive: bool = True,
+        script: Iterable[str] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -589,8 +614,14 @@ class FaultProxy:
         self.drop_mode = drop_mode
         self.keep_alive = keep_alive
         self.rng = random.Random(seed)
+        self.script: tuple[str, ...] | None = None if script is None else tuple(script)
+        allowed = {*_SCRIPTED_ERRORS, "drop", "reset", "delay", "forward"}
+        bad = [a for a in self.script or () if a not in allowed]
+        if bad:
+            raise ValueError(f"script: unknown action(s) {bad}; use some of {sorted(allowed)}")
+        self.requests_per_path: collections.Counter[tuple[str, str]] = collections.Counter()
         self.stats: dict[str, int] = dict.fromkeys(
-            ("requests", "forwarded", "fail_503", "dropped", "delayed", "upstream_errors", "expect_100"), 0
+            ("requests", "forwarded", "fail_503", "failed", "dropped", "delayed", "upstream_errors", "expect_100"), 0
         )
         self.errors: list[str] = []  # unexpected exceptions in the proxy itself (should stay empty)
         self.events: collections.deque[tuple[str, str, str]] = collections.deque(maxlen=100_000)
@@ -629,6 +660,7 @@ class FaultProxy:
         for k in self.stats:
             self.stats[k] = 0
         self.events.clear()
+        self.requests_per_path.clear()
 
     def stop_listening(self) -> None:
         """Close the listener and all connections: new connections are refused."""
@@ -699,9 +731,14 @@ class FaultProxy:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 5)
 
-    def _choose(self, method: str) -> str:
+    def _choose(self, method: str, target: str) -> str:
         if self.methods is not None and method.upper() not in self.methods:
             return "forward"
+        if self.script is not None:
+            path = (method.upper(), target.split("?", 1)[0])
+            n = self.requests_per_path[path]
+            self.requests_per_path[path] = n + 1
+            return self.script[n] if n < len(self.script) else "forward"
         r = self.rng.random()
         for action, frac in (("fail_503", self.fail_503), ("drop", self.drop), ("delay", self.delay)):
             if r < frac:
@@ -767,12 +804,12 @@ class FaultProxy:
             body = await reader.readexactly(n) if n else b""
         close_after = req.wants_close(version)
 
-        action = self._choose(method)
+        action = self._choose(method, target)
         self.stats["requests"] += 1
         self.events.append((method, target, action))
-        if action == "drop":
+        if action in ("drop", "reset"):
             self.stats["dropped"] += 1
-            if self.drop_mode == "reset":
+            if self.drop_mode == "reset" or action == "reset":
                 with contextlib.suppress(OSError):
                     writer.get_extra_info("socket").setsockopt(
                         socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -782,6 +819,13 @@ class FaultProxy:
             self.stats["fail_503"] += 1
             rid = uuid.uuid4().hex[:16].upper()
             await self._reply(writer, method, "503 Slow Down", _SLOW_DOWN_BODY.format(rid=rid), rid, close_after)
+            return not close_after
+        if action in _SCRIPTED_ERRORS:
+            self.stats["failed"] += 1
+            status, code, msg = _SCRIPTED_ERRORS[action]
+            rid = uuid.uuid4().hex[:16].upper()
+            await self._reply(writer, method, status, _SCRIPTED_BODY.format(code=code, msg=msg, rid=rid), rid,
+                              close_after)
             return not close_after
         if action == "delay":
             self.stats["delayed"] += 1

@@ -315,3 +315,135 @@ def test_our_retries_cover_a_store_that_does_not_retry_itself(s3_bucket, fault_p
     assert proxy.stats["fail_503"] + proxy.stats["dropped"] > 0
     assert st["retries"] > 0 and st["objects_failed"] == 0 and st["objects_uploaded"] == 3 * 4
     _check(endpoint, bucket, "noretry.zarr", c, {"t2m": want})
+
+
+# ----------------------------------------------------------------------------- one retry policy
+# The proxy's script fails the first requests for every chunk object in a set
+# way, so the number of PUTs the server is sent for each chunk is known exactly.
+
+def _chunk_puts(proxy, array: str = "t2m") -> dict[str, int]:
+    """PUT requests per chunk object that reached the proxy (answered, failed or dropped)."""
+    out: dict[str, int] = {}
+    for method, path, _ in proxy.events:
+        if method == "PUT" and f"/{array}/c/" in path:
+            key = path.split("?", 1)[0]
+            out[key] = out.get(key, 0) + 1
+    return out
+
+
+def _scripted_backend(proxy, bucket: str, prefix: str, c, *, form: str = "url", client_options=None,
+                      **kw) -> ZarrBackend:
+    """A blocking backend through `proxy` whose arrays exist before any fault is scripted."""
+    if form == "url":
+        io = ZarrBackend(f"s3://{bucket}/{prefix}", chunks={"ensemble": 1, "lead_time": 1}, zarr_codecs=BLOSC,
+                         store_kwargs=S.store_kwargs(proxy.endpoint, client_options=client_options or {}), **kw)
+    else:  # a zarr FsspecStore over s3fs as the user configured it (s3fs and botocore defaults)
+        fs = S.s3fs_filesystem(proxy.endpoint, asynchronous=True)
+        io = ZarrBackend(zarr.storage.FsspecStore(fs, path=f"{bucket}/{prefix}"),
+                         chunks={"ensemble": 1, "lead_time": 1}, zarr_codecs=BLOSC, **kw)
+    io.add_array(c, "t2m")
+    io.flush()
+    return io
+
+
+@pytest.mark.parametrize("fault", ["fail_503", "fail_500", "fail_429", "drop", "reset", "timeout"])
+def test_each_transient_fault_costs_exactly_one_more_put(s3_bucket, fault_proxy, fault):
+    """URL stores: obstore's own retries are off for chunk uploads, so N faults per
+    chunk cost N + 1 PUTs (not (N + 1) x obstore's retries) and every retry is ours.
+    The timeout case: the client's own request timeout (set shorter than
+    upload_timeout) ends each stalled attempt, and no other layer retries it."""
+    endpoint, bucket = s3_bucket
+    proxy = fault_proxy(delay_seconds=2.5)
+    c = _coords(members=2, steps=2)
+    want = _data(c, 31)
+    faults = 2
+    io = _scripted_backend(proxy, bucket, f"t-{fault}.zarr", c, upload_retries=faults, upload_timeout=20,
+                           client_options={"timeout": "1s"} if fault == "timeout" else None)
+    proxy.script = ("delay" if fault == "timeout" else fault,) * faults
+    proxy.reset_stats()
+    io.write(want, c, "t2m")
+    st = io.stats()["uploads"]
+    io.close()
+    puts = _chunk_puts(proxy)
+    assert len(puts) == 2 * 2 and set(puts.values()) == {faults + 1}, puts
+    assert st["retries"] == faults * 4 and st["objects_failed"] == 0, st
+    _check(endpoint, bucket, f"t-{fault}.zarr", c, {"t2m": want})
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+def test_upload_retries_bounds_the_attempts_exactly(s3_bucket, fault_proxy, retries):
+    """upload_retries=R: a chunk that keeps failing is sent R + 1 times, then
+    reported as UploadError naming its key; R=0 is one attempt, no retry anywhere."""
+    endpoint, bucket = s3_bucket
+    proxy = fault_proxy()
+    c = _coords(members=2, steps=2)
+    io = _scripted_backend(proxy, bucket, f"r{retries}.zarr", c, upload_retries=retries)
+    proxy.script = ("fail_503",) * (retries + 1)
+    proxy.reset_stats()
+    with pytest.raises(UploadError) as info:
+        io.write(_data(c, 32), c, "t2m")
+    io.close()
+    puts = _chunk_puts(proxy)
+    assert len(puts) == 4 and set(puts.values()) == {retries + 1}, puts
+    keys = sorted(k for k, _ in info.value.failures)
+    assert keys == sorted(f"t2m/c/{e}/0/{t}/0/0" for e in range(2) for t in range(2))
+    assert all(f"failed after {retries + 1} attempt(s)" in reason and "503" in reason
+               for _, reason in info.value.failures), info.value.failures
+    assert io.stats()["uploads"]["retries"] == 4 * retries
+
+
+@pytest.mark.parametrize("form", ["url", "zarr-fsspecstore"])
+def test_permanent_errors_are_sent_once(s3_bucket, fault_proxy, form):
+    """Bad request, access denied and a missing bucket (scripted, then real) are
+    not retried: one PUT per chunk, and UploadError names each key."""
+    endpoint, bucket = s3_bucket
+    proxy = fault_proxy()
+    c = _coords(members=2, steps=2)
+    for n, fault in enumerate(("fail_400", "fail_403", "fail_404", "deleted bucket")):
+        io = _scripted_backend(proxy, bucket, f"p{n}-{form}.zarr", c, upload_retries=3)
+        if fault == "deleted bucket":
+            S.delete_bucket(endpoint, bucket)  # really gone: the server answers NoSuchBucket
+            proxy.script = None
+        else:
+            proxy.script = (fault,) * 5
+        proxy.reset_stats()
+        with pytest.raises(UploadError) as info:
+            io.write(_data(c, 33), c, "t2m")
+        io.close()
+        puts = _chunk_puts(proxy)
+        assert len(puts) == 4 and set(puts.values()) == {1}, (fault, puts)
+        assert len(info.value.failures) == 4
+        assert all("not retried" in reason for _, reason in info.value.failures), (fault, info.value.failures)
+        assert io.stats()["uploads"]["retries"] == 0
+        proxy.script = None
+
+
+def test_errors_are_told_apart_by_type_and_status():
+    """What s3fs raises for each S3 answer (builtin OSError subclasses caused by
+    botocore's ClientError) and obstore's exception classes: 4xx but 408/429 and
+    throttling codes are permanent, 5xx, timeouts and resets are not."""
+    from botocore.exceptions import ClientError
+    from obstore.exceptions import GenericError, PermissionDeniedError, UnauthenticatedError
+    from s3fs.errors import translate_boto_error
+
+    from e2fastio._stores import _permanent
+
+    def s3fs_error(status: int, code: str) -> BaseException:
+        response = {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+        return translate_boto_error(ClientError(response, "PutObject"))
+
+    permanent = [s3fs_error(400, "InvalidArgument"), s3fs_error(403, "AccessDenied"),
+                 s3fs_error(403, "SignatureDoesNotMatch"), s3fs_error(404, "NoSuchBucket"),
+                 s3fs_error(400, "MalformedXML"), s3fs_error(405, "MethodNotAllowed"),
+                 PermissionDeniedError("denied"), UnauthenticatedError("who"), FileNotFoundError("bucket"),
+                 GenericError("Error performing PUT x - Server returned non-2xx status code: 400 Bad Request: "),
+                 ValueError("bad"), TypeError("bad")]
+    transient = [s3fs_error(500, "InternalError"), s3fs_error(503, "SlowDown"), s3fs_error(429, "TooManyRequests"),
+                 s3fs_error(408, "RequestTimeout"), s3fs_error(400, "RequestTimeout"),
+                 s3fs_error(400, "Throttling"), s3fs_error(502, "BadGateway"),
+                 GenericError("Server returned non-2xx status code: 503 Service Unavailable: <Code>SlowDown</Code>"),
+                 GenericError("Server returned non-2xx status code: 429 Too Many Requests"),
+                 GenericError("HTTP error: error sending request"), TimeoutError(), ConnectionResetError(),
+                 OSError("network is unreachable"), RuntimeError("anything else")]
+    assert [e for e in permanent if not _permanent(e)] == []
+    assert [e for e in transient if _permanent(e)] == []

@@ -247,3 +247,26 @@ def test_proxy_reports_unreachable_upstream():
         with pytest.raises(Exception, match="502 Bad Gateway"):
             obstore.put(store, "k", b"1")
         assert proxy.stats["upstream_errors"] == 1
+
+
+def test_proxy_script_fails_each_paths_first_requests_in_order(s3_bucket, fault_proxy):
+    from botocore.exceptions import ClientError
+
+    endpoint, bucket = s3_bucket
+    with pytest.raises(ValueError, match="unknown action"):
+        FaultProxy(endpoint, script=("fail_999",))
+    proxy = fault_proxy(script=("fail_403", "fail_503"))
+    client = s3_support.boto3_client(proxy.endpoint, retries={"total_max_attempts": 1, "mode": "standard"})
+    try:
+        for key in ("a", "b"):  # each object has its own script
+            for code in ("AccessDenied", "SlowDown"):
+                with pytest.raises(ClientError) as err:
+                    client.put_object(Bucket=bucket, Key=key, Body=b"x")
+                assert err.value.response["Error"]["Code"] == code
+            client.put_object(Bucket=bucket, Key=key, Body=b"xy")
+        assert client.get_object(Bucket=bucket, Key="a")["Body"].read() == b"xy"  # GET: not in `methods`
+    finally:
+        client.close()
+    assert proxy.stats["failed"] == 2 and proxy.stats["fail_503"] == 2 and proxy.stats["forwarded"] == 3
+    assert proxy.requests_per_path[("PUT", f"/{bucket}/a")] == 3
+    assert list_keys(endpoint, bucket) == {"a": 2, "b": 2}

@@ -6,6 +6,26 @@ reaches, fsspec filesystems, any zarr ``Store``) gets an ``UploadSink``: the
 encoder threads queue encoded chunks in it (bounded, so memory stays bounded),
 and an :class:`Uploader` sends them with bounded concurrency and retries from
 zarr-python's own event loop thread, the loop every zarr store is bound to.
+
+Retries: one policy per kind of store, never two stacked.
+
+* A URL (``s3://...``): we build two obstore clients from it. Chunk uploads go
+  through one whose own retries are off (``max_retries=0``), so the
+  Uploader's loop is the only one: ``upload_retries`` further attempts, with
+  exponential backoff and jitter, each bounded by ``upload_timeout``. N
+  transient faults on a chunk cost N + 1 PUTs. Metadata requests (``zarr.json``,
+  coordinates, partial-chunk reads) go through zarr-python, which does not
+  retry, so the other client retries them itself, ``upload_retries`` times
+  (a ``retry_config`` in ``store_kwargs`` replaces that for metadata only).
+* An obstore store or a zarr ``Store`` passed in: its client is configured
+  by its owner and is left as it is, retries included (obstore retries 10
+  times by default; s3fs and botocore retry too). The Uploader's attempts wrap
+  it: ``upload_retries`` counts our attempts only, and ``upload_timeout``
+  bounds each of ours, their retries included. Configure one of the two
+  layers to retry (for instance ``retry_config={"max_retries": 0}`` on the
+  obstore store, or ``upload_retries=0``).
+
+Errors another attempt cannot fix are never retried (:func:`_permanent`).
 """
 
 from __future__ import annotations
@@ -16,6 +36,7 @@ import logging
 import os
 import random
 import re
+import sys
 import threading
 import warnings
 import weakref
@@ -46,7 +67,9 @@ class RemoteOptions:
     concurrency : uploads in flight at once.
     retries : further attempts of a failed upload (429/5xx, timeouts, resets),
         with exponential backoff (``backoff`` seconds doubling up to
-        ``max_backoff``, with jitter).
+        ``max_backoff``, with jitter). Permanent errors are not retried. For
+        stores built from a URL this is the only retry of a chunk upload;
+        metadata requests are retried as often by the client itself.
     timeout : seconds one attempt may take.
     queue_bytes : encoded bytes queued or uploading at most (backpressure).
     """
@@ -126,15 +149,18 @@ def _is_obstore_store(obj: Any) -> bool:
 
 
 def _obstore_defaults(options: RemoteOptions, url: str, given: dict[str, Any]) -> dict[str, Any]:
-    """Client options for stores we build: bounded time per request; our retry loop on top."""
+    """Client options for the metadata client of a store we build from a URL.
+
+    Bounded time per request, and obstore's own retries (``options.retries``
+    of them, the same backoff as the Uploader's): zarr-python does not retry
+    the metadata requests it sends, so the client does.
+    """
     from datetime import timedelta
 
     defaults: dict[str, Any] = {
         "client_options": {"timeout": f"{options.timeout:g}s", "connect_timeout": f"{min(options.timeout, 10):g}s"},
-        # obstore's own retries cover metadata requests (zarr.json, coordinates);
-        # chunk uploads are retried by the Uploader as well.
         "retry_config": {
-            "max_retries": max(1, options.retries),
+            "max_retries": options.retries,
             "backoff": {
                 "init_backoff": timedelta(seconds=options.backoff),
                 "max_backoff": timedelta(seconds=options.max_backoff),
@@ -147,6 +173,15 @@ def _obstore_defaults(options: RemoteOptions, url: str, given: dict[str, Any]) -
     if any(e.startswith("http://") for e in endpoints):  # a plain-HTTP endpoint was asked for explicitly
         defaults["client_options"]["allow_http"] = True
     return defaults
+
+
+def _chunk_client_kwargs(metadata_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The chunk-upload client's options: the metadata client's, with obstore's retries off.
+
+    The Uploader retries each chunk itself (``upload_retries``), so a PUT that
+    fails is sent again by exactly one layer.
+    """
+    return {**metadata_kwargs, "retry_config": {"max_retries": 0}}
 
 
 def _merge(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
@@ -234,14 +269,16 @@ def resolve(
             raise ImportError(
                 f"{what}={safe!r}: object-store URLs need the 'obstore' package: pip install 'e2fastio[remote]'"
             ) from None
+        kwargs = _merge(_obstore_defaults(options, s, store_kwargs), store_kwargs)
         try:
-            obs = obstore.store.from_url(s, **_merge(_obstore_defaults(options, s, store_kwargs), store_kwargs))
+            obs = obstore.store.from_url(s, **kwargs)
+            chunk_client = obstore.store.from_url(s, **_chunk_client_kwargs(kwargs))
         except Exception as err:
             raise ValueError(
                 f"{what}={safe!r}: obstore could not open this URL with the given store_kwargs: "
                 f"{redact(str(err))}"
             ) from None
-        return _remote(zarr.storage.ObjectStore(obs, read_only=False), safe, options, redact)
+        return _remote(zarr.storage.ObjectStore(obs, read_only=False), safe, options, redact, chunk_client)
     if store_kwargs:
         raise ValueError(
             "store_kwargs only applies when the store is a URL string; configure the store instance directly"
@@ -273,21 +310,107 @@ def _describe_obstore(store: Any) -> str:
     return f"{type(store).__name__}" + (f" {prefix}" if prefix else "")
 
 
-def _remote(store: Store, description: str, options: RemoteOptions, redact: Redactor) -> Location:
+def _remote(store: Store, description: str, options: RemoteOptions, redact: Redactor,
+            chunk_client: Any = None) -> Location:
     sink = _core.UploadSink(options.queue_bytes, description)
-    uploader = Uploader(store, sink, options, redact, description)
+    uploader = Uploader(store, sink, options, redact, description, chunk_client=chunk_client)
     uploader.start()
     return Location(store, sink, description, uploader=uploader)
 
 
 # ---------------------------------------------------------------------------- uploads
-def _permanent(err: BaseException) -> bool:
-    """Errors that another attempt cannot fix (credentials, missing bucket, bad arguments)."""
-    if isinstance(err, (PermissionError, FileNotFoundError, NotADirectoryError, ValueError, TypeError)):
+# Errors raised by Python code (zarr stores, fsspec, s3fs's translation of S3
+# error codes) that another attempt cannot fix.
+_PERMANENT_BUILTINS: tuple[type[BaseException], ...] = (
+    PermissionError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+    ValueError, TypeError, NotImplementedError,
+)
+# obstore's exception classes (obstore.exceptions) for errors that do not go
+# away: denied, not authenticated, missing (obstore < 0.5; later versions raise
+# FileNotFoundError), bad path, unsupported, bad configuration, and failed
+# conditions. GenericError (5xx, 429, timeouts, connection errors, but also
+# other 4xx) and JoinError are decided by their HTTP status, if any.
+_OBSTORE_PERMANENT = ("PermissionDeniedError", "UnauthenticatedError", "NotFoundError", "InvalidPathError",
+                      "NotSupportedError", "UnknownConfigurationKeyError", "AlreadyExistsError",
+                      "PreconditionError", "NotModifiedError")
+# S3 error codes that come with a 4xx status but say "try again".
+_TRANSIENT_CODES = frozenset({
+    "RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete", "SlowDown", "Throttling",
+    "ThrottlingException", "ThrottledException", "RequestThrottled", "RequestThrottledException",
+    "TooManyRequestsException", "RequestLimitExceeded", "BandwidthLimitExceeded", "OperationAborted",
+})
+# obstore's GenericError carries the HTTP status only in its text, in object_store's
+# words ("Server returned non-2xx status code: 400 Bad Request: <body>").
+_OBSTORE_STATUS = re.compile(r"status code: (\d{3})\b")
+_S3_CODE = re.compile(r"<Code>([A-Za-z]+)</Code>")
+
+
+def _http_permanent(status: int | None, code: str | None) -> bool | None:
+    """None when the status says nothing; else whether an HTTP error is permanent.
+
+    4xx are permanent except 408 (request timeout), 429 (too many requests)
+    and S3's "try again" codes; 5xx are transient.
+    """
+    if status is None:
+        return None
+    if code in _TRANSIENT_CODES or status in (408, 429):
+        return False
+    return 400 <= status < 500
+
+
+def _client_error_status(err: BaseException) -> tuple[int | None, str | None] | None:
+    """(HTTP status, error code) of a botocore/aiobotocore ``ClientError``, else None."""
+    exceptions = sys.modules.get("botocore.exceptions")  # not imported: no ClientError can exist
+    if exceptions is None or not isinstance(err, exceptions.ClientError):
+        return None
+    response = getattr(err, "response", None) or {}
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    code = response.get("Error", {}).get("Code")
+    return (int(status) if isinstance(status, int) else None), (str(code) if code else None)
+
+
+def _obstore_permanent(err: BaseException) -> bool | None:
+    """Whether an obstore exception is permanent; None if `err` is not one."""
+    exceptions = sys.modules.get("obstore.exceptions")
+    base = getattr(exceptions, "BaseError", None)
+    if base is None or not isinstance(err, base):
+        return None
+    if isinstance(err, tuple(getattr(exceptions, n) for n in _OBSTORE_PERMANENT if hasattr(exceptions, n))):
         return True
-    name = type(err).__name__
-    return name in ("PermissionDeniedError", "UnauthenticatedError", "NotFoundError", "InvalidPathError",
-                    "NotSupportedError", "UnknownConfigurationKeyError")
+    text = str(err)
+    m = _OBSTORE_STATUS.search(text)
+    code = _S3_CODE.search(text)
+    return bool(_http_permanent(int(m.group(1)) if m else None, code.group(1) if code else None))
+
+
+def _permanent(err: BaseException) -> bool:
+    """Whether another attempt cannot fix `err` (credentials, missing bucket, bad request, bad arguments).
+
+    Decided by type: timeouts and connection errors are transient; a
+    botocore ``ClientError`` anywhere in the chain (s3fs raises builtin
+    ``OSError`` subclasses caused by one) by its HTTP status and S3 code (4xx
+    permanent except 408, 429 and throttling codes; 5xx transient); obstore's
+    exceptions by class (``PermissionDeniedError``, ``UnauthenticatedError``,
+    ``InvalidPathError``, ...; ``GenericError`` by the HTTP status it reports);
+    then builtin ``PermissionError``, ``FileNotFoundError``, ``ValueError``,
+    ``TypeError`` and the like are permanent. Anything else is retried.
+    """
+    if isinstance(err, (TimeoutError, asyncio.TimeoutError, ConnectionError)):
+        return False
+    seen: set[int] = set()
+    link: BaseException | None = err
+    while link is not None and id(link) not in seen:  # the error itself, then what caused it
+        seen.add(id(link))
+        http = _client_error_status(link)
+        if http is not None:
+            decided = _http_permanent(*http)
+            if decided is not None:
+                return decided
+        decided = _obstore_permanent(link)
+        if decided is not None:
+            return decided
+        link = link.__cause__ or link.__context__
+    return isinstance(err, _PERMANENT_BUILTINS)
 
 
 _live_uploaders: weakref.WeakSet[Uploader] = weakref.WeakSet()
@@ -313,15 +436,25 @@ class Uploader:
     One feeder thread (``e2fastio-upload``) takes chunks from the sink (GIL
     released while it waits) and starts one coroutine per chunk on
     zarr-python's event loop, at most ``options.concurrency`` at once. Each
-    attempt is bounded by ``options.timeout``; failures are retried with
-    exponential backoff, and a chunk that still fails is recorded in the sink
-    (key and reason, credentials redacted) for the backend to raise.
+    attempt is bounded by ``options.timeout``; transient failures are retried
+    (``options.retries`` times) with exponential backoff and jitter, permanent
+    ones not at all, and a chunk that still fails is recorded in the sink (key
+    and reason, credentials redacted) for the backend to raise.
+
+    `chunk_client`: the obstore store chunks are PUT through (for stores built
+    from a URL, one whose own retries are off); by default the obstore store
+    inside a ``zarr.storage.ObjectStore``, or ``store.set`` for other stores.
+    ``retries_done`` counts this loop's retries only, never a client's own.
     """
 
-    def __init__(self, store: Store, sink: Any, options: RemoteOptions, redact: Redactor, description: str) -> None:
+    def __init__(self, store: Store, sink: Any, options: RemoteOptions, redact: Redactor, description: str,
+                 chunk_client: Any = None) -> None:
         from zarr.core.sync import _get_loop
 
         self.store = store
+        if chunk_client is None and isinstance(store, zarr.storage.ObjectStore):
+            chunk_client = store.store
+        self.chunk_client = chunk_client
         self.sink = sink
         self.options = options
         self.redact = redact
@@ -377,12 +510,12 @@ class Uploader:
 
     def _put(self, key: str, data: np.ndarray) -> Any:
         """One upload attempt (a coroutine)."""
-        if isinstance(self.store, zarr.storage.ObjectStore):
+        if self.chunk_client is not None:
             import obstore
 
             # One PUT per chunk: obstore would split objects over 5 MiB into a
             # multipart upload (4+ requests); chunks are far below S3's 5 GB limit.
-            return obstore.put_async(self.store.store, key, memoryview(data),
+            return obstore.put_async(self.chunk_client, key, memoryview(data),
                                      use_multipart=data.nbytes > MULTIPART_THRESHOLD)
         return self.store.set(key, cpu.Buffer.from_array_like(data))
 
@@ -399,8 +532,9 @@ class Uploader:
                     reason = f"no answer within {o.timeout:g} s"
                 else:
                     reason = f"{type(err).__name__}: {err}"
-                if _permanent(err) or attempt == o.retries:
-                    tries = f"after {attempt + 1} attempt(s)" if not _permanent(err) else "(not retried)"
+                permanent = _permanent(err)
+                if permanent or attempt == o.retries:
+                    tries = "(not retried: permanent error)" if permanent else f"after {attempt + 1} attempt(s)"
                     return self.redact(f"upload to {self.description} failed {tries}: {reason}")
                 self.retries_done += 1
                 delay = min(o.max_backoff, o.backoff * (2**attempt))

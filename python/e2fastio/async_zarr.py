@@ -127,7 +127,9 @@ class AsyncZarrBackend:
         As for :class:`e2fastio.ZarrBackend`.
     upload_retries, upload_timeout : optional, keyword-only
         Object stores: further attempts of a failed chunk upload (exponential
-        backoff) and seconds one attempt may take.
+        backoff) and seconds one attempt may take, as for
+        :class:`e2fastio.ZarrBackend` (the only retries of a chunk for a URL
+        `store`; a store passed in keeps its own client's retries inside ours).
     process_group, distributed_timeout, consolidate_metadata : optional, keyword-only
         Multi-rank writes into one store, as for :class:`e2fastio.ZarrBackend`.
     """

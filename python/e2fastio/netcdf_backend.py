@@ -115,6 +115,66 @@ def _open_options(backend_kwargs: Mapping[str, Any] | None, path: str) -> _OpenO
     return _OpenOptions(mode=base, diskless=diskless, persist=persist, auto_complex=auto_complex)
 
 
+_H5Z_FILTER_DEFLATE = 1
+_H5Z_FILTER_SHUFFLE = 2
+
+
+@dataclass(frozen=True)
+class _Filter:
+    """One HDF5 filter of a dataset's pipeline."""
+
+    code: int  # HDF5 filter id (1 deflate, 2 shuffle, 3 fletcher32, 32001 blosc, ...)
+    name: str
+    values: tuple[int, ...]  # client data (deflate: the level)
+    optional: bool  # H5Z_FLAG_OPTIONAL: HDF5 skips it where it cannot apply it
+
+
+def _filter_pipeline(ds: Any) -> list[_Filter]:
+    """A chunked h5py dataset's HDF5 filters, in the order they are applied when writing.
+
+    Read from the dataset creation property list: h5py's ``_filters`` dict
+    loses the order, and turns deflate level 0 into its default.
+    """
+    import h5py
+
+    dcpl = ds.id.get_create_plist()
+    out = []
+    for i in range(dcpl.get_nfilters()):
+        code, flags, values, name = dcpl.get_filter(i)
+        label = name.decode("ascii", "replace") if isinstance(name, bytes) else str(name)
+        out.append(_Filter(int(code), label, tuple(int(v) for v in values), bool(flags & h5py.h5z.FLAG_OPTIONAL)))
+    return out
+
+
+def _native_filters(pipeline: list[_Filter]) -> tuple[bool, int, bool] | None:
+    """(deflate, deflate level, shuffle) for a pipeline the core encodes exactly, else None.
+
+    The core writes none, deflate, or shuffle then deflate (netCDF-C's order);
+    anything else (shuffle alone, deflate then shuffle, other filters) is
+    left to HDF5.
+    """
+    codes = [f.code for f in pipeline]
+    if not codes:
+        return False, 0, False
+    if codes not in ([_H5Z_FILTER_DEFLATE], [_H5Z_FILTER_SHUFFLE, _H5Z_FILTER_DEFLATE]):
+        return None
+    level = pipeline[-1].values[:1]
+    if not level or not 0 <= level[0] <= 9:
+        return None
+    return True, level[0], len(codes) == 2
+
+
+def _check_filters_available(name: str, pipeline: list[_Filter]) -> None:
+    """Refuse a variable with a required filter this process's HDF5 cannot apply, naming it."""
+    import h5py
+
+    missing = [f"{f.name} (HDF5 filter {f.code})" for f in pipeline
+               if not f.optional and not h5py.h5z.filter_avail(f.code)]
+    if missing:
+        raise ValueError(f"variable {name!r} uses HDF5 filter(s) {missing} that this process's HDF5 cannot apply; "
+                         "load the plugin (for instance `import hdf5plugin`) before writing to it")
+
+
 class NetCDF4Backend(Lifecycle):
     """A NetCDF-4 backend with Earth2Studio's ``NetCDF4Backend`` interface.
 
@@ -272,7 +332,7 @@ class NetCDF4Backend(Lifecycle):
         # is kept alive until then: its encoded chunks reach HDF5 through this object only.
         self._start_lifecycle(where=str(self.file_name), engine=self._engine, nonblocking=not blocking,
                               keep_alive=not blocking)
-        self._specs: dict[str, _core.ArraySpec] = {}
+        self._specs: dict[str, _core.ArraySpec | None] = {}  # None: HDF5 filters the variable's chunks
         self.coords: OrderedDict[str, np.ndarray] = OrderedDict()
         self._selector = _data.Selector(
             self.coords, "NetCDF store", lambda k: self._nc.variables[k].shape if k in self._nc.variables else None)
@@ -450,31 +510,35 @@ class NetCDF4Backend(Lifecycle):
         out = tuple(min(int(self.chunks.get(d, default[i])), max(shape[i], 1)) for i, d in enumerate(dims))
         return tuple(max(c, 1) for c in out)
 
-    def _spec(self, name: str) -> _core.ArraySpec:
-        spec = self._specs.get(name)
-        if spec is None:
-            var = self._nc.variables[name]
-            ds = var._h5ds
-            codec = _core.CodecSpec()
-            dtype = np.dtype(ds.dtype)
-            codec.itemsize = dtype.itemsize
-            codec.big_endian = dtype.byteorder == ">"
-            filters = ds._filters
-            codec.deflate = "gzip" in filters
-            codec.deflate_level = int(filters.get("gzip", 4) or 4)
-            codec.hdf5_shuffle = "shuffle" in filters
-            if set(filters) - {"gzip", "shuffle"}:
-                raise ValueError(f"variable {name!r} uses HDF5 filters {sorted(filters)}; "
-                                 "only shuffle + zlib are written natively")
-            spec = _core.ArraySpec()
-            spec.path = name
-            spec.shape = list(ds.shape)
-            spec.chunks = list(ds.chunks)
-            spec.codec = codec
-            fill = ds.fillvalue if ds.fillvalue is not None else 0
-            spec.fill_value = np.asarray(fill, dtype=dtype.newbyteorder("=")).tobytes()
-            spec.validate()
-            self._specs[name] = spec
+    def _spec(self, name: str) -> _core.ArraySpec | None:
+        """The core's description of a chunked variable, or None when HDF5 must filter its chunks itself."""
+        if name in self._specs:
+            return self._specs[name]
+        var = self._nc.variables[name]
+        ds = var._h5ds
+        dtype = np.dtype(ds.dtype)
+        pipeline = _filter_pipeline(ds)
+        native = _native_filters(pipeline)
+        if native is None:
+            _check_filters_available(name, pipeline)
+            logger.info("variable %r: HDF5 filter pipeline %s is written through HDF5 (single-threaded); "
+                        "the native encoder writes shuffle + deflate, deflate, or none",
+                        name, [f"{f.name}{list(f.values)}" for f in pipeline])
+            self._specs[name] = None
+            return None
+        codec = _core.CodecSpec()
+        codec.itemsize = dtype.itemsize
+        codec.big_endian = dtype.byteorder == ">"
+        codec.deflate, codec.deflate_level, codec.hdf5_shuffle = native
+        spec = _core.ArraySpec()
+        spec.path = name
+        spec.shape = list(ds.shape)
+        spec.chunks = list(ds.chunks)
+        spec.codec = codec
+        fill = ds.fillvalue if ds.fillvalue is not None else 0
+        spec.fill_value = np.asarray(fill, dtype=dtype.newbyteorder("=")).tobytes()
+        spec.validate()
+        self._specs[name] = spec
         return spec
 
     def write(self, x: Any, coords: CoordSystem, array_name: str | list[str]) -> None:
@@ -524,7 +588,10 @@ class NetCDF4Backend(Lifecycle):
                     batch.append((region[0], region[1], arr, index))
                 continue
             spec = self._spec(name)
-            if _data.first_partial_chunk(index, spec.shape, spec.chunks) is None:
+            if spec is None:  # a filter pipeline the core does not reproduce: HDF5 applies it
+                self._drain()
+                _write_box(var, index, arr)
+            elif _data.first_partial_chunk(index, spec.shape, spec.chunks) is None:
                 batch.append((spec, self._sink, arr, index))
             else:
                 self._drain()  # HDF5 merges partial chunks: pending writes of them first

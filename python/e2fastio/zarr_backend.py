@@ -171,7 +171,12 @@ class ZarrBackend(Lifecycle):
         Object stores: uploads in flight at once (default 16), further
         attempts of a failed upload with exponential backoff (default 6), and
         seconds one attempt may take (default 60). A chunk that still fails is
-        reported (key and reason, never credentials) as ``UploadError``.
+        reported (key and reason, never credentials) as ``UploadError``;
+        permanent errors (denied, missing bucket, bad request) are not
+        retried. For a URL these are the only retries of a chunk upload
+        (obstore's own are off for chunk PUTs; metadata requests are retried
+        `upload_retries` times by obstore). An obstore or zarr store passed in
+        keeps its own client's retries, which run inside each of our attempts.
     process_group : None | "world" | torch.distributed ProcessGroup, optional
         Opt-in: several ranks writing one store. ``None`` (default, also
         ``False``): no coordination, even under ``torchrun``; each process
