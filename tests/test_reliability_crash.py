@@ -3,8 +3,9 @@
 Each trial forks a fresh writer (tests/_crash_writer.py: one non-blocking
 ``ZarrBackend`` on a local directory, Blosc zstd, chunks of 8 steps x 2
 variables rewritten at every step, an array added at every chunk boundary,
-``flush()`` then ``CONFIRMED`` every few steps) and kills it with SIGKILL after
-a random delay. Then, with zarr-python alone:
+``flush()`` then ``CONFIRMED`` every few steps) and kills it with SIGKILL at a
+random point (a random delay after a random one of its progress lines, seeded).
+Then, with zarr-python alone:
 
 - the store opens (if the writer got as far as creating it; once anything was
   confirmed it must exist);
@@ -19,6 +20,7 @@ a random delay. Then, with zarr-python alone:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import random
@@ -67,28 +69,37 @@ class _Server:
             self.lines.put(line.rstrip("\n"))
         self.lines.put(None)
 
-    def next(self, timeout: float = WAIT) -> str:
-        line = self.lines.get(timeout=timeout)
+    def next(self, timeout: float | None = None) -> str:
+        """The next line; `timeout` given: raise queue.Empty after it, else fail after WAIT."""
+        try:
+            line = self.lines.get(timeout=WAIT if timeout is None else timeout)
+        except queue.Empty:
+            if timeout is not None:
+                raise
+            raise AssertionError(f"the writer sent nothing for {WAIT:g} s") from None
         if line is None:
             raise AssertionError(f"the writer server ended (exit status {self.proc.wait()})")
         return line
 
-    def trial(self, store: Path, fsync: bool, kill_after: float | None) -> tuple[list[str], int]:
-        """Run the workload into `store`, SIGKILL it `kill_after` seconds after it
-        started (None: let it finish). Returns the child's lines and its wait status."""
+    def trial(self, store: Path, fsync: bool, kill: tuple[int, float] | None) -> tuple[list[str], int]:
+        """Run the workload into `store`; `kill` = (n, delay): SIGKILL it `delay`
+        seconds after its n-th line reached us (n = 0: after it started); None: let
+        it finish. Returns the child's lines and its wait status."""
         assert self.proc.stdin is not None
         self.proc.stdin.write(f"RUN {store} {'fsync' if fsync else 'nofsync'}\n")
         self.proc.stdin.flush()
         first = self.next()
         assert first.startswith("PID "), first
         pid = int(first.split()[1])
-        deadline = time.monotonic() + kill_after if kill_after is not None else None
+        after, delay = kill if kill is not None else (-1, 0.0)
+        deadline = time.monotonic() + delay if after == 0 else None
         out: list[str] = []
         while True:
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    os.kill(pid, signal.SIGKILL)  # not reaped before the server's EXIT line
+                    with contextlib.suppress(ProcessLookupError):  # ended (and reaped) just now
+                        os.kill(pid, signal.SIGKILL)  # the server reaps it, then sends EXIT
                     deadline = None
                     continue
                 try:
@@ -103,11 +114,17 @@ class _Server:
             child, _, text = line.partition(" ")
             assert int(child) == pid, line
             out.append(text)
+            if len(out) == after:
+                deadline = time.monotonic() + delay
 
     def close(self) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.close()
-        self.proc.wait(timeout=WAIT)
+        try:
+            self.proc.wait(timeout=WAIT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
         self._reader.join(timeout=WAIT)
         assert self.proc.stdout is not None
         self.proc.stdout.close()
@@ -207,6 +224,8 @@ def test_sigkill_at_random_moments_keeps_confirmed_writes(tmp_path):
             assert lines[-1] == "DONE" and status == 0, lines[-3:]
             assert _verify(tmp_path / f"full-{fsync}.zarr", lines)["confirmed_steps_verified"] == cw.STEPS
         duration = min(durations)
+        n_lines = len(lines)
+        gap = duration / n_lines  # mean time between two of the writer's lines
 
         totals: Counter[str] = Counter()
         landed: Counter[str] = Counter()
@@ -214,14 +233,17 @@ def test_sigkill_at_random_moments_keeps_confirmed_writes(tmp_path):
         for i in range(TRIALS):
             store = tmp_path / f"t{i:02d}.zarr"
             fsync = i % 2 == 1
-            kill_after = rng.uniform(0.0, duration)  # anywhere in the run, opening the store included
-            lines, status = server.trial(store, fsync, kill_after)
+            # Anywhere in the run (opening the store included): a random line of the
+            # writer's, then a random delay, so the kills spread over every phase
+            # however fast this machine is right now.
+            kill = (rng.randrange(n_lines), rng.uniform(0.0, 2 * gap))
+            lines, status = server.trial(store, fsync, kill)
             errors = [line for line in lines if line.startswith("ERROR")]
             assert not errors, errors
             if os.WIFSIGNALED(status):
                 assert os.WTERMSIG(status) == signal.SIGKILL, status
-                phase = next((ln.split()[1] for ln in reversed(lines) if ln.startswith("PHASE ")), "start")
-                landed[phase] += 1
+                last = lines[-1] if lines else "PHASE start"  # what the writer said last
+                landed[last.split()[1] if last.startswith("PHASE ") else "between calls"] += 1
             else:
                 assert os.WEXITSTATUS(status) == 0 and lines[-1] == "DONE", lines[-3:]
                 landed["after the end"] += 1
