@@ -34,12 +34,15 @@ from pathlib import Path
 
 import _crash_writer as cw
 import numpy as np
+import pytest
 import zarr
 
 import e2fastio
 from e2fastio import ZarrBackend
 
 HERE = Path(__file__).resolve().parent
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux (fork, SIGKILL)")
 
 TRIALS = 50
 SEED = 14_2026

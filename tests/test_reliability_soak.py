@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -28,6 +29,8 @@ import torch
 import zarr
 
 from e2fastio import AsyncZarrBackend, KVBackend, NetCDF4Backend, ZarrBackend
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux (/proc/self)")
 
 STEPS = 1000
 WARMUP = 50
