@@ -108,20 +108,24 @@ void DirectorySink::make_dirs(const std::string& dir, std::vector<std::string>& 
   chain.push_back(dir);
 }
 
-void DirectorySink::ensure_dir(const std::string& dir) {
+void DirectorySink::ensure_dir(const std::string& dir, bool synced_by_caller) {
   if (dir.empty() || known_dir(dir)) return;
   std::vector<std::string> chain;  // a path of directories, outermost first
   make_dirs(dir, chain);
   if (fsync_) {
     // A chunk renamed into `dir` survives a crash only if every directory on
-    // the way and its entry in its parent do. Each directory of the chain is
-    // synced once (after its subdirectory was made), and the outermost one's
-    // parent holds its entry. Directories that already existed are synced too
-    // (made by another thread that may still be syncing, or by a run without
-    // fsync): once per directory and sink, cheap when there is nothing to write.
-    // Remembered only afterwards, so no thread skips a sync still in progress.
-    for (auto it = chain.rbegin(); it != chain.rend(); ++it)
+    // the way and its entry in its parent do: each directory of the chain is
+    // synced (as the parent of the next one, after that was made), and so is
+    // the parent of the outermost one, which holds its entry. Directories that
+    // already existed are treated alike (made by another thread that may still
+    // be syncing, or by a run without fsync): once per directory and sink,
+    // cheap when there is nothing to write. `dir` itself is left to a caller
+    // that syncs it anyway (after renaming a chunk into it). Remembered only
+    // afterwards, so no thread skips a sync still in progress.
+    for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
+      if (synced_by_caller && it == chain.rbegin()) continue;
       if (int err = fsync_dir(*it)) throw IOError("fsync of directory " + *it, err);
+    }
     const std::string top_parent = containing_dir(chain.front());
     if (int err = fsync_dir(top_parent)) throw IOError("fsync of directory " + top_parent, err);
   }
@@ -177,7 +181,7 @@ int DirectorySink::open_temp(const std::string& key, const std::string& path, co
 
 void DirectorySink::ensure_parent_of_chunk(const std::string& key, const std::string& path) {
   try {
-    ensure_dir(parent_of(path));
+    ensure_dir(parent_of(path), /*synced_by_caller=*/true);  // write() syncs it after the rename
   } catch (const IOError& e) {
     throw IOError("writing chunk '" + key + "': " + e.context(), e.error_code());
   }

@@ -89,7 +89,9 @@ class DirectorySink : public Sink {
   bool direct_io_active() const noexcept { return direct_ != DirectIO::off && !direct_refused_.load(); }
 
  private:
-  void ensure_dir(const std::string& dir);
+  // Make `dir` (and what it needs above it); with fsync, make them durable,
+  // `dir`'s own contents excepted when `synced_by_caller`.
+  void ensure_dir(const std::string& dir, bool synced_by_caller = false);
   bool known_dir(const std::string& dir);
   // mkdir `dir` and whatever it needs above it; appends each directory handled to `chain`, outermost first.
   void make_dirs(const std::string& dir, std::vector<std::string>& chain);
