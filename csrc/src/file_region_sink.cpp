@@ -4,6 +4,7 @@
 #define _GNU_SOURCE  // O_DIRECT
 #endif
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <cstring>
 #include <memory>
 #include <new>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -22,11 +24,42 @@ namespace e2fastio {
 
 namespace {
 
-constexpr std::size_t kBlock = 4096;               // O_DIRECT alignment (offset, length, memory)
+// Assumed where the kernel cannot tell: the block size and buffer alignment
+// that every Linux file system offering O_DIRECT accepts.
+constexpr std::size_t kAssumedBlock = 4096;
 
 }  // namespace
 
 namespace detail {
+
+DirectAlignment direct_alignment(std::size_t page_size, bool dio_known, std::uint32_t dio_offset_align,
+                                 std::uint32_t dio_mem_align) {
+  if (page_size == 0) page_size = kAssumedBlock;
+  if (!dio_known) return {std::lcm(page_size, kAssumedBlock), kAssumedBlock};
+  if (dio_offset_align == 0) return {};  // the file system offers no direct I/O for this file
+  return {std::lcm(page_size, static_cast<std::size_t>(dio_offset_align)),
+          std::max<std::size_t>(dio_mem_align, 1)};
+}
+
+DirectSpan direct_span(std::uint64_t off, std::size_t n, std::size_t align) {
+  if (align == 0) return {off, off};
+  const std::uint64_t begin = (off + align - 1) / align * align;
+  const std::uint64_t end = (off + n) / align * align;
+  return end > begin ? DirectSpan{begin, end} : DirectSpan{off, off};
+}
+
+DirectAlignment probe_direct_alignment(int fd) {
+  long page = ::sysconf(_SC_PAGESIZE);
+  const std::size_t page_size = page > 0 ? static_cast<std::size_t>(page) : kAssumedBlock;
+#ifdef STATX_DIOALIGN
+  struct statx st {};
+  if (::statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &st) == 0 && (st.stx_mask & STATX_DIOALIGN))
+    return direct_alignment(page_size, true, st.stx_dio_offset_align, st.stx_dio_mem_align);
+#else
+  (void)fd;
+#endif
+  return direct_alignment(page_size, false, 0, 0);  // headers or kernel without STATX_DIOALIGN
+}
 
 void pwrite_all(int fd, const uint8_t* p, std::size_t n, std::uint64_t off, const std::string& path) {
   while (n > 0) {
@@ -42,15 +75,16 @@ void pwrite_all(int fd, const uint8_t* p, std::size_t n, std::uint64_t off, cons
   }
 }
 
-void write_in_place(int buffered_fd, int direct_fd, const uint8_t* p, std::size_t n, std::uint64_t off,
-                    uint8_t* bounce, const std::string& path) {
-  std::uint64_t a0 = (off + kBlock - 1) / kBlock * kBlock;
-  std::uint64_t a1 = (off + n) / kBlock * kBlock;
-  if (direct_fd < 0 || bounce == nullptr || a1 <= a0) {
+void write_in_place(int buffered_fd, int direct_fd, std::size_t align, const uint8_t* p, std::size_t n,
+                    std::uint64_t off, uint8_t* bounce, const std::string& path) {
+  const DirectSpan span = direct_span(off, n, align);
+  if (direct_fd < 0 || bounce == nullptr || span.empty()) {
     pwrite_all(buffered_fd, p, n, off, path);
     return;
   }
-  // Unaligned edges through the page cache: they share blocks with neighbouring data.
+  const std::uint64_t a0 = span.begin, a1 = span.end;
+  // Unaligned edges through the page cache: they share pages with neighbouring
+  // data, never with the direct interior (page-aligned at both ends).
   pwrite_all(buffered_fd, p, static_cast<std::size_t>(a0 - off), off, path);
   pwrite_all(buffered_fd, p + (a1 - off), static_cast<std::size_t>(off + n - a1), a1, path);
   const auto mid = static_cast<std::size_t>(a1 - a0);
@@ -86,6 +120,14 @@ FileRegionSink::FileRegionSink(std::string path, std::uint64_t offset, std::stri
   fd_ = ::open(path_.c_str(), O_RDWR | O_CLOEXEC);
   if (fd_ < 0) throw IOError("opening " + path_ + " to write data in place", errno);
   if (direct) direct_fd_ = ::open(path_.c_str(), O_WRONLY | O_CLOEXEC | O_DIRECT);  // -1: not supported here
+  if (direct_fd_ >= 0) {
+    align_ = detail::probe_direct_alignment(direct_fd_);
+    if (align_.offset == 0) {  // opened, but the file system says it takes no direct I/O
+      ::close(direct_fd_);
+      direct_fd_ = -1;
+    }
+    bounce_align_ = std::max({align_.memory, kAssumedBlock, sizeof(void*)});
+  }
 }
 
 FileRegionSink::~FileRegionSink() {
@@ -120,8 +162,8 @@ uint8_t* FileRegionSink::take_bounce() {
       return b;
     }
   }
-  std::size_t n = (chunk_bytes_ + kBlock - 1) / kBlock * kBlock;
-  auto* b = static_cast<uint8_t*>(std::aligned_alloc(kBlock, n));
+  std::size_t n = (chunk_bytes_ + bounce_align_ - 1) / bounce_align_ * bounce_align_;
+  auto* b = static_cast<uint8_t*>(std::aligned_alloc(bounce_align_, n));
   if (!b) throw std::bad_alloc();
   return b;
 }
@@ -135,9 +177,13 @@ void FileRegionSink::write(const std::string& key, const uint8_t* data, std::siz
   E2F_EXPECT(nbytes == chunk_bytes_, "chunk " + key + " has " + std::to_string(nbytes) + " bytes, expected " +
                                          std::to_string(chunk_bytes_) + " (uncompressed)");
   const std::uint64_t off = offset_of(key);
-  uint8_t* bounce = direct_fd_ >= 0 ? take_bounce() : nullptr;
+  uint8_t* bounce = direct_fd_ >= 0 && !detail::direct_span(off, nbytes, align_.offset).empty() ? take_bounce()
+                                                                                                 : nullptr;
   try {
-    detail::write_in_place(fd_, direct_fd_, data, nbytes, off, bounce, path_);
+    detail::write_in_place(fd_, direct_fd_, align_.offset, data, nbytes, off, bounce, path_);
+  } catch (const IOError& e) {
+    if (bounce) give_bounce(bounce);
+    throw IOError("writing chunk '" + key + "': " + e.context(), e.error_code());
   } catch (...) {
     if (bounce) give_bounce(bounce);
     throw;

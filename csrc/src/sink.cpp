@@ -35,6 +35,29 @@ std::string temp_name_for(const std::string& path) {
   return dir + ".e2fastio-tmp-" + std::to_string(::getpid()) + "-" + std::to_string(counter.fetch_add(1)) + "-" + base;
 }
 
+// The directory holding the entry `path` ("." or "/" where parent_of says "").
+std::string containing_dir(const std::string& path) {
+  auto pos = path.rfind('/');
+  if (pos == std::string::npos) return ".";
+  return pos == 0 ? std::string("/") : path.substr(0, pos);
+}
+
+// fsync a directory, so that the entries made in it (renames, new
+// subdirectories) survive a crash. Returns 0 or the errno.
+int fsync_dir(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return errno;
+  int err = 0;
+  while (::fsync(fd) != 0) {
+    if (errno == EINTR) continue;
+    // Some file systems cannot fsync a directory (EINVAL): nothing to make durable there.
+    if (errno != EINVAL && errno != EROFS) err = errno;
+    break;
+  }
+  ::close(fd);
+  return err;
+}
+
 void write_all(int fd, const uint8_t* data, std::size_t n, const std::string& what) {
   while (n > 0) {
     ssize_t w = ::write(fd, data, n);
@@ -55,16 +78,24 @@ DirectorySink::DirectorySink(std::string root, bool fsync, DirectIO direct)
   ensure_dir(root_);
 }
 
-void DirectorySink::ensure_dir(const std::string& dir) {
-  if (dir.empty()) return;
-  {
-    std::lock_guard<ForkSafeMutex> lk(dirs_mu_);
-    if (made_dirs_.count(dir)) return;
+bool DirectorySink::known_dir(const std::string& dir) {
+  std::lock_guard<ForkSafeMutex> lk(dirs_mu_);
+  return made_dirs_.count(dir) > 0;
+}
+
+void DirectorySink::make_dirs(const std::string& dir, std::vector<std::string>& chain) {
+  const std::string parent = parent_of(dir);
+  const bool inside = dir.size() > root_.size() && dir.compare(0, root_.size(), root_) == 0 && dir[root_.size()] == '/';
+  // Under the root, an unknown parent comes first: made, or (already there) synced all the same.
+  bool parent_done = false;
+  if (inside && !known_dir(parent)) {
+    make_dirs(parent, chain);
+    parent_done = true;
   }
   if (::mkdir(dir.c_str(), 0777) != 0) {
     int err = errno;
-    if (err == ENOENT) {
-      ensure_dir(parent_of(dir));
+    if (err == ENOENT && !parent_done && !parent.empty()) {  // missing ancestors (of the root, or removed)
+      make_dirs(parent, chain);
       if (::mkdir(dir.c_str(), 0777) != 0 && errno != EEXIST) throw IOError("creating directory " + dir, errno);
     } else if (err != EEXIST) {
       throw IOError("creating directory " + dir, err);
@@ -74,8 +105,32 @@ void DirectorySink::ensure_dir(const std::string& dir) {
         throw IOError("creating directory " + dir + " (a file of that name exists)", ENOTDIR);
     }
   }
+  chain.push_back(dir);
+}
+
+void DirectorySink::ensure_dir(const std::string& dir, bool synced_by_caller) {
+  if (dir.empty() || known_dir(dir)) return;
+  std::vector<std::string> chain;  // a path of directories, outermost first
+  make_dirs(dir, chain);
+  if (fsync_) {
+    // A chunk renamed into `dir` survives a crash only if every directory on
+    // the way and its entry in its parent do: each directory of the chain is
+    // synced (as the parent of the next one, after that was made), and so is
+    // the parent of the outermost one, which holds its entry. Directories that
+    // already existed are treated alike (made by another thread that may still
+    // be syncing, or by a run without fsync): once per directory and sink,
+    // cheap when there is nothing to write. `dir` itself is left to a caller
+    // that syncs it anyway (after renaming a chunk into it). Remembered only
+    // afterwards, so no thread skips a sync still in progress.
+    for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
+      if (synced_by_caller && it == chain.rbegin()) continue;
+      if (int err = fsync_dir(*it)) throw IOError("fsync of directory " + *it, err);
+    }
+    const std::string top_parent = containing_dir(chain.front());
+    if (int err = fsync_dir(top_parent)) throw IOError("fsync of directory " + top_parent, err);
+  }
   std::lock_guard<ForkSafeMutex> lk(dirs_mu_);
-  made_dirs_.insert(dir);
+  made_dirs_.insert(chain.begin(), chain.end());
 }
 
 bool DirectorySink::read(const std::string& key, std::vector<uint8_t>& out) {
@@ -126,20 +181,37 @@ int DirectorySink::open_temp(const std::string& key, const std::string& path, co
 
 void DirectorySink::ensure_parent_of_chunk(const std::string& key, const std::string& path) {
   try {
-    ensure_dir(parent_of(path));
+    ensure_dir(parent_of(path), /*synced_by_caller=*/true);  // write() syncs it after the rename
   } catch (const IOError& e) {
     throw IOError("writing chunk '" + key + "': " + e.context(), e.error_code());
   }
+}
+
+DirectAlignment DirectorySink::alignment_for(int fd) {
+  if (!align_probed_.load(std::memory_order_acquire)) {
+    // Racing first writers all probe the same file system and store the same figures.
+    DirectAlignment a = detail::probe_direct_alignment(fd);
+    align_offset_.store(a.offset, std::memory_order_relaxed);
+    align_memory_.store(a.memory, std::memory_order_relaxed);
+    if (a.offset == 0) direct_refused_ = true;  // the file system offers no direct I/O
+    align_probed_.store(true, std::memory_order_release);
+    return a;
+  }
+  return {align_offset_.load(std::memory_order_relaxed), align_memory_.load(std::memory_order_relaxed)};
 }
 
 void DirectorySink::write(const std::string& key, const uint8_t* data, std::size_t nbytes) {
   const std::string path = root_ + "/" + key;
   ensure_parent_of_chunk(key, path);
   const std::string tmp = temp_name_for(path);
-  const std::size_t body = nbytes / kDirectAlign * kDirectAlign;
-  bool direct = direct_ != DirectIO::off && !direct_refused_.load() && body > 0 &&
-                reinterpret_cast<std::uintptr_t>(data) % kDirectAlign == 0 &&
+  // Whether to try O_DIRECT; the alignment is known once the first such file is open.
+  bool direct = direct_ != DirectIO::off && !direct_refused_.load() &&
                 (direct_ == DirectIO::on || nbytes >= kDirectMin);
+  if (direct && align_probed_.load(std::memory_order_acquire)) {
+    const std::size_t off_align = align_offset_.load(std::memory_order_relaxed);
+    const std::size_t mem_align = align_memory_.load(std::memory_order_relaxed);
+    direct = off_align > 0 && nbytes >= off_align && reinterpret_cast<std::uintptr_t>(data) % mem_align == 0;
+  }
   int fd = open_temp(key, path, tmp, direct);
   if (fd < 0 && direct && errno == EINVAL) {  // file system without O_DIRECT
     direct_refused_ = true;
@@ -148,7 +220,18 @@ void DirectorySink::write(const std::string& key, const uint8_t* data, std::size
   }
   if (fd < 0) throw IOError("writing chunk '" + key + "': cannot create " + tmp, errno);
   try {
-    std::size_t done = 0;
+    std::size_t done = 0, body = 0, align = 0;
+    if (direct) {
+      const DirectAlignment a = alignment_for(fd);
+      align = a.offset;
+      body = static_cast<std::size_t>(detail::direct_span(0, nbytes, align).end);
+      if (body == 0 || reinterpret_cast<std::uintptr_t>(data) % a.memory != 0) {
+        direct = false;  // known only now (first file): write it all buffered
+        int fl = ::fcntl(fd, F_GETFL);
+        if (fl < 0 || ::fcntl(fd, F_SETFL, fl & ~O_DIRECT) != 0)
+          throw IOError("writing chunk '" + key + "': clearing O_DIRECT on " + tmp, errno);
+      }
+    }
     if (direct) {
       ssize_t w = 0;
       while (done < body) {
@@ -166,7 +249,7 @@ void DirectorySink::write(const std::string& key, const uint8_t* data, std::size
       int fl = ::fcntl(fd, F_GETFL);
       if (fl < 0 || ::fcntl(fd, F_SETFL, fl & ~O_DIRECT) != 0)
         throw IOError("writing chunk '" + key + "': clearing O_DIRECT on " + tmp, errno);
-      done = done / kDirectAlign * kDirectAlign;
+      done = done / align * align;  // the buffered rest starts on a page of its own
       if (::lseek(fd, static_cast<off_t>(done), SEEK_SET) < 0)
         throw IOError("writing chunk '" + key + "': seeking in " + tmp, errno);
     }
@@ -186,6 +269,11 @@ void DirectorySink::write(const std::string& key, const uint8_t* data, std::size
     int err = errno;
     ::unlink(tmp.c_str());
     throw IOError("renaming chunk '" + key + "' into place at " + path, err);
+  }
+  if (fsync_) {
+    // The rename is an entry in the directory: durable only once the directory is synced.
+    const std::string dir = containing_dir(path);
+    if (int err = fsync_dir(dir)) throw IOError("fsync of the directory of chunk '" + key + "' (" + dir + ")", err);
   }
 }
 

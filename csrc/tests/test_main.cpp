@@ -3,13 +3,16 @@
 // Build with -DE2FASTIO_BUILD_TESTS=ON [-DE2FASTIO_SANITIZE=address,undefined].
 #include <dirent.h>
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <iostream>
@@ -31,6 +34,30 @@
 #include "e2fastio/thread_pool.hpp"
 
 using namespace e2fastio;
+
+// Every fsync of this process is done for real and, while recording is on,
+// noted by path: the sinks' durability calls are observed, not replaced.
+namespace fsync_log {
+std::atomic<bool> recording{false};
+std::mutex mu;
+std::vector<std::string> paths;
+}  // namespace fsync_log
+
+extern "C" int fsync(int fd) {
+  using Fn = int (*)(int);
+  static Fn real = reinterpret_cast<Fn>(dlsym(RTLD_NEXT, "fsync"));
+  if (fsync_log::recording) {
+    char buf[4096];
+    ssize_t n = readlink(("/proc/self/fd/" + std::to_string(fd)).c_str(), buf, sizeof(buf) - 1);
+    std::lock_guard<std::mutex> lk(fsync_log::mu);
+    fsync_log::paths.emplace_back(buf, n > 0 ? static_cast<std::size_t>(n) : 0);
+  }
+  if (!real) {
+    errno = ENOSYS;
+    return -1;
+  }
+  return real(fd);
+}
 
 namespace {
 
@@ -815,6 +842,124 @@ TEST(engine_stores_through_an_upload_sink_with_concurrent_uploaders) {
         CHECK(f[j] == static_cast<float>(last));
       }
     }
+}
+
+std::vector<std::string> take_fsynced() {
+  std::lock_guard<std::mutex> lk(fsync_log::mu);
+  std::vector<std::string> out;
+  out.swap(fsync_log::paths);
+  return out;
+}
+
+std::size_t count_of(const std::vector<std::string>& v, const std::string& s) {
+  return static_cast<std::size_t>(std::count(v.begin(), v.end(), s));
+}
+
+TEST(directory_sink_fsync_makes_renames_and_new_directories_durable) {
+  char* real = realpath(make_tempdir().c_str(), nullptr);
+  const std::string dir = real;
+  std::free(real);
+  std::vector<uint8_t> payload(5000, 3), back;
+  take_fsynced();
+  fsync_log::recording = true;
+  {
+    DirectorySink plain(dir + "/plain", false);
+    plain.write("a/c/0/1", payload.data(), payload.size());
+  }
+  CHECK(take_fsynced().empty());  // fsync=false: no fsync at all
+  DirectorySink sink(dir + "/store", true);
+  auto made = take_fsynced();
+  CHECK(count_of(made, dir + "/store") == 1 && count_of(made, dir) == 1);  // the new root and its entry
+  sink.write("a/c/0/1", payload.data(), payload.size());
+  auto first = take_fsynced();
+  // Each new directory and the parent holding its entry, then the chunk file
+  // (before the rename) and its directory (after it, which also covers it as new).
+  CHECK(count_of(first, dir + "/store") == 1);
+  CHECK(count_of(first, dir + "/store/a") == 1);
+  CHECK(count_of(first, dir + "/store/a/c") == 1);
+  CHECK(count_of(first, dir + "/store/a/c/0") == 1 && first.back() == dir + "/store/a/c/0");
+  std::size_t files = 0;
+  for (auto& p : first) files += p.find("/store/a/c/0/.e2fastio-tmp-") != std::string::npos;
+  CHECK(files == 1 && first.size() == 5);
+  // Known directories are not synced again: one file and one directory per chunk.
+  sink.write("a/c/0/2", payload.data(), payload.size());
+  auto second = take_fsynced();
+  CHECK(second.size() == 2 && count_of(second, dir + "/store/a/c/0") == 1 && second.back() == dir + "/store/a/c/0");
+  // A directory made by someone else (here, an earlier sink without fsync) is synced on first use.
+  DirectorySink again(dir + "/plain", true);
+  again.write("a/c/0/9", payload.data(), payload.size());
+  auto third = take_fsynced();
+  CHECK(count_of(third, dir + "/plain") == 2 && count_of(third, dir + "/plain/a") == 1);
+  CHECK(count_of(third, dir + "/plain/a/c") == 1 && count_of(third, dir + "/plain/a/c/0") == 1);
+  fsync_log::recording = false;
+  CHECK(sink.read("a/c/0/2", back) && back == payload);
+  CHECK(again.read("a/c/0/9", back) && back == payload);
+  CHECK(std::system(("rm -rf " + dir).c_str()) == 0);
+}
+
+TEST(direct_io_alignment_follows_page_size_and_device) {
+  using detail::direct_alignment;
+  using detail::direct_span;
+  // 4 KiB pages: a 512-byte or 4 KiB device aligns to the page.
+  CHECK(direct_alignment(4096, true, 512, 512).offset == 4096);
+  CHECK(direct_alignment(4096, true, 512, 512).memory == 512);
+  CHECK(direct_alignment(4096, true, 4096, 4096).offset == 4096);
+  // 64 KiB pages (aarch64): the page, never the device's block alone.
+  CHECK(direct_alignment(65536, true, 512, 512).offset == 65536);
+  CHECK(direct_alignment(65536, true, 4096, 4096).offset == 65536);
+  CHECK(direct_alignment(65536, true, 4096, 4).memory == 4);
+  // A device block larger than the page wins.
+  CHECK(direct_alignment(4096, true, 16384, 16384).offset == 16384);
+  // The file system says it takes no direct I/O (tmpfs): none.
+  CHECK(direct_alignment(4096, true, 0, 0).offset == 0);
+  // Unknown (no STATX_DIOALIGN): the page and 4 KiB blocks and buffers.
+  CHECK(direct_alignment(65536, false, 0, 0).offset == 65536 && direct_alignment(65536, false, 0, 0).memory == 4096);
+  CHECK(direct_alignment(4096, false, 0, 0).offset == 4096);
+  CHECK(direct_alignment(0, false, 0, 0).offset == 4096);  // sysconf failed
+  // Region splits: a field of 300000 bytes at offset 100.
+  DirectSpan s4 = direct_span(100, 300000, 4096), s64 = direct_span(100, 300000, 65536);
+  CHECK(s4.begin == 4096 && s4.end == 299008);
+  CHECK(s64.begin == 65536 && s64.end == 262144);  // edges [100, 65536) and [262144, 300100) buffered
+  CHECK(direct_span(100, 100000, 65536).empty());   // no whole 64 KiB page inside
+  CHECK(!direct_span(100, 100000, 4096).empty());
+  CHECK(direct_span(0, 200000, 65536).begin == 0 && direct_span(0, 200000, 65536).end == 196608);
+  CHECK(direct_span(5, 1 << 20, 0).empty());  // no direct I/O
+  // The real probe: a multiple of this kernel's page size (or none).
+  auto dir = make_tempdir();
+  int fd = ::open((dir + "/f").c_str(), O_CREAT | O_RDWR | O_CLOEXEC, 0644);
+  CHECK(fd >= 0);
+  DirectAlignment a = detail::probe_direct_alignment(fd);
+  ::close(fd);
+  const auto page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+  CHECK(a.offset == 0 || (a.offset % page == 0 && a.memory > 0));
+  CHECK(std::system(("rm -rf " + dir).c_str()) == 0);
+}
+
+TEST(write_in_place_with_page_sized_alignment_writes_exact_bytes) {
+  // As on a 64 KiB-page kernel: direct interior on 64 KiB boundaries, edges buffered.
+  auto dir = make_tempdir();
+  const std::string path = dir + "/f.bin";
+  const std::size_t size = 400000;
+  {
+    std::vector<uint8_t> junk(size, 0xCD);
+    FILE* f = std::fopen(path.c_str(), "wb");
+    CHECK(f && std::fwrite(junk.data(), 1, size, f) == size);
+    std::fclose(f);
+  }
+  int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+  int dfd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC | O_DIRECT);  // -1 where refused: all buffered
+  std::vector<uint8_t> src(300000);
+  for (std::size_t i = 0; i < src.size(); ++i) src[i] = static_cast<uint8_t>(i * 13 + 1);
+  auto* bounce = static_cast<uint8_t*>(std::aligned_alloc(65536, 327680));
+  detail::write_in_place(fd, dfd, 65536, src.data(), src.size(), 100, bounce, path);
+  std::free(bounce);
+  if (dfd >= 0) ::close(dfd);
+  std::vector<uint8_t> back(size);
+  CHECK(::pread(fd, back.data(), size, 0) == static_cast<ssize_t>(size));
+  ::close(fd);
+  CHECK(back[99] == 0xCD && back[100 + src.size()] == 0xCD);
+  CHECK(std::memcmp(back.data() + 100, src.data(), src.size()) == 0);
+  CHECK(std::system(("rm -rf " + dir).c_str()) == 0);
 }
 
 TEST(file_region_sink_writes_fields_in_place_and_merges_partial_ones) {

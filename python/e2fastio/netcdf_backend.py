@@ -615,23 +615,33 @@ class NetCDF4Backend(Lifecycle):
 
         With `wait`, keep handing them over as they finish until nothing is
         pending (the pool encodes the rest meanwhile). Every encoded chunk is
-        stored even if another failed.
+        stored even if another failed; then the first failure is raised as an
+        ``OSError`` naming its chunk key (HDF5's own message names only the file).
         """
         if not self._engine.started:
             return
         engine = self._engine.get()
         deadline = time.monotonic() + self.flush_timeout
+        failure: OSError | None = None
         while True:
             idle = engine.wait_idle(0.002) if wait else engine.pending_chunks == 0
             for key, data in self._sink.take():
                 name, _, *cc = key.split("/")
                 spec = self._specs[name]
                 offsets = tuple(int(c) * ch for c, ch in zip(cc, spec.chunks, strict=True))
-                self._nc.variables[name]._h5ds.id.write_direct_chunk(offsets, data, filter_mask=0)
+                try:
+                    self._nc.variables[name]._h5ds.id.write_direct_chunk(offsets, data, filter_mask=0)
+                except OSError as err:  # e.g. ENOSPC: the other chunks are still tried
+                    if failure is None:
+                        failure = OSError(err.errno, f"writing chunk {key!r} to {self.file_name}: "
+                                                     f"{err.strerror or err}")
+                        failure.__cause__ = err
             if idle or not wait:
-                return
+                break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{engine.pending_chunks} chunk(s) still pending after {self.flush_timeout:g} s")
+        if failure is not None:
+            raise failure
 
     def _drain(self) -> None:
         """Non-blocking: store everything pending; raise a background error (once)."""

@@ -153,7 +153,11 @@ class ZarrBackend(Lifecycle):
         Bound on host staging memory (default 1 GiB); a write waits when
         chunks in flight would exceed it.
     fsync : bool, optional
-        fsync each chunk file before it is renamed into place (local stores).
+        Local stores: fsync each chunk file before it is renamed into place,
+        then its directory, and each directory of the store the first time it
+        is used (with its parent), so that a chunk survives a crash once its
+        write is reported (a blocking ``write`` or a ``flush`` returned).
+        zarr-python's metadata files (``zarr.json``) are not fsynced.
     direct_io : bool, optional
         Write large chunks (>= 1 MiB) with O_DIRECT, bypassing the page cache
         (local stores). ``None`` (default) uses it where the file system
