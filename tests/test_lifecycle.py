@@ -135,3 +135,44 @@ def test_lifecycle_is_shared(tmp_path):
     import e2fastio.netcdf_backend as nb
 
     assert "e2fastio.zarr_backend" not in {getattr(v, "__module__", "") for v in vars(nb).values()}
+
+
+@pytest.mark.parametrize("kind", ["zarr-blocking", "zarr-nonblocking", "netcdf-blocking", "netcdf-nonblocking"])
+def test_writes_from_several_threads_all_land(tmp_path, kind):
+    """Documented: calls from several threads on one backend are taken one at a time, and all land."""
+    import torch
+
+    if kind.startswith("zarr"):
+        io = ZarrBackend(str(tmp_path / "t.zarr"), chunks={"step": 1}, zarr_codecs=BLOSC,
+                         blocking=kind.endswith("-blocking"), threads=2)
+    else:
+        io = NetCDF4Backend(str(tmp_path / "t.nc"), backend_kwargs={"mode": "w"}, compression="zlib",
+                            blocking=kind.endswith("-blocking"))
+    io.add_array(C, "v")
+    errors: list[BaseException] = []
+
+    def run(first: int) -> None:
+        try:
+            for k in range(first, 12, 3):
+                # torch: what Earth2Studio hands over (NetCDF4Backend takes tensors, as Earth2Studio's)
+                io.write(torch.full((1, 64, 96), float(k)), OrderedDict(C, step=C["step"][k : k + 1]), "v")
+                if k % 2 and kind.startswith("zarr"):  # metadata changes interleaved with the writes
+                    io.add_array(C, f"extra{k}")
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    io.close()
+    assert not errors, errors
+    if kind.startswith("zarr"):
+        got = zarr.open_array(str(tmp_path / "t.zarr" / "v"))[...]
+    else:
+        import netCDF4
+
+        with netCDF4.Dataset(tmp_path / "t.nc") as ds:
+            got = ds["v"][...]
+    np.testing.assert_array_equal(np.asarray(got)[:, 0, 0], np.arange(12))

@@ -26,6 +26,7 @@ closed, and how an error of a background thread reaches the user:
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import threading
 import warnings
@@ -111,6 +112,21 @@ def _reap(kind: str, where: str, engine: Any, uploader: Any, warn: bool, timeout
             _reapers.discard(threading.current_thread())
 
 
+def serialized(method: Any) -> Any:
+    """Calls of a backend's public methods from several threads are taken one at a time.
+
+    Writes from two threads both land (each one's chunks still encode in
+    parallel); none interleaves its metadata updates with another's.
+    """
+
+    @functools.wraps(method)
+    def call(self: Lifecycle, *args: Any, **kwargs: Any) -> Any:
+        with self._calls():
+            return method(self, *args, **kwargs)
+
+    return call
+
+
 class Lifecycle:
     """The open/closed state and the exit and collection handling of a backend (a mixin).
 
@@ -159,6 +175,13 @@ class Lifecycle:
             _exit_weak.discard(self)
             _exit_strong.discard(self)
         return True
+
+    def _calls(self) -> threading.RLock:
+        lock = self.__dict__.get("_call_lock")
+        if lock is None:
+            with _lock:
+                lock = self.__dict__.setdefault("_call_lock", threading.RLock())
+        return lock
 
     # -- state
     @property

@@ -23,7 +23,7 @@ import numpy as np
 
 from e2fastio import _core, _data
 from e2fastio._engine import EngineHandle
-from e2fastio._lifecycle import Lifecycle
+from e2fastio._lifecycle import Lifecycle, serialized
 from e2fastio._netcdf_root import Dataset, Variable, netcdf_dtype
 from e2fastio._zarr_native import engine_kwargs
 from e2fastio.errors import (
@@ -354,6 +354,7 @@ class NetCDF4Backend(Lifecycle):
             values = values.astype(str)
         return values
 
+    @serialized
     def add_dimension(self, name: str, shape: tuple | list, data: np.ndarray) -> None:
         """Add a dimension and its coordinate variable (Earth2Studio's encoding)."""
         import h5py
@@ -413,6 +414,7 @@ class NetCDF4Backend(Lifecycle):
         if not self._diskless:
             self._nc._h5file.flush()
 
+    @serialized
     def flush(self) -> None:
         """Store pending writes and hand HDF5's buffers to the OS: another process then reads everything."""
         self._check_open("flush")
@@ -431,6 +433,7 @@ class NetCDF4Backend(Lifecycle):
             finally:
                 os.close(fd)
 
+    @serialized
     def close(self) -> None:
         """Close the file and stop the encoder threads. Idempotent."""
         if not self._end_lifecycle():
@@ -455,6 +458,7 @@ class NetCDF4Backend(Lifecycle):
         return self._engine.stats()
 
     # ------------------------------------------------------------------ arrays
+    @serialized
     def add_array(self, coords: CoordSystem, array_name: str | list[str], data: Any = None) -> None:
         """Add data variable(s) (and any new dimensions) to the file."""
         self._check_open("add_array")
@@ -541,6 +545,7 @@ class NetCDF4Backend(Lifecycle):
         self._specs[name] = spec
         return spec
 
+    @serialized
     def write(self, x: Any, coords: CoordSystem, array_name: str | list[str]) -> None:
         """Write tensor(s) at `coords`; every input is checked before anything is stored."""
         self._check_open("write")
@@ -682,6 +687,7 @@ class NetCDF4Backend(Lifecycle):
         self._regions[name] = region
         return region
 
+    @serialized
     def read(self, coords: CoordSystem, array_name: str, device: Any = "cpu") -> tuple[Any, CoordSystem]:
         """Read `array_name` at `coords` as a torch tensor on `device`."""
         self._check_open("read")

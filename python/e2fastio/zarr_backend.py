@@ -14,7 +14,7 @@ import zarr
 
 from e2fastio import _data, _distributed
 from e2fastio._engine import EngineHandle
-from e2fastio._lifecycle import Lifecycle
+from e2fastio._lifecycle import Lifecycle, serialized
 from e2fastio._stores import Location, RemoteOptions, resolve
 from e2fastio._zarr_native import array_spec, engine_kwargs
 from e2fastio.errors import CoordinateError
@@ -307,8 +307,10 @@ class ZarrBackend(Lifecycle):
 
     # ------------------------------------------------------------------ lifecycle
     def _close_with(self, caller_error: Exception | None) -> None:
-        self._close(caller_error)  # a multi-rank close reports the caller's error to the other ranks
+        with self._calls():
+            self._close(caller_error)  # a multi-rank close reports the caller's error to the other ranks
 
+    @serialized
     def flush(self) -> None:
         """Wait until every write so far is stored; raise a background error if one occurred."""
         self._check_open("flush")
@@ -337,6 +339,7 @@ class ZarrBackend(Lifecycle):
                 f"{self.flush_timeout:g} s (flush again to keep waiting)"
             )
 
+    @serialized
     def _suspend(self) -> None:
         """Store what is pending, then stop every thread of ours; the backend stays usable.
 
@@ -360,6 +363,7 @@ class ZarrBackend(Lifecycle):
     def _idle(self) -> bool:
         return self.idle
 
+    @serialized
     def close(self) -> None:
         """Store what is pending, stop the encoder threads, release staging memory. Idempotent.
 
@@ -415,6 +419,7 @@ class ZarrBackend(Lifecycle):
             self._uploader.check_process(what)
 
     # ------------------------------------------------------------------ arrays
+    @serialized
     def add_array(
         self,
         coords: CoordSystem,
@@ -520,6 +525,7 @@ class ZarrBackend(Lifecycle):
             t = self._targets[name] = _Target(self.root[name])
         return t
 
+    @serialized
     def write(self, x: Any, coords: CoordSystem, array_name: str | list[str]) -> None:
         """Write tensor(s) at `coords` into the named array(s).
 
@@ -622,6 +628,7 @@ class ZarrBackend(Lifecycle):
         while self._device_refs and self._device_refs[0][0] <= done:
             self._device_refs.popleft()
 
+    @serialized
     def read(self, coords: CoordSystem, array_name: str, device: Any = "cpu") -> tuple[Any, CoordSystem]:
         """Read the values of `array_name` at `coords` as a torch tensor on `device`."""
         self._check_open("read")
