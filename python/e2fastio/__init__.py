@@ -14,6 +14,7 @@ from e2fastio.errors import (
     UnknownDimensionError,
     UploadError,
 )
+from e2fastio.icechunk_backend import IceChunkBackend  # icechunk itself is imported on first use
 from e2fastio.info import info
 from e2fastio.memory import empty_cache, set_host_cache_limit
 from e2fastio.netcdf_backend import NetCDF4Backend
@@ -26,6 +27,7 @@ __all__ = [
     "BackgroundWriteError",
     "CoordinateError",
     "E2FastIOError",
+    "IceChunkBackend",
     "NetCDF4Backend",
     "UnknownDimensionError",
     "UploadError",

@@ -273,6 +273,16 @@ def _describe_obstore(store: Any) -> str:
     return f"{type(store).__name__}" + (f" {prefix}" if prefix else "")
 
 
+def session_location(store: Store, description: str, options: RemoteOptions) -> Location:
+    """Chunks for a store the backend opened itself (an Icechunk session's store), through an Uploader.
+
+    `description` names the target in messages; it must hold no credentials.
+    """
+    if store.read_only:
+        raise ValueError(f"{description}: the store is read-only; the backend needs a writable session")
+    return _remote(store, description, options, Redactor())
+
+
 def _remote(store: Store, description: str, options: RemoteOptions, redact: Redactor) -> Location:
     sink = _core.UploadSink(options.queue_bytes, description)
     uploader = Uploader(store, sink, options, redact, description)
@@ -423,6 +433,20 @@ class Uploader:
     def wait(self, timeout: float) -> bool:
         """Wait until every queued chunk was uploaded or failed."""
         return bool(self.sink.wait_idle(timeout))
+
+    def retarget(self, store: Store) -> None:
+        """Send later chunks to `store` (an Icechunk backend's new session after a commit).
+
+        Only while idle (after :meth:`wait`): a chunk queued for the old store
+        must never land in the new one.
+        """
+        st = self.sink.stats()
+        if st["queued_objects"] or st["in_flight"]:
+            raise RuntimeError(
+                f"cannot switch {self.description} to a new store while {st['queued_objects'] + st['in_flight']} "
+                "chunk(s) are queued or uploading; wait for them first"
+            )
+        self.store = store
 
     def raise_failures(self) -> None:
         """Raise UploadError for chunks whose upload failed since the last call."""
