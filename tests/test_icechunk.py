@@ -331,3 +331,21 @@ def test_async_zarr_backend_on_a_session_store():
     assert io.stats()["chunks_written"] == 3
     session.commit("async forecast")
     np.testing.assert_array_equal(_committed(repo)["t2m"][...], truth["t2m"])
+
+
+@pytest.mark.parametrize("blocking", [False, True], ids=["nonblocking", "blocking"])
+def test_partial_chunks_merge_with_the_session(blocking):
+    """Steps smaller than a chunk: the core merges each with the chunk as the session holds it."""
+    c = _coords(steps=3)
+    truth = {"t2m": _data(c, 17)}
+    io = IceChunkBackend(chunks={"lead_time": 3}, zarr_codecs=BLOSC, blocking=blocking)
+    io.add_array(c, "t2m")
+    for k in range(3):
+        step = OrderedDict(c)
+        step["lead_time"] = c["lead_time"][k : k + 1]
+        io.write(truth["t2m"][:, :, k : k + 1].copy(), step, "t2m")
+        io.flush()  # the next step's merge reads the chunk back from the session store
+    io.commit("merged")
+    assert io.stats()["chunks_merged"] > 0
+    np.testing.assert_array_equal(_committed(io.repo)["t2m"][...], truth["t2m"])
+    io.close()
