@@ -301,6 +301,13 @@ def _permanent(err: BaseException) -> bool:
 
 
 _live_uploaders: weakref.WeakSet[Uploader] = weakref.WeakSet()
+# Process that sent chunks to a store implemented in Rust on tokio (icechunk); see below.
+_tokio_store_pid: int | None = None
+TOKIO_SETTLE_SECONDS = 0.2
+
+
+def _is_tokio_store(store: Any) -> bool:
+    return type(store).__module__.split(".")[0] == "icechunk"
 
 
 @atexit.register
@@ -315,6 +322,16 @@ def _stop_uploaders_at_exit() -> None:
             u.close()
         except Exception:  # noqa: BLE001 - exit: nothing to raise to
             pass
+    if _tokio_store_pid == os.getpid():
+        # icechunk's Python binding (pyo3-async-runtimes on tokio) releases the
+        # Python objects of a finished call on its own threads, slightly after
+        # the call returned. If the interpreter is finalising by then, that
+        # thread crashes the process (SIGSEGV in context_tp_dealloc; seen in
+        # about 2% of short processes here; PyO3/pyo3-async-runtimes#40). Let
+        # those threads finish while Python is still whole.
+        import time
+
+        time.sleep(TOKIO_SETTLE_SECONDS)
 
 
 class Uploader:
@@ -345,6 +362,9 @@ class Uploader:
         self._thread_lock = threading.Lock()
         sink.set_fetch(self._fetch)
         _live_uploaders.add(self)
+        if _is_tokio_store(store):
+            global _tokio_store_pid
+            _tokio_store_pid = os.getpid()
 
     def start(self) -> None:
         with self._thread_lock:
