@@ -96,7 +96,8 @@ def array_spec(array: zarr.Array) -> tuple[_core.ArraySpec | None, str]:
     if getattr(meta, "zarr_format", None) != 3:
         return None, "not a Zarr v3 array"
     grid = meta.chunk_grid
-    if type(grid).__name__ != "RegularChunkGrid":
+    # zarr-python 3.4 renamed the class (RegularChunkGrid -> RegularChunkGridMetadata).
+    if type(grid).__name__ not in ("RegularChunkGrid", "RegularChunkGridMetadata"):
         return None, f"chunk grid {type(grid).__name__}"
     kenc = meta.chunk_key_encoding
     if type(kenc).__name__ != "DefaultChunkKeyEncoding":
@@ -119,9 +120,10 @@ def array_spec(array: zarr.Array) -> tuple[_core.ArraySpec | None, str]:
         if type(blosc).__name__ != "BloscCodec":
             return None, f"codec {type(blosc).__name__}"
         codec.blosc = True
-        codec.cname = blosc.cname.value
+        # Enums up to zarr-python 3.3, plain strings from 3.4 on.
+        codec.cname = str(getattr(blosc.cname, "value", blosc.cname))
         codec.clevel = int(blosc.clevel)
-        codec.shuffle = _SHUFFLE[blosc.shuffle.value]
+        codec.shuffle = _SHUFFLE[str(getattr(blosc.shuffle, "value", blosc.shuffle))]
         codec.typesize = int(blosc.typesize)
         codec.blocksize = int(blosc.blocksize)
     spec = _core.ArraySpec()
