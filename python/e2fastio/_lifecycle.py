@@ -65,12 +65,16 @@ def _close_at_exit() -> None:
         t.join()
 
 
-def _reap(kind: str, where: str, engine: Any, uploader: Any, warn: bool, timeout: float) -> None:
-    """Finish and stop the pipeline of a backend that was collected without close()."""
+def _reap(kind: str, where: str, engine: Any, uploader: Any, unflushed: list[bool], timeout: float) -> None:
+    """Finish and stop the pipeline of a backend that was collected without close().
+
+    `unflushed[0]`: non-blocking writes were made since the last flush (or
+    commit): the user never learnt whether they landed, so we say so.
+    """
     if isinstance(threading.current_thread(), threading._DummyThread):
         # Collected on one of our native threads (inside a callback): never wait for the pool from
         # the pool. A Python thread does it, and exit waits for that thread.
-        t = threading.Thread(target=_reap, args=(kind, where, engine, uploader, warn, timeout),
+        t = threading.Thread(target=_reap, args=(kind, where, engine, uploader, unflushed, timeout),
                              name="e2fastio-reap")
         with _lock:
             _reapers.add(t)
@@ -80,10 +84,11 @@ def _reap(kind: str, where: str, engine: Any, uploader: Any, warn: bool, timeout
         if engine.started:
             e = engine.get()
             pending = int(e.pending_chunks) if e.has_ring else 0
-            if warn:
+            if unflushed[0]:
                 warnings.warn(
-                    f"e2fastio: a non-blocking {kind} for {where} was garbage-collected without close(); "
-                    f"storing its {pending} pending chunk(s) now. Call close() (or use `with`).",
+                    f"e2fastio: a non-blocking {kind} for {where} was garbage-collected without close() after "
+                    f"writes that were never flushed; storing its {pending} pending chunk(s) now. Call close() "
+                    "(or use `with`).",
                     RuntimeWarning,
                     stacklevel=2,
                 )
@@ -151,11 +156,19 @@ class Lifecycle:
         self._where = where
         self._warn_at_exit = nonblocking
         self._lifecycle_engine = engine
+        self._unflushed = [False]  # shared with the finalizer (which must not hold the backend)
         with _lock:
             (_exit_strong.add if keep_alive else _exit_weak.add)(self)
-        self._finalizer = weakref.finalize(self, _reap, type(self).__name__, where, engine, uploader, nonblocking,
-                                           timeout)
+        self._finalizer = weakref.finalize(self, _reap, type(self).__name__, where, engine, uploader,
+                                           self._unflushed, timeout)
         self._finalizer.atexit = False  # at exit the backend is closed by _close_at_exit while still alive
+
+    def _mark_written(self) -> None:
+        """A non-blocking write was staged: until the next flush its fate is unknown to the user."""
+        self._unflushed[0] = True
+
+    def _mark_flushed(self) -> None:
+        self._unflushed[0] = False
 
     def _end_exit_registration(self) -> None:
         """Not closed at exit (the finalizer still finishes it if collected while open)."""
