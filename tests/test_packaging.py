@@ -26,12 +26,14 @@ def test_wheel_is_self_contained_and_installs_in_fresh_venv(tmp_path):
         so = next(n for n in names if n.startswith("e2fastio/_core") and n.endswith(".so"))
         z.extract(so, tmp_path / "x")
     ext = tmp_path / "x" / so
-    # c-blosc is linked statically and hidden: no libblosc dependency, no exported blosc symbols.
+    # c-blosc and zlib are linked statically and hidden: no libblosc/libz dependency, no exported symbols.
     ldd = subprocess.run(["ldd", str(ext)], capture_output=True, text=True).stdout
     assert "blosc" not in ldd and "libcuda" not in ldd and "libcudart" not in ldd, ldd
+    assert "libz.so" not in ldd, ldd
     if shutil.which("nm"):
         dyn = subprocess.run(["nm", "-D", "--defined-only", str(ext)], capture_output=True, text=True).stdout
-        assert not any(w in dyn for w in ("blosc_compress", "ZSTD_compress", "LZ4_compress")), dyn[:2000]
+        assert not any(w in dyn for w in ("blosc_compress", "ZSTD_compress", "LZ4_compress", "compress2",
+                                          "zlibVersion")), dyn[:2000]
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)

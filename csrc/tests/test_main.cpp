@@ -427,7 +427,7 @@ TEST(codec_hdf5_shuffle_deflate_roundtrip) {
   for (std::size_t i = 0; i < data.size(); ++i) data[i] = 250.0 + static_cast<double>(i % 37) / 8;
   const std::size_t n = data.size() * 8;
   for (bool sh : {false, true})
-    for (int level : {1, 4, 9}) {
+    for (int level : {0, 1, 4, 9}) {
       CodecSpec c;
       c.itemsize = 8;
       c.deflate = true;
@@ -437,7 +437,7 @@ TEST(codec_hdf5_shuffle_deflate_roundtrip) {
       std::vector<uint8_t> enc(c.max_encoded_size(n));
       const uint8_t* out = nullptr;
       std::size_t k = encode_chunk(c, raw.data(), n, enc.data(), enc.size(), 1, &out);
-      CHECK(k < n / 2);
+      CHECK(level == 0 ? k > n : k < n / 2);  // level 0: stored blocks
       CHECK(out[0] == 0x78);  // a zlib stream (RFC 1950), as HDF5's deflate filter writes
       std::vector<uint8_t> back(n);
       decode_chunk(c, out, k, back.data(), n, 1);
@@ -448,6 +448,45 @@ TEST(codec_hdf5_shuffle_deflate_roundtrip) {
   CHECK((b == std::vector<uint8_t>{1, 3, 5, 2, 4, 6, 7}));
   hdf5_unshuffle(b.data(), c2.data(), 7, 2);
   CHECK(c2 == a);
+}
+
+TEST(codec_one_zlib_matching_its_header) {
+  const ZlibInfo z = zlib_info();
+  CHECK(z.linkage == "static" || z.linkage == "c-blosc");
+  CHECK(!z.version.empty() && z.version[0] == '1');
+  // A static zlib is the library whose zlib.h the core was compiled against.
+  if (z.linkage == "static") CHECK(z.version == z.header_version);
+  const std::string lib = deflate_library();
+  CHECK(lib.rfind("zlib " + z.version + " (", 0) == 0);
+  // blosc's "zlib" codec deflates through the same library: a frame it writes
+  // holds a zlib stream that the core's own inflate (HDF5 path) reads.
+  std::vector<uint8_t> raw(1 << 16);
+  for (std::size_t i = 0; i < raw.size(); ++i) raw[i] = static_cast<uint8_t>((i * 7) % 251 / 3);
+  CodecSpec bz;
+  bz.blosc = true;
+  bz.cname = "zlib";
+  bz.clevel = 5;
+  bz.shuffle = Shuffle::none;
+  bz.typesize = 1;
+  bz.itemsize = 1;
+  bz.blocksize = raw.size();  // one block: one zlib stream after blosc's header and offsets
+  std::vector<uint8_t> src = raw, enc(bz.max_encoded_size(raw.size()));
+  const uint8_t* out = nullptr;
+  std::size_t k = encode_chunk(bz, src.data(), src.size(), enc.data(), enc.size(), 1, &out);
+  CHECK(k > 16 + 4 + 4 && k < raw.size());
+  CHECK((enc[2] >> 5) == 3);  // codec bits: zlib
+  // Blosc 1.x: 16-byte header, one uint32 block offset, then per stream a uint32
+  // length followed by the compressed bytes (one stream when not split).
+  uint32_t off = 0, len = 0;
+  std::memcpy(&off, enc.data() + 16, 4);
+  std::memcpy(&len, enc.data() + off, 4);
+  CHECK(off + 4 + len <= k);
+  CodecSpec dz;
+  dz.itemsize = 1;
+  dz.deflate = true;
+  std::vector<uint8_t> back(raw.size());
+  decode_chunk(dz, enc.data() + off + 4, len, back.data(), back.size(), 1);
+  CHECK(back == raw);
 }
 
 TEST(codec_big_endian_swaps) {
