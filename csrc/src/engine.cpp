@@ -600,7 +600,9 @@ void Engine::job_finished(const std::string& order_key) {
       it->second.pop_front();
     }
   }
+  ++finished_;
   if (--pending_ == 0) async_cv_.notify_all();
+  progress_cv_.notify_all();
 }
 
 void Engine::check() {
@@ -624,6 +626,18 @@ void Engine::flush() {
 bool Engine::wait_idle(double timeout_seconds) {
   std::unique_lock<std::mutex> lk(async_mu_);
   return async_cv_.wait_for(lk, std::chrono::duration<double>(timeout_seconds), [this] { return pending_ == 0; });
+}
+
+std::uint64_t Engine::finished_chunks() const {
+  std::lock_guard<std::mutex> lk(async_mu_);
+  return finished_;
+}
+
+std::uint64_t Engine::wait_progress(std::uint64_t seen, double timeout_seconds) {
+  std::unique_lock<std::mutex> lk(async_mu_);
+  progress_cv_.wait_for(lk, std::chrono::duration<double>(std::max(0.0, timeout_seconds)),
+                        [&] { return finished_ != seen || pending_ == 0; });
+  return finished_;
 }
 
 std::size_t Engine::pending_chunks() const {

@@ -65,7 +65,8 @@ def _close_at_exit() -> None:
         t.join()
 
 
-def _reap(kind: str, where: str, engine: Any, uploader: Any, unflushed: list[bool], timeout: float) -> None:
+def _reap(kind: str, where: str, engine: Any, uploader: Any, unflushed: list[bool], timeout: float,
+          release: Any = None) -> None:
     """Finish and stop the pipeline of a backend that was collected without close().
 
     `unflushed[0]`: non-blocking writes were made since the last flush (or
@@ -74,13 +75,15 @@ def _reap(kind: str, where: str, engine: Any, uploader: Any, unflushed: list[boo
     if isinstance(threading.current_thread(), threading._DummyThread):
         # Collected on one of our native threads (inside a callback): never wait for the pool from
         # the pool. A Python thread does it, and exit waits for that thread.
-        t = threading.Thread(target=_reap, args=(kind, where, engine, uploader, unflushed, timeout),
+        t = threading.Thread(target=_reap, args=(kind, where, engine, uploader, unflushed, timeout, release),
                              name="e2fastio-reap")
         with _lock:
             _reapers.add(t)
         t.start()
         return
     try:
+        if release is not None:
+            release()  # pool threads waiting for the backend itself give up (their chunks fail)
         if engine.started:
             e = engine.get()
             pending = int(e.pending_chunks) if e.has_ring else 0
@@ -145,12 +148,15 @@ class Lifecycle:
     _where: str = "?"
 
     def _start_lifecycle(self, *, where: str, engine: Any, uploader: Any = None, nonblocking: bool,
-                         keep_alive: bool = False, timeout: float = 600.0) -> None:
+                         keep_alive: bool = False, timeout: float = 600.0, release: Any = None) -> None:
         """Register for the exit close and for collection without close().
 
         `keep_alive`: the backend itself is needed to finish its work (held
         strongly until closed); otherwise a finalizer owning `engine` and
         `uploader` finishes it if the backend is collected while open.
+        `release`: called first by that finalizer, so that pool threads waiting
+        for the backend itself (NetCDF encoders waiting for the caller's thread
+        to take chunks to HDF5) give up instead of holding the pool forever.
         """
         self._closed = False
         self._where = where
@@ -160,7 +166,7 @@ class Lifecycle:
         with _lock:
             (_exit_strong.add if keep_alive else _exit_weak.add)(self)
         self._finalizer = weakref.finalize(self, _reap, type(self).__name__, where, engine, uploader,
-                                           self._unflushed, timeout)
+                                           self._unflushed, timeout, release)
         self._finalizer.atexit = False  # at exit the backend is closed by _close_at_exit while still alive
 
     def _mark_written(self) -> None:

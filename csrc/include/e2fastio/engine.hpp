@@ -100,6 +100,14 @@ class Engine {
 
   void flush();           // wait until every submitted chunk is stored, then check()
   bool wait_idle(double timeout_seconds);  // false when chunks are still pending after the timeout
+  // Non-blocking progress: chunks finished (stored or failed) so far. A
+  // consumer of a CollectSink waits with wait_progress() instead of polling:
+  // every chunk written to a sink ends its job, so "a chunk may be ready"
+  // and "nothing is pending" are both seen here.
+  std::uint64_t finished_chunks() const;
+  // Wait until more than `seen` chunks have finished, nothing is pending, or
+  // the timeout passes; returns finished_chunks().
+  std::uint64_t wait_progress(std::uint64_t seen, double timeout_seconds);
   void check();           // rethrow the first background error, if any
   std::size_t pending_chunks() const;
   std::uint64_t failed_chunks() const noexcept { return failed_chunks_.load(); }
@@ -133,6 +141,8 @@ class Engine {
   mutable std::mutex async_mu_;
   std::condition_variable async_cv_;
   std::size_t pending_ = 0;
+  std::uint64_t finished_ = 0;
+  std::condition_variable progress_cv_;
   std::exception_ptr bg_error_;
   std::unordered_map<std::string, std::deque<std::function<void()>>> key_waiters_;
   // Device staging: the copy stream and the fences of device submits, in order.
