@@ -10,9 +10,14 @@ from typing import Any
 import numpy as np
 import zarr
 from zarr.abc.store import Store
+from zarr.codecs import BloscCodec, BytesCodec
 from zarr.core.buffer import Buffer, default_buffer_prototype
+from zarr.core.chunk_grids import RegularChunkGrid
+from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
+from zarr.core.metadata import ArrayV3Metadata
 
 from e2fastio import _core
+from e2fastio.errors import ArrayNameError
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +42,8 @@ class NativeMemoryMapping(MutableMapping[str, Buffer]):
         value = self.sink.get(key)
         if value is None:
             raise KeyError(key)
-        return default_buffer_prototype().buffer.from_bytes(value)
+        buf: Buffer = default_buffer_prototype().buffer.from_bytes(value)
+        return buf
 
     def __setitem__(self, key: str, value: Buffer) -> None:
         data = value.as_numpy_array() if isinstance(value, Buffer) else np.frombuffer(value, np.uint8)
@@ -84,7 +90,21 @@ def sink_for(
     return None
 
 
-def array_spec(array: zarr.Array) -> tuple[_core.ArraySpec | None, str]:
+def get_array(root: zarr.Group, name: str) -> zarr.Array[Any]:
+    """The array `name` of `root`; a clear error when that name is a group."""
+    node = root[name]
+    if not isinstance(node, zarr.Array):
+        raise ArrayNameError(f"{name!r} is a group in this store, not an array; name one of its arrays ('{name}/...')")
+    return node
+
+
+def dimension_names(array: zarr.Array[Any]) -> tuple[str, ...]:
+    """The dimension names in `array`'s Zarr v3 metadata ('' for an unnamed one); () if it has none."""
+    names = getattr(array.metadata, "dimension_names", None) or ()
+    return tuple("" if n is None else str(n) for n in names)
+
+
+def array_spec(array: zarr.Array[Any]) -> tuple[_core.ArraySpec | None, str]:
     """Describe `array` for the core, or (None, reason) when the core cannot encode it.
 
     The core encodes exactly what zarr-python's pipeline does for
@@ -93,30 +113,31 @@ def array_spec(array: zarr.Array) -> tuple[_core.ArraySpec | None, str]:
     written through zarr-python instead, so any codec a user picks still works.
     """
     meta = array.metadata
-    if getattr(meta, "zarr_format", None) != 3:
+    if not isinstance(meta, ArrayV3Metadata):
         return None, "not a Zarr v3 array"
     grid = meta.chunk_grid
-    if type(grid).__name__ != "RegularChunkGrid":
+    if type(grid) is not RegularChunkGrid:
         return None, f"chunk grid {type(grid).__name__}"
     kenc = meta.chunk_key_encoding
-    if type(kenc).__name__ != "DefaultChunkKeyEncoding":
+    if type(kenc) is not DefaultChunkKeyEncoding:
         return None, f"chunk key encoding {type(kenc).__name__}"
     dtype = np.dtype(array.dtype)
     if dtype.kind not in "fiubc" or dtype.itemsize not in (1, 2, 4, 8):
         return None, f"dtype {dtype}"
     codecs = list(meta.codecs)
-    if not codecs or type(codecs[0]).__name__ != "BytesCodec" or len(codecs) > 2:
+    first = codecs[0] if codecs else None
+    if type(first) is not BytesCodec or len(codecs) > 2:
         return None, f"codecs {codecs}"
-    big = codecs[0].endian is not None and getattr(codecs[0].endian, "value", codecs[0].endian) == "big"
+    endian = first.endian
+    big = endian is not None and getattr(endian, "value", endian) == "big"
     if dtype.kind == "c" and big:  # two 4-byte parts to swap, not one 8-byte item
         return None, f"dtype {dtype} big-endian"
     codec = _core.CodecSpec()
     codec.itemsize = dtype.itemsize
-    endian = codecs[0].endian
-    codec.big_endian = endian is not None and getattr(endian, "value", endian) == "big"
+    codec.big_endian = big
     if len(codecs) == 2:
         blosc = codecs[1]
-        if type(blosc).__name__ != "BloscCodec":
+        if type(blosc) is not BloscCodec:
             return None, f"codec {type(blosc).__name__}"
         codec.blosc = True
         codec.cname = blosc.cname.value

@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -326,7 +326,7 @@ class NetCDF4Backend(Lifecycle):
         self.blocking = blocking
         self.flush_timeout = 600.0
         self._sink = _core.CollectSink()
-        self._regions: dict[str, tuple[_core.ArraySpec, Any] | None] = {}
+        self._regions: dict[str, tuple[_core.ArraySpec, _core.FileRegionSink] | None] = {}
         # Closed at exit when still open (Earth2Studio's workflows never close their backend, and
         # h5netcdf's own close at interpreter teardown fails once h5py is gone). A non-blocking one
         # is kept alive until then: its encoded chunks reach HDF5 through this object only.
@@ -355,7 +355,7 @@ class NetCDF4Backend(Lifecycle):
         return values
 
     @serialized
-    def add_dimension(self, name: str, shape: tuple | list, data: np.ndarray) -> None:
+    def add_dimension(self, name: str, shape: tuple[int, ...] | list[int], data: np.ndarray) -> None:
         """Add a dimension and its coordinate variable (Earth2Studio's encoding)."""
         import h5py
 
@@ -371,7 +371,8 @@ class NetCDF4Backend(Lifecycle):
             var.attrs["calendar"] = "proleptic_gregorian"
             var[...] = (data.astype("datetime64[s]") - _EPOCH) / np.timedelta64(1, "h")
         elif np.issubdtype(data.dtype, np.timedelta64):
-            unit = next((u for u in ("h", "m", "s") if np.all(data % np.timedelta64(1, u) == np.timedelta64(0))), "s")
+            steps: tuple[Literal["h", "m", "s"], ...] = ("h", "m", "s")  # the units NetCDF gets, coarsest first
+            unit = next((u for u in steps if np.all(data % np.timedelta64(1, u) == np.timedelta64(0))), steps[-1])
             var = self._nc.create_variable(name, (name,), dtype="i8")
             var.attrs["units"] = _TD_UNITS[unit]
             var.attrs["calendar"] = "gregorian"
@@ -479,10 +480,10 @@ class NetCDF4Backend(Lifecycle):
                 self.add_dimension(dim, np.shape(values), values)
                 self.coords[dim] = np.asarray(values)
                 self._selector.forget(dim)
-        for key, dims in mapping.items():
+        for key, key_dims in mapping.items():
             if key not in self._nc.variables:
                 values = np.asarray(coords[key])
-                self._nc.create_variable(key, tuple(dims), data=values)
+                self._nc.create_variable(key, tuple(key_dims), data=values)
         dims = tuple(adjusted)
         for name, h in zip(names, host, strict=True):
             if name in self._nc.variables:
@@ -576,7 +577,7 @@ class NetCDF4Backend(Lifecycle):
             self._publish()
 
     def _store(self, items: list[tuple[str, np.ndarray, list[np.ndarray]]]) -> None:
-        batch = []
+        batch: list[_core.HostRequest] = []
         for name, arr, index in items:
             var = self._nc.variables[name]
             arr = _data.cast_for_array(arr, np.dtype(var.dtype), name)
@@ -633,6 +634,7 @@ class NetCDF4Backend(Lifecycle):
             for key, data in self._sink.take():
                 name, _, *cc = key.split("/")
                 spec = self._specs[name]
+                assert spec is not None  # only variables with a spec have chunks encoded
                 offsets = tuple(int(c) * ch for c, ch in zip(cc, spec.chunks, strict=True))
                 try:
                     self._nc.variables[name]._h5ds.id.write_direct_chunk(offsets, data, filter_mask=0)
@@ -655,7 +657,7 @@ class NetCDF4Backend(Lifecycle):
         self._hand_over(wait=True)
         self._background(self._engine.get().check)
 
-    def _region(self, name: str) -> tuple[_core.ArraySpec, Any] | None:
+    def _region(self, name: str) -> tuple[_core.ArraySpec, _core.FileRegionSink] | None:
         """(spec, sink) writing a contiguous variable in place, or None (HDF5 writes it then).
 
         The variable's bytes sit at a fixed file offset in C order; the core
@@ -723,7 +725,8 @@ def _check_name(name: Any, argument: str = "array_name") -> str:
 def _host_array(x: Any, argument: str) -> np.ndarray:
     """A host numpy view of `x`, complex values included (NetCDF stores them with auto_complex)."""
     if _data.is_torch_tensor(x) and x.is_complex():
-        return x.detach().cpu().resolve_conj().numpy()
+        arr: np.ndarray = x.detach().cpu().resolve_conj().numpy()
+        return arr
     if isinstance(x, np.ndarray) and x.dtype.kind == "c":
         return x
     return _data.to_host_array(x, argument)
