@@ -25,5 +25,43 @@ fi
 # cache), then the tests.
 "$PY" -m ruff check --quiet .
 "$PY" -m mypy
+
+# IceChunkBackend: icechunk 2 needs Python >= 3.12, so its tests (and the codec
+# parity tests, against the newest zarr-python) run in a second environment,
+# .venv312 (kept between runs), without torch. The build requirements live in
+# that environment so that a rebuild reuses build/cp312-* (seconds, not minutes).
+# Skip with E2FASTIO_NO_ICECHUNK=1; PYTHON312 names the interpreter.
+if [[ -z "${E2FASTIO_NO_ICECHUNK:-}" ]]; then
+  PY312=""
+  for c in "${PYTHON312:-}" python3.12 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python; do
+    if [[ -n "$c" ]] && "$c" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' >/dev/null 2>&1; then
+      PY312=$c
+      break
+    fi
+  done
+  if [[ -z "$PY312" ]]; then
+    echo "note: no Python 3.12 found (set PYTHON312=...); the IceChunkBackend tests are skipped"
+  else
+    V=.venv312/bin/python
+    if ! "$V" -c "" >/dev/null 2>&1; then
+      rm -rf .venv312
+      "$PY312" -m venv .venv312
+    fi
+    # What this environment needs, taken from pyproject.toml: the build requirements and a few test extras.
+    mapfile -t ICE_DEPS < <("$V" - <<'PYEOF'
+import re
+import tomllib
+
+cfg = tomllib.load(open("pyproject.toml", "rb"))
+wanted = {"pytest", "pytest-timeout", "xarray", "boto3", "moto", "cmake", "ninja"}
+test = [r for r in cfg["project"]["optional-dependencies"]["test"] if re.split(r"[\[<>=!~; ]", r)[0] in wanted]
+print("\n".join(cfg["build-system"]["requires"] + test))
+PYEOF
+)
+    "$V" -m pip install --quiet "${ICE_DEPS[@]}"
+    "$V" -m pip install --quiet --no-build-isolation ".[icechunk]"
+    "$V" -m pytest -q tests/test_icechunk.py tests/test_codec_parity.py
+  fi
+fi
 # Run from the tests' folder view of the installed package, not python/.
 exec "$PY" -m pytest "$@"

@@ -51,3 +51,19 @@ def test_wheel_is_self_contained_and_installs_in_fresh_venv(tmp_path):
     r = subprocess.run([str(py), "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.startswith("ok 1."), r.stdout + r.stderr
     assert not any(shutil.which(c, path=env["PATH"]) for c in ("gcc", "g++", "cc", "c++"))
+
+
+def test_import_needs_neither_torch_nor_icechunk():
+    """torch and icechunk are optional: importing e2fastio needs neither, and IceChunkBackend says what to install."""
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None; sys.modules['icechunk'] = None  # as if not installed\n"
+        "import e2fastio\n"
+        "try:\n"
+        "    e2fastio.IceChunkBackend()\n"
+        "except ImportError as err:\n"
+        "    print(err)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "pip install 'e2fastio[icechunk]'" in r.stdout

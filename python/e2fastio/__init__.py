@@ -15,6 +15,7 @@ from e2fastio.errors import (
     UnknownDimensionError,
     UploadError,
 )
+from e2fastio.icechunk_backend import IceChunkBackend  # icechunk itself is imported on first use
 from e2fastio.info import info
 from e2fastio.kv_backend import KVBackend
 from e2fastio.memory import empty_cache, set_host_cache_limit
@@ -30,6 +31,7 @@ __all__ = [
     "CoordinateError",
     "E2FastIOError",
     "IOBackend",
+    "IceChunkBackend",
     "KVBackend",
     "NetCDF4Backend",
     "UnknownDimensionError",

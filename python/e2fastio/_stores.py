@@ -310,6 +310,16 @@ def _describe_obstore(store: Any) -> str:
     return f"{type(store).__name__}" + (f" {prefix}" if prefix else "")
 
 
+def session_location(store: Store, description: str, options: RemoteOptions) -> Location:
+    """Chunks for a store the backend opened itself (an Icechunk session's store), through an Uploader.
+
+    `description` names the target in messages; it must hold no credentials.
+    """
+    if store.read_only:
+        raise ValueError(f"{description}: the store is read-only; the backend needs a writable session")
+    return _remote(store, description, options, Redactor())
+
+
 def _remote(store: Store, description: str, options: RemoteOptions, redact: Redactor,
             chunk_client: Any = None) -> Location:
     sink = _core.UploadSink(options.queue_bytes, description)
@@ -414,6 +424,13 @@ def _permanent(err: BaseException) -> bool:
 
 
 _live_uploaders: weakref.WeakSet[Uploader] = weakref.WeakSet()
+# Process that sent chunks to a store implemented in Rust on tokio (icechunk); see below.
+_tokio_store_pid: int | None = None
+TOKIO_SETTLE_SECONDS = 0.2
+
+
+def _is_tokio_store(store: Any) -> bool:
+    return type(store).__module__.split(".")[0] == "icechunk"
 
 
 @atexit.register
@@ -428,6 +445,16 @@ def _stop_uploaders_at_exit() -> None:
             u.close()
         except Exception:  # noqa: BLE001 - exit: nothing to raise to
             pass
+    if _tokio_store_pid == os.getpid():
+        # icechunk's Python binding (pyo3-async-runtimes on tokio) releases the
+        # Python objects of a finished call on its own threads, slightly after
+        # the call returned. If the interpreter is finalising by then, that
+        # thread crashes the process (SIGSEGV in context_tp_dealloc; seen in
+        # about 2% of short processes here; PyO3/pyo3-async-runtimes#40). Let
+        # those threads finish while Python is still whole.
+        import time
+
+        time.sleep(TOKIO_SETTLE_SECONDS)
 
 
 class Uploader:
@@ -472,6 +499,9 @@ class Uploader:
         # ever once the backend is gone. It holds a weak reference instead.
         sink.set_fetch(_weak_fetch(weakref.ref(self)))
         _live_uploaders.add(self)
+        if _is_tokio_store(store):
+            global _tokio_store_pid
+            _tokio_store_pid = os.getpid()
 
     def start(self) -> None:
         with self._thread_lock:
@@ -561,6 +591,21 @@ class Uploader:
     def wait(self, timeout: float) -> bool:
         """Wait until every queued chunk was uploaded or failed."""
         return bool(self.sink.wait_idle(timeout))
+
+    def retarget(self, store: Store) -> None:
+        """Send later chunks to `store` (an Icechunk backend's new session after a commit).
+
+        Only while idle (after :meth:`wait`): a chunk queued for the old store
+        must never land in the new one.
+        """
+        st = self.sink.stats()
+        if st["queued_objects"] or st["in_flight"]:
+            raise RuntimeError(
+                f"cannot switch {self.description} to a new store while {st['queued_objects'] + st['in_flight']} "
+                "chunk(s) are queued or uploading; wait for them first"
+            )
+        self.store = store
+        self.chunk_client = store.store if isinstance(store, zarr.storage.ObjectStore) else None
 
     def raise_failures(self) -> None:
         """Raise UploadError for chunks whose upload failed since the last call."""

@@ -10,11 +10,7 @@ from typing import Any
 import numpy as np
 import zarr
 from zarr.abc.store import Store
-from zarr.codecs import BloscCodec, BytesCodec
 from zarr.core.buffer import Buffer, default_buffer_prototype
-from zarr.core.chunk_grids import RegularChunkGrid
-from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
-from zarr.core.metadata import ArrayV3Metadata
 
 from e2fastio import _core
 from e2fastio.errors import ArrayNameError
@@ -112,37 +108,40 @@ def array_spec(array: zarr.Array[Any]) -> tuple[_core.ArraySpec | None, str]:
     chunk key encoding; anything else (sharding, other codecs, Zarr v2) is
     written through zarr-python instead, so any codec a user picks still works.
     """
-    meta = array.metadata
-    if not isinstance(meta, ArrayV3Metadata):
+    # Metadata, grid, key encoding and codecs are recognised by class name: their
+    # classes were moved and renamed across zarr-python 3.x (see below).
+    meta: Any = array.metadata
+    if getattr(meta, "zarr_format", None) != 3:
         return None, "not a Zarr v3 array"
     grid = meta.chunk_grid
-    if type(grid) is not RegularChunkGrid:
+    # zarr-python 3.4 renamed the class (RegularChunkGrid -> RegularChunkGridMetadata).
+    if type(grid).__name__ not in ("RegularChunkGrid", "RegularChunkGridMetadata"):
         return None, f"chunk grid {type(grid).__name__}"
     kenc = meta.chunk_key_encoding
-    if type(kenc) is not DefaultChunkKeyEncoding:
+    if type(kenc).__name__ != "DefaultChunkKeyEncoding":
         return None, f"chunk key encoding {type(kenc).__name__}"
     dtype = np.dtype(array.dtype)
     if dtype.kind not in "fiubc" or dtype.itemsize not in (1, 2, 4, 8):
         return None, f"dtype {dtype}"
     codecs = list(meta.codecs)
-    first = codecs[0] if codecs else None
-    if type(first) is not BytesCodec or len(codecs) > 2:
+    if not codecs or type(codecs[0]).__name__ != "BytesCodec" or len(codecs) > 2:
         return None, f"codecs {codecs}"
-    endian = first.endian
-    big = endian is not None and getattr(endian, "value", endian) == "big"
+    big = codecs[0].endian is not None and getattr(codecs[0].endian, "value", codecs[0].endian) == "big"
     if dtype.kind == "c" and big:  # two 4-byte parts to swap, not one 8-byte item
         return None, f"dtype {dtype} big-endian"
     codec = _core.CodecSpec()
     codec.itemsize = dtype.itemsize
-    codec.big_endian = big
+    endian = codecs[0].endian
+    codec.big_endian = endian is not None and getattr(endian, "value", endian) == "big"
     if len(codecs) == 2:
         blosc = codecs[1]
-        if type(blosc) is not BloscCodec:
+        if type(blosc).__name__ != "BloscCodec":
             return None, f"codec {type(blosc).__name__}"
         codec.blosc = True
-        codec.cname = blosc.cname.value
+        # Enums up to zarr-python 3.3, plain strings from 3.4 on.
+        codec.cname = str(getattr(blosc.cname, "value", blosc.cname))
         codec.clevel = int(blosc.clevel)
-        codec.shuffle = _SHUFFLE[blosc.shuffle.value]
+        codec.shuffle = _SHUFFLE[str(getattr(blosc.shuffle, "value", blosc.shuffle))]
         codec.typesize = int(blosc.typesize)
         codec.blocksize = int(blosc.blocksize)
     spec = _core.ArraySpec()
