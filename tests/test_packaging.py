@@ -3,6 +3,8 @@ virtualenv and works there with no compiler on PATH."""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -67,3 +69,22 @@ def test_import_needs_neither_torch_nor_icechunk():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "pip install 'e2fastio[icechunk]'" in r.stdout
+
+
+def _pyproject_version() -> str:
+    m = re.search(r'^version = "([^"]+)"$', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert m, "pyproject.toml has no version line"
+    return m.group(1)
+
+
+def test_version_has_one_source():
+    """pyproject.toml's version is what the package, its compiled core and `e2fastio info` report."""
+    import e2fastio
+
+    version = _pyproject_version()
+    assert e2fastio.__version__ == version
+    assert e2fastio._core.__version__ == version  # compiled in from the same pyproject.toml
+    r = subprocess.run([sys.executable, "-m", "e2fastio", "info"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["version"] == version
+    assert f"## {version} " in (ROOT / "CHANGELOG.md").read_text(), "CHANGELOG.md has no section for this version"
