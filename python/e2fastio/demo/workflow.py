@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 import zarr
+import zarr.codecs
 import zarr.storage
 
 from e2fastio._zarr_native import get_array
