@@ -15,7 +15,7 @@
 # PYTHON picks the interpreter to build for (default python3). The build and
 # repair tools live in build/wheel-tools (a virtualenv of their own, pinned), never
 # in the environment being built for. Wheels for PyPI (manylinux_2_28, x86_64 and
-# aarch64, CPython 3.10-3.13) come from cibuildwheel: [tool.cibuildwheel] in
+# aarch64, CPython 3.11-3.13) come from cibuildwheel: [tool.cibuildwheel] in
 # pyproject.toml, run by .github/workflows/wheels.yml on every tag.
 set -euo pipefail
 cd "$(dirname "$0")/.."
