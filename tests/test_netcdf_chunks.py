@@ -63,24 +63,3 @@ def test_direct_chunks_read_back_everywhere(tmp_path, dtype, level, shuffle):
     np.testing.assert_array_equal(back.reshape(37, 72), data[0])
     assert len(ours) <= len(theirs) * 1.02
 
-
-def test_bundled_zlib_fallback_is_readable(tmp_path):
-    """Without the system libz (forced here), the zlib inside c-blosc deflates; HDF5 reads it the same."""
-    import os
-    import subprocess
-    import sys
-
-    script = (
-        "import numpy as np, h5py, e2fastio\n"
-        "from e2fastio import _core\n"
-        "assert 'bundled' in e2fastio.info()['deflate_library']\n"
-        "s = _core.CodecSpec(); s.itemsize = 4; s.deflate = True; s.deflate_level = 4; s.hdf5_shuffle = True\n"
-        "x = np.arange(4096, dtype='float32').reshape(64, 64)\n"
-        f"f = h5py.File({str(tmp_path / 'b.h5')!r}, 'w')\n"
-        "d = f.create_dataset('v', shape=(64, 64), dtype='f4', chunks=(64, 64), compression='gzip', shuffle=True)\n"
-        "d.id.write_direct_chunk((0, 0), _core.encode_chunk(s, x)); f.close()\n"
-        f"assert (h5py.File({str(tmp_path / 'b.h5')!r})['v'][...] == x).all()\n"
-    )
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                       env=dict(os.environ, E2FASTIO_BUNDLED_ZLIB="1"))
-    assert r.returncode == 0, r.stderr

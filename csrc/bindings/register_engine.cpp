@@ -81,7 +81,11 @@ void register_engine(py::module_& m) {
           })
       .def("validate", &ArraySpec::validate)
       .def("chunk_nbytes", &ArraySpec::chunk_nbytes)
-      .def("chunk_key", &ArraySpec::chunk_key);
+      .def("chunk_key", &ArraySpec::chunk_key)
+      .def(
+          "max_encoded_chunk_bytes",
+          [](const ArraySpec& a) { return a.codec.max_encoded_size(a.chunk_nbytes()); },
+          "The most bytes one encoded chunk of this array can take.");
 
   py::class_<Engine, std::shared_ptr<Engine>>(m, "Engine")
       .def(py::init<unsigned, std::size_t, std::size_t>(), py::arg("threads"), py::arg("max_buffer_bytes"),
@@ -141,6 +145,11 @@ void register_engine(py::module_& m) {
            "Wait until every submitted chunk is stored; raise the first background error.")
       .def("wait_idle", &Engine::wait_idle, py::arg("timeout"), py::call_guard<py::gil_scoped_release>(),
            "Wait up to `timeout` seconds for every submitted chunk; False if some are still pending.")
+      .def_property_readonly("finished_chunks", &Engine::finished_chunks,
+                             "Non-blocking chunks finished (stored or failed) so far.")
+      .def("wait_progress", &Engine::wait_progress, py::arg("seen"), py::arg("timeout"),
+           py::call_guard<py::gil_scoped_release>(),
+           "Wait until more than `seen` chunks finished, none is pending, or `timeout` s; returns finished_chunks.")
       .def("check", &Engine::check, "Raise the first background error (once), if any.")
       .def_property_readonly("pending_chunks", &Engine::pending_chunks)
       .def_property_readonly("failed_chunks", &Engine::failed_chunks)

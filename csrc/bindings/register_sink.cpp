@@ -45,14 +45,40 @@ void register_sink(py::module_& m) {
       .def_property_readonly("direct_io_active", &FileRegionSink::direct_io_active);
 
   py::class_<CollectSink, Sink, std::shared_ptr<CollectSink>>(m, "CollectSink")
-      .def(py::init<>())
-      .def("take", [](CollectSink& s) {
-        auto items = s.take();
-        py::list out;
-        for (auto& [k, v] : items)
-          out.append(py::make_tuple(k, py::bytes(reinterpret_cast<const char*>(v.data()), v.size())));
-        return out;
-      }, "[(key, encoded bytes), ...] collected so far, oldest first (empties the sink).");
+      .def(py::init<std::size_t>(), py::arg("capacity_bytes"))
+      .def_property_readonly("capacity", &CollectSink::capacity)
+      .def_property_readonly("held_bytes", [](const CollectSink& s) { return s.stats().held_bytes; },
+                             "Bytes of encoded chunks admitted and not yet popped.")
+      .def(
+          "pop",
+          [](CollectSink& s) -> py::object {
+            auto item = std::make_unique<CollectSink::Item>();
+            if (!s.pop(*item)) return py::none();  // a short critical section: the GIL stays held
+            // The array views the popped bytes where they are; the capsule owns them (no copy).
+            CollectSink::Item* raw = item.get();
+            py::capsule owner(raw, [](void* p) { delete static_cast<CollectSink::Item*>(p); });
+            item.release();
+            py::array_t<uint8_t> view({static_cast<py::ssize_t>(raw->data.size())}, {1}, raw->data.data(), owner);
+            view.attr("flags").attr("writeable") = false;
+            return py::make_tuple(raw->key, view);
+          },
+          "(key, read-only uint8 array) of the oldest collected chunk, or None when none is ready.")
+      .def("close", &CollectSink::close, py::call_guard<py::gil_scoped_release>(),
+           "No consumer any more: held chunks are dropped, waiting and later writers fail.")
+      .def("stats", [](const CollectSink& s) {
+        auto st = s.stats();
+        py::dict d;
+        d["capacity"] = st.capacity;
+        d["held_bytes"] = st.held_bytes;
+        d["peak_held_bytes"] = st.peak_held_bytes;
+        d["held_chunks"] = st.held_chunks;
+        d["chunks_collected"] = st.chunks_collected;
+        d["chunks_popped"] = st.chunks_popped;
+        d["bytes_collected"] = st.bytes_collected;
+        d["writer_waits"] = st.writer_waits;
+        d["writer_wait_seconds"] = st.writer_wait_seconds;
+        return d;
+      });
 
   py::class_<UploadSink, Sink, std::shared_ptr<UploadSink>>(m, "UploadSink")
       .def(py::init<std::size_t, std::string>(), py::arg("capacity_bytes"), py::arg("description"))

@@ -1,9 +1,7 @@
 #include "e2fastio/codec.hpp"
 
 #include <blosc.h>
-#include <dlfcn.h>
-
-#include <cstdlib>
+#include <zlib.h>
 
 #include <algorithm>
 #include <cstring>
@@ -13,44 +11,27 @@
 
 #include "e2fastio/error.hpp"
 
-// zlib, as bundled inside c-blosc's static library (stable C ABI; no header needed).
-extern "C" {
-int compress2(unsigned char* dest, unsigned long* destLen, const unsigned char* source, unsigned long sourceLen,
-              int level);
-unsigned long compressBound(unsigned long sourceLen);
-int uncompress(unsigned char* dest, unsigned long* destLen, const unsigned char* source, unsigned long sourceLen);
-}
+#ifndef E2FASTIO_ZLIB_LINKAGE
+#error "E2FASTIO_ZLIB_LINKAGE is set by CMakeLists.txt: \"static\" or \"c-blosc\""
+#endif
 
 namespace e2fastio {
 
-namespace {
-
-// Deflate: the system's libz.so.1 when there is one (loaded at run time; on
-// the dev VM it deflates ~1.5x faster than the zlib bundled in c-blosc), else
-// the bundled one. Both write standard zlib streams.
-struct Deflater {
-  int (*compress2)(unsigned char*, unsigned long*, const unsigned char*, unsigned long, int);
-  std::string name;
-};
-
-const Deflater& deflater() {
-  static const Deflater* d = [] {
-    if (!std::getenv("E2FASTIO_BUNDLED_ZLIB")) {
-      if (void* h = dlopen("libz.so.1", RTLD_NOW | RTLD_LOCAL)) {
-        using Fn = int (*)(unsigned char*, unsigned long*, const unsigned char*, unsigned long, int);
-        auto f = reinterpret_cast<Fn>(dlsym(h, "compress2"));
-        auto v = reinterpret_cast<const char* (*)()>(dlsym(h, "zlibVersion"));
-        if (f) return new Deflater{f, std::string("system libz.so.1 ") + (v ? v() : "")};
-      }
-    }
-    return new Deflater{&::compress2, "zlib bundled with c-blosc"};
-  }();
-  return *d;
+ZlibInfo zlib_info() {
+  ZlibInfo z;
+  z.version = zlibVersion();
+  z.header_version = ZLIB_VERSION;
+  z.linkage = E2FASTIO_ZLIB_LINKAGE;
+  return z;
 }
 
-}  // namespace
-
-std::string deflate_library() { return deflater().name; }
+std::string deflate_library() {
+  const ZlibInfo z = zlib_info();
+  std::string s = "zlib " + z.version;
+  s += z.linkage == "static" ? " (static, linked into e2fastio)" : " (the copy inside c-blosc's libblosc.a)";
+  if (z.version != z.header_version) s += ", compiled against zlib.h " + z.header_version;
+  return s;
+}
 
 void CodecSpec::validate() const {
   E2F_EXPECT(itemsize == 1 || itemsize == 2 || itemsize == 4 || itemsize == 8,
@@ -74,7 +55,7 @@ void CodecSpec::validate() const {
 
 std::size_t CodecSpec::max_encoded_size(std::size_t nbytes) const {
   // deflate: the zlib bound, plus room for the shuffled copy of the chunk.
-  if (deflate) return compressBound(static_cast<unsigned long>(nbytes)) + (hdf5_shuffle ? nbytes : 0);
+  if (deflate) return static_cast<std::size_t>(compressBound(static_cast<uLong>(nbytes))) + (hdf5_shuffle ? nbytes : 0);
   return blosc ? nbytes + BLOSC_MAX_OVERHEAD : (big_endian && itemsize > 1 ? nbytes : 0);
 }
 
@@ -104,18 +85,18 @@ std::size_t encode_chunk(const CodecSpec& spec, uint8_t* raw, std::size_t nbytes
     if (dst_capacity < spec.max_encoded_size(nbytes)) E2F_FAIL("encode buffer too small");
     const uint8_t* src = raw;
     uint8_t* out = dst;
-    unsigned long cap = static_cast<unsigned long>(dst_capacity);
+    uLongf cap = static_cast<uLongf>(dst_capacity);
     if (spec.hdf5_shuffle && spec.itemsize > 1) {
       // Shuffle into the tail of dst, compress into its head.
       uint8_t* scratch = dst + (dst_capacity - nbytes);
       hdf5_shuffle(raw, scratch, nbytes, spec.itemsize);
       src = scratch;
-      cap = static_cast<unsigned long>(dst_capacity - nbytes);
+      cap = static_cast<uLongf>(dst_capacity - nbytes);
     }
-    int rc = deflater().compress2(out, &cap, src, static_cast<unsigned long>(nbytes), spec.deflate_level);
-    if (rc != 0) E2F_FAIL("zlib compress2 failed with code " + std::to_string(rc));
+    const int rc = compress2(out, &cap, src, static_cast<uLong>(nbytes), spec.deflate_level);
+    if (rc != Z_OK) E2F_FAIL("zlib compress2 failed with code " + std::to_string(rc));
     *out_ptr = out;
-    return cap;
+    return static_cast<std::size_t>(cap);
   }
   if (!spec.blosc) {
     *out_ptr = raw;
@@ -137,9 +118,9 @@ void decode_chunk(const CodecSpec& spec, const uint8_t* enc, std::size_t enc_siz
   if (spec.deflate) {
     std::vector<uint8_t> tmp(spec.hdf5_shuffle && spec.itemsize > 1 ? nbytes : 0);
     uint8_t* target = tmp.empty() ? raw : tmp.data();
-    unsigned long n = static_cast<unsigned long>(nbytes);
-    int rc = uncompress(target, &n, enc, static_cast<unsigned long>(enc_size));
-    if (rc != 0 || n != nbytes) E2F_FAIL("stored deflate chunk does not inflate to " + std::to_string(nbytes) + " bytes");
+    uLongf n = static_cast<uLongf>(nbytes);
+    const int rc = uncompress(target, &n, enc, static_cast<uLong>(enc_size));
+    if (rc != Z_OK || n != nbytes) E2F_FAIL("stored deflate chunk does not inflate to " + std::to_string(nbytes) + " bytes");
     if (!tmp.empty()) hdf5_unshuffle(tmp.data(), raw, nbytes, spec.itemsize);
     if (spec.big_endian) byteswap_inplace(raw, nbytes, spec.itemsize);
     return;

@@ -61,6 +61,7 @@ Loaded load() {
   bool ok = bind(h, "cudaHostAlloc", a.HostAlloc, L.why) && bind(h, "cudaFreeHost", a.FreeHost, L.why) &&
             bind(h, "cudaStreamCreateWithFlags", a.StreamCreateWithFlags, L.why) &&
             bind(h, "cudaStreamDestroy", a.StreamDestroy, L.why) &&
+            bind(h, "cudaStreamSynchronize", a.StreamSynchronize, L.why) &&
             bind(h, "cudaEventCreateWithFlags", a.EventCreateWithFlags, L.why) &&
             bind(h, "cudaEventDestroy", a.EventDestroy, L.why) && bind(h, "cudaEventRecord", a.EventRecord, L.why) &&
             bind(h, "cudaEventSynchronize", a.EventSynchronize, L.why) &&

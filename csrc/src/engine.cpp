@@ -1,10 +1,13 @@
 #include "e2fastio/engine.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <map>
 #include <memory>
+#include <new>
 #include <stdexcept>
 #include <string>
 
@@ -18,6 +21,12 @@ namespace {
 constexpr std::size_t kEncAlign = 4096;  // encoded bytes stay O_DIRECT-aligned
 
 std::size_t align_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
+
+// Build a fresh T over `obj` without destroying it: what it owned is leaked.
+template <class T>
+void leak_in_place(T& obj) {
+  ::new (static_cast<void*>(std::addressof(obj))) T();
+}
 
 // A run of consecutive slab positions landing on consecutive chunk offsets.
 struct Run {
@@ -120,8 +129,11 @@ std::string ArraySpec::chunk_key(const std::vector<int64_t>& cc) const {
 }
 
 Engine::Engine(unsigned threads, std::size_t max_buffer_bytes, std::size_t ring_bytes)
-    : pool_(threads), buffers_(ring_bytes > 0 && ring_bytes < max_buffer_bytes ? max_buffer_bytes - ring_bytes
-                                                                                : max_buffer_bytes) {
+    : pool_(threads),
+      buffers_(std::make_unique<BufferPool>(ring_bytes > 0 && ring_bytes < max_buffer_bytes
+                                                ? max_buffer_bytes - ring_bytes
+                                                : max_buffer_bytes)),
+      owner_pid_(static_cast<long>(::getpid())) {
   if (ring_bytes > 0) {
     E2F_EXPECT(ring_bytes < max_buffer_bytes, "the staging ring must be smaller than max_buffer_bytes");
     ring_ = std::make_unique<StagingRing>(ring_bytes, cuda::available());
@@ -139,15 +151,53 @@ Engine::Engine(unsigned threads, std::size_t max_buffer_bytes, std::size_t ring_
 Engine::~Engine() {
   shutdown();
   // Every copy on the stream has completed: each job waited for its copy before
-  // encoding, and the pool has run them all. (A forked child's abandoned engine
-  // is never destroyed, so this never runs against a parent's stream.)
+  // encoding, and the pool has run them all. (An abandoned engine has no stream.)
   if (copy_stream_) {
     if (const cuda::Api* api = cuda::api()) api->StreamDestroy(copy_stream_);
     copy_stream_ = nullptr;
   }
 }
 
-void Engine::shutdown() { pool_.shutdown(); }
+void Engine::shutdown() {
+  // In a forked child nothing of the parent's may be joined, released or
+  // locked: leak it all first (a no-op when already abandoned).
+  if (!abandoned_ && static_cast<long>(::getpid()) != owner_pid_) abandon_after_fork();
+  pool_.shutdown();
+}
+
+void Engine::abandon_after_fork() noexcept {
+  if (abandoned_) return;
+  abandoned_ = true;
+  // The pool's queued tasks own ring slots, buffer leases, copy fences (CUDA
+  // events) and sinks; the key-order waiters hold more such tasks. All of it
+  // is leaked as it stands: a parent thread may have been changing any of
+  // these containers, or held the lock guarding them, when fork() copied the
+  // memory. Fresh, empty objects take their places.
+  pool_.abandon_after_fork();
+  leak_in_place(key_waiters_);
+  leak_in_place(device_fences_);
+  leak_in_place(bg_error_);
+  leak_in_place(async_mu_);
+  leak_in_place(async_cv_);
+  pending_ = 0;
+  // The ring's block may be page-locked memory of the parent's CUDA context,
+  // and its lock and the buffer pool's may be held: neither is given back.
+  (void)ring_.release();
+  const std::size_t capacity = buffers_->capacity();  // const since construction
+  (void)buffers_.release();
+  buffers_ = std::make_unique<BufferPool>(capacity);  // empty: stats and trim() still work
+  copy_stream_ = nullptr;  // the parent's stream: never destroyed here
+}
+
+bool Engine::inherited() const noexcept { return abandoned_ || static_cast<long>(::getpid()) != owner_pid_; }
+
+void Engine::ensure_usable() const {
+  if (inherited())
+    throw std::runtime_error(
+        "this engine was created in process " + std::to_string(owner_pid_) + " and inherited through fork() by " +
+        std::to_string(static_cast<long>(::getpid())) +
+        "; its threads and staging memory stay with the parent: create a new engine in the child");
+}
 
 std::size_t Engine::staging_bytes_per_chunk(const ArraySpec& a) const {
   const std::size_t n = a.chunk_nbytes();
@@ -343,7 +393,7 @@ void Engine::run_job(const Job& job, Lease* lease, int blosc_threads) {
     Lease local;
     const std::size_t need = job_staging_bytes(job);
     if (!lease && need > 0) {
-      local = buffers_.acquire(need);
+      local = buffers_->acquire(need);
       lease = &local;
     }
     uint8_t* raw;
@@ -388,16 +438,17 @@ void Engine::run_job(const Job& job, Lease* lease, int blosc_threads) {
 void Engine::validate_requests(const std::vector<Request>& requests) const {
   for (const auto& r : requests) {
     validate_request(r);
-    E2F_EXPECT(staging_bytes_per_chunk(*r.array) <= buffers_.capacity(),
+    E2F_EXPECT(staging_bytes_per_chunk(*r.array) <= buffers_->capacity(),
                "a chunk of array '" + r.array->path + "' needs " + std::to_string(staging_bytes_per_chunk(*r.array)) +
                    " bytes of encode buffers but " + (ring_ ? "only " : "max_buffer_bytes is ") +
-                   std::to_string(buffers_.capacity()) +
+                   std::to_string(buffers_->capacity()) +
                    (ring_ ? " of max_buffer_bytes are left beside the staging ring" : "") +
                    "; raise max_buffer_bytes or use smaller chunks");
   }
 }
 
 void Engine::write_batch(const std::vector<Request>& requests) {
+  ensure_usable();
   // 1. Validate everything first: a bad request stores nothing.
   validate_requests(requests);
   // 2. Plan every chunk of every request.
@@ -412,7 +463,7 @@ void Engine::write_batch(const std::vector<Request>& requests) {
   try {
     for (const Job& job : jobs) {
       const std::size_t need = job_staging_bytes(job);
-      auto lease = std::make_shared<Lease>(need ? buffers_.acquire(need) : Lease());
+      auto lease = std::make_shared<Lease>(need ? buffers_->acquire(need) : Lease());
       pool_.submit(group.wrap([this, &job, lease, blosc_threads]() {
         run_job(job, lease->data() ? lease.get() : nullptr, blosc_threads);
         lease->release();
@@ -436,6 +487,7 @@ void Engine::record_error(std::exception_ptr e) {
 }
 
 std::shared_ptr<Engine::Batch> Engine::stage(const std::vector<Request>& requests, bool copy_host) {
+  ensure_usable();
   E2F_EXPECT(ring_ != nullptr, "this engine was created without a staging ring (non-blocking writes are off)");
   validate_requests(requests);
   auto batch = std::make_shared<Batch>();
@@ -516,44 +568,58 @@ std::uint64_t Engine::submit_device(const std::vector<Request>& requests, void* 
     std::lock_guard<std::mutex> lk(async_mu_);
     if (!copy_stream_) cuda::check(api->StreamCreateWithFlags(&copy_stream_, cuda::kStreamNonBlocking), "cudaStreamCreateWithFlags");
   }
-  cuda::check(api->EventCreateWithFlags(&fence->ready, cuda::kEventDisableTiming), "cudaEventCreateWithFlags");
-  cuda::check(api->EventCreateWithFlags(&fence->done, cuda::kEventDisableTiming), "cudaEventCreateWithFlags");
-  // 1. The copy waits for the producer's pending work (the kernels computing the data).
-  cuda::check(api->EventRecord(fence->ready, producer_stream), "cudaEventRecord on the producer stream");
-  cuda::check(api->StreamWaitEvent(copy_stream_, fence->ready, 0), "cudaStreamWaitEvent");
-  // 2. Device -> pinned ring, on our stream.
-  for (std::size_t i = 0; i < requests.size(); ++i) {
-    std::size_t n = requests[i].slab.itemsize;
-    for (auto e : requests[i].slab.shape) n *= static_cast<std::size_t>(e);
-    if (n == 0) continue;
-    cuda::check(api->MemcpyAsync(const_cast<uint8_t*>(batch->requests[i].slab.data), requests[i].slab.data, n,
-                                 cuda::kMemcpyDeviceToHost, copy_stream_),
-                "cudaMemcpyAsync (device to host)");
+  bool copy_queued = false;  // from then on the ring slot may be written by the device
+  try {
+    cuda::check(api->EventCreateWithFlags(&fence->ready, cuda::kEventDisableTiming), "cudaEventCreateWithFlags");
+    cuda::check(api->EventCreateWithFlags(&fence->done, cuda::kEventDisableTiming), "cudaEventCreateWithFlags");
+    // 1. The copy waits for the producer's pending work (the kernels computing the data).
+    cuda::check(api->EventRecord(fence->ready, producer_stream), "cudaEventRecord on the producer stream");
+    cuda::check(api->StreamWaitEvent(copy_stream_, fence->ready, 0), "cudaStreamWaitEvent");
+    // 2. Device -> pinned ring, on our stream.
+    for (std::size_t i = 0; i < requests.size(); ++i) {
+      std::size_t n = requests[i].slab.itemsize;
+      for (auto e : requests[i].slab.shape) n *= static_cast<std::size_t>(e);
+      if (n == 0) continue;
+      cuda::check(api->MemcpyAsync(const_cast<uint8_t*>(batch->requests[i].slab.data), requests[i].slab.data, n,
+                                   cuda::kMemcpyDeviceToHost, copy_stream_),
+                  "cudaMemcpyAsync (device to host)");
+      copy_queued = true;
+    }
+    cuda::check(api->EventRecord(fence->done, copy_stream_), "cudaEventRecord on the copy stream");
+    // 3. Later work on the producer stream (which may free or overwrite the source) waits for the copy.
+    cuda::check(api->StreamWaitEvent(producer_stream, fence->done, 0), "cudaStreamWaitEvent on the producer stream");
+    batch->fence = fence;
+    std::uint64_t seq;
+    {
+      std::lock_guard<std::mutex> lk(async_mu_);
+      device_fences_.push_back(fence);
+      seq = ++device_submits_;
+    }
+    if (batch->jobs.empty()) {
+      // Nothing to encode, but the slot must outlive the copy.
+      pool_.submit([batch]() noexcept {
+        try {
+          batch->fence->wait();
+        } catch (...) {
+        }
+      });
+    }
+    dispatch_batch(batch);  // from here the queued jobs own the slot, and each waits for the copy
+    return seq;
+  } catch (...) {
+    // Unwinding releases the slot (with `batch`, unless a queued job holds
+    // it), and the next reservation may get the same memory: a copy already
+    // queued must be finished first. The copy stream is synchronised (there
+    // may be no event after the copies to wait on); that returns once the
+    // stream's work is done or its context is lost (then no copy runs any
+    // more). Its own status is secondary to the error being raised.
+    if (copy_queued) (void)api->StreamSynchronize(copy_stream_);
+    throw;
   }
-  cuda::check(api->EventRecord(fence->done, copy_stream_), "cudaEventRecord on the copy stream");
-  // 3. Later work on the producer stream (which may free or overwrite the source) waits for the copy.
-  cuda::check(api->StreamWaitEvent(producer_stream, fence->done, 0), "cudaStreamWaitEvent on the producer stream");
-  batch->fence = fence;
-  std::uint64_t seq;
-  {
-    std::lock_guard<std::mutex> lk(async_mu_);
-    device_fences_.push_back(fence);
-    seq = ++device_submits_;
-  }
-  if (batch->jobs.empty()) {
-    // Nothing to encode, but the slot must outlive the copy.
-    pool_.submit([batch]() noexcept {
-      try {
-        batch->fence->wait();
-      } catch (...) {
-      }
-    });
-  }
-  dispatch_batch(batch);
-  return seq;
 }
 
 std::uint64_t Engine::copies_done() {
+  if (inherited()) return device_done_;  // never a CUDA call or a parent's lock in a child
   const cuda::Api* api = cuda::api();
   std::lock_guard<std::mutex> lk(async_mu_);
   while (api && !device_fences_.empty()) {
@@ -600,10 +666,13 @@ void Engine::job_finished(const std::string& order_key) {
       it->second.pop_front();
     }
   }
+  ++finished_;
   if (--pending_ == 0) async_cv_.notify_all();
+  progress_cv_.notify_all();
 }
 
 void Engine::check() {
+  if (inherited()) return;  // the parent's errors are the parent's to report
   std::exception_ptr e;
   {
     std::lock_guard<std::mutex> lk(async_mu_);
@@ -614,6 +683,7 @@ void Engine::check() {
 }
 
 void Engine::flush() {
+  if (inherited()) return;  // chunks pending at the fork are the parent's to store
   {
     std::unique_lock<std::mutex> lk(async_mu_);
     async_cv_.wait(lk, [this] { return pending_ == 0; });
@@ -622,15 +692,29 @@ void Engine::flush() {
 }
 
 bool Engine::wait_idle(double timeout_seconds) {
+  if (inherited()) return true;
   std::unique_lock<std::mutex> lk(async_mu_);
   return async_cv_.wait_for(lk, std::chrono::duration<double>(timeout_seconds), [this] { return pending_ == 0; });
 }
 
+std::uint64_t Engine::finished_chunks() const {
+  std::lock_guard<std::mutex> lk(async_mu_);
+  return finished_;
+}
+
+std::uint64_t Engine::wait_progress(std::uint64_t seen, double timeout_seconds) {
+  std::unique_lock<std::mutex> lk(async_mu_);
+  progress_cv_.wait_for(lk, std::chrono::duration<double>(std::max(0.0, timeout_seconds)),
+                        [&] { return finished_ != seen || pending_ == 0; });
+  return finished_;
+}
+
 std::size_t Engine::pending_chunks() const {
+  if (inherited()) return 0;
   std::lock_guard<std::mutex> lk(async_mu_);
   return pending_;
 }
 
-RingStats Engine::ring_stats() const { return ring_ ? ring_->stats() : RingStats{}; }
+RingStats Engine::ring_stats() const { return ring_ && !inherited() ? ring_->stats() : RingStats{}; }
 
 }  // namespace e2fastio

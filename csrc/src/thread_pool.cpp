@@ -4,6 +4,8 @@
 #include <pthread.h>
 #endif
 
+#include <new>
+#include <stdexcept>
 #include <utility>
 
 namespace e2fastio {
@@ -17,6 +19,9 @@ ThreadPool::ThreadPool(unsigned nthreads) {
 ThreadPool::~ThreadPool() { shutdown(); }
 
 void ThreadPool::submit(std::function<void()> task) {
+  if (abandoned_)
+    throw std::runtime_error("this thread pool was inherited through fork() and has no threads in this process; "
+                             "create a new engine in the child");
   {
     std::lock_guard<std::mutex> lk(mu_);
     queue_.push_back(std::move(task));
@@ -54,16 +59,20 @@ void ThreadPool::shutdown() {
 }
 
 void ThreadPool::abandon_after_fork() noexcept {
-  // The threads do not exist in the child; std::thread objects that are
-  // still joinable would terminate() on destruction, so detach the handles.
-  for (auto& t : workers_) t.detach();
-  workers_.clear();
-  // Mutex/condvar may have been held by a parent thread at fork time:
-  // rebuild them in place.
-  new (&mu_) std::mutex();
-  new (&cv_) std::condition_variable();
-  queue_.clear();
+  if (abandoned_) return;
+  // Only the thread that called fork() exists in the child. Everything else
+  // here may be mid-update by a parent thread that vanished at the fork: the
+  // queue (a worker popping it under mu_), the lock itself, the condition
+  // variable's waiters. Fresh objects are built over the old ones without
+  // running a destructor, so nothing is read, locked, joined or destroyed:
+  // the queued tasks, and all they own, are leaked (a leak in the child only).
+  // No detach either: the threads' handles name threads of the parent.
+  ::new (static_cast<void*>(&workers_)) std::vector<std::thread>();
+  ::new (static_cast<void*>(&queue_)) std::deque<std::function<void()>>();
+  ::new (static_cast<void*>(&mu_)) std::mutex();
+  ::new (static_cast<void*>(&cv_)) std::condition_variable();
   stop_ = true;
+  abandoned_ = true;
 }
 
 std::function<void()> TaskGroup::wrap(std::function<void()> fn) {

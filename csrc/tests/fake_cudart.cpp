@@ -3,7 +3,9 @@
 // "device" memory is host memory, each stream is a worker thread running its
 // queue in order, events complete when their stream reaches them. Extra
 // entry points let a test hold a stream (a kernel still running), add delay
-// to copies, and make the next copy fail.
+// to copies, make the next copy fail, and make the Nth call of any function
+// fail (fake_cuda_fail_call, or FAKE_CUDA_FAIL="cudaEventRecord:2,..." in the
+// environment, counted from the process start).
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -13,6 +15,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <unordered_map>
 
@@ -30,6 +33,7 @@ struct FakeStream {
   std::condition_variable cv;
   std::deque<std::function<void()>> ops;
   bool held = false, stop = false;
+  bool failed = false;  // a copy on this stream failed: later events report it (touched by `worker` only)
   std::thread worker;
   FakeStream() {
     worker = std::thread([this] {
@@ -66,10 +70,8 @@ struct FakeStream {
 };
 
 std::atomic<int> g_delay_ms{0};
-std::atomic<int> g_fail_next{0};
 std::atomic<int> g_fail_async{0};
 std::atomic<int> g_live_streams{0};  // created and not yet destroyed
-thread_local bool t_stream_failed = false;  // set on a stream's worker thread by a failing copy
 std::atomic<unsigned long long> g_copies{0};
 std::atomic<unsigned long long> g_host_allocs{0};
 FakeStream* g_default = nullptr;
@@ -82,6 +84,63 @@ std::shared_ptr<FakeEvent> event_of(void* e) {
   std::lock_guard<std::mutex> lk(g_events_mu);
   return g_events.at(e);
 }
+
+// ---- fault injection: the Nth call of a named function returns an error.
+constexpr int kInjectedError = 999;  // cudaErrorUnknown
+std::atomic<int> g_armed{0};          // faults waiting: the lock is taken only then
+std::mutex g_faults_mu;
+std::unordered_map<std::string, std::pair<int, int>>& faults() {  // name -> (calls left, error)
+  static auto* m = new std::unordered_map<std::string, std::pair<int, int>>;
+  return *m;
+}
+void arm(const std::string& name, int nth, int error) {
+  std::lock_guard<std::mutex> lk(g_faults_mu);
+  auto& f = faults();
+  if (nth <= 0) {
+    g_armed -= static_cast<int>(f.erase(name));
+    return;
+  }
+  if (f.emplace(name, std::make_pair(nth, error)).second)
+    ++g_armed;
+  else
+    f[name] = {nth, error};
+}
+void arm_from_environment() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    const char* env = std::getenv("FAKE_CUDA_FAIL");  // "name:n[,name:n...]"
+    if (!env) return;
+    std::string spec = env;
+    std::size_t pos = 0;
+    while (pos < spec.size()) {
+      std::size_t end = spec.find(',', pos);
+      if (end == std::string::npos) end = spec.size();
+      const std::string item = spec.substr(pos, end - pos);
+      const std::size_t colon = item.find(':');
+      if (colon != std::string::npos) arm(item.substr(0, colon), std::atoi(item.c_str() + colon + 1), kInjectedError);
+      pos = end + 1;
+    }
+  });
+}
+// The error to return from this call of `name`, or 0.
+int injected(const char* name) {
+  arm_from_environment();
+  if (g_armed.load() == 0) return 0;  // no lock when nothing is armed (e.g. in a forked child)
+  std::lock_guard<std::mutex> lk(g_faults_mu);
+  auto it = faults().find(name);
+  if (it == faults().end() || --it->second.first > 0) return 0;
+  const int error = it->second.second;
+  faults().erase(it);
+  --g_armed;
+  return error;
+}
+
+// A thread of the runtime holding the event table's lock (as one inside
+// cudaEventDestroy would): fake_cuda_hold_event_table.
+std::mutex g_holder_mu;
+std::condition_variable g_holder_cv;
+bool g_hold_table = false, g_table_held = false;
+std::thread* g_table_holder = nullptr;
 
 FakeStream* stream_of(void* s) {
   if (s) return static_cast<FakeStream*>(s);
@@ -99,9 +158,13 @@ int cudaGetDevice(int* d) {
   return 0;
 }
 int cudaSetDevice(int) { return 0; }
-const char* cudaGetErrorString(int e) { return e == 0 ? "no error" : "fake copy failure (injected by the test)"; }
+const char* cudaGetErrorString(int e) {
+  if (e == 0) return "no error";
+  return e == kInjectedError ? "injected failure (fake CUDA runtime)" : "fake copy failure (injected by the test)";
+}
 
 int cudaHostAlloc(void** p, size_t n, unsigned) {
+  if (int e = injected("cudaHostAlloc")) return e;
   *p = std::aligned_alloc(4096, (n + 4095) / 4096 * 4096);
   g_host_allocs.fetch_add(1);
   return *p ? 0 : 2;
@@ -111,6 +174,7 @@ int cudaFreeHost(void* p) {
   return 0;
 }
 int cudaStreamCreateWithFlags(void** s, unsigned) {
+  if (int e = injected("cudaStreamCreateWithFlags")) return e;
   *s = new FakeStream();
   ++g_live_streams;
   return 0;
@@ -120,7 +184,30 @@ int cudaStreamDestroy(void* s) {
   --g_live_streams;
   return 0;
 }
+// Waits until every operation queued on the stream so far has run; reports a
+// failed copy on it (sticky, like a device error).
+int cudaStreamSynchronize(void* s) {
+  if (int e = injected("cudaStreamSynchronize")) return e;
+  struct Done {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    int error = 0;
+  };
+  auto d = std::make_shared<Done>();
+  FakeStream* st = stream_of(s);
+  st->push([d, st] {
+    std::lock_guard<std::mutex> lk(d->mu);
+    d->done = true;
+    d->error = st->failed ? 700 : 0;
+    d->cv.notify_all();
+  });
+  std::unique_lock<std::mutex> lk(d->mu);
+  d->cv.wait(lk, [&] { return d->done; });
+  return d->error;
+}
 int cudaEventCreateWithFlags(void** e, unsigned) {
+  if (int err = injected("cudaEventCreateWithFlags")) return err;
   auto ev = std::make_shared<FakeEvent>();
   *e = ev.get();
   std::lock_guard<std::mutex> lk(g_events_mu);
@@ -133,32 +220,37 @@ int cudaEventDestroy(void* e) {
   return 0;
 }
 int cudaEventRecord(void* e, void* s) {
+  if (int err = injected("cudaEventRecord")) return err;
   auto ev = event_of(e);
   unsigned long long gen;
   {
     std::lock_guard<std::mutex> lk(ev->mu);
     gen = ++ev->recorded;
   }
-  stream_of(s)->push([ev, gen] {
+  FakeStream* st = stream_of(s);
+  st->push([ev, gen, st] {
     std::lock_guard<std::mutex> lk(ev->mu);
     ev->completed = gen;
-    if (t_stream_failed) ev->error = 700;
+    if (st->failed) ev->error = 700;
     ev->cv.notify_all();
   });
   return 0;
 }
 int cudaEventQuery(void* e) {
+  if (int err = injected("cudaEventQuery")) return err;
   auto ev = event_of(e);
   std::lock_guard<std::mutex> lk(ev->mu);
   return ev->completed >= ev->recorded ? ev->error : 600;  // cudaErrorNotReady
 }
 int cudaEventSynchronize(void* e) {
+  if (int err = injected("cudaEventSynchronize")) return err;
   auto ev = event_of(e);
   std::unique_lock<std::mutex> lk(ev->mu);
   ev->cv.wait(lk, [ev] { return ev->completed >= ev->recorded; });
   return ev->error;
 }
 int cudaStreamWaitEvent(void* s, void* e, unsigned) {
+  if (int err = injected("cudaStreamWaitEvent")) return err;
   auto ev = event_of(e);
   unsigned long long gen;
   {
@@ -172,12 +264,13 @@ int cudaStreamWaitEvent(void* s, void* e, unsigned) {
   return 0;
 }
 int cudaMemcpyAsync(void* dst, const void* src, size_t n, int, void* s) {
-  if (g_fail_next.exchange(0)) return 700;  // cudaErrorIllegalAddress-like
+  if (int err = injected("cudaMemcpyAsync")) return err;
   const bool fail = g_fail_async.exchange(0) != 0;
-  stream_of(s)->push([dst, src, n, fail] {
+  FakeStream* st = stream_of(s);
+  st->push([dst, src, n, fail, st] {
     if (int d = g_delay_ms.load()) std::this_thread::sleep_for(std::chrono::milliseconds(d));
     if (fail) {
-      t_stream_failed = true;  // like a sticky device error: later events report it
+      st->failed = true;  // like a sticky device error: later events on the stream report it
       return;
     }
     std::memcpy(dst, src, n);
@@ -186,6 +279,7 @@ int cudaMemcpyAsync(void* dst, const void* src, size_t n, int, void* s) {
   return 0;
 }
 int cudaMemcpy(void* dst, const void* src, size_t n, int) {
+  if (int err = injected("cudaMemcpy")) return err;
   std::memcpy(dst, src, n);
   return 0;
 }
@@ -200,7 +294,36 @@ void fake_cuda_hold_stream(void* s, int hold) {
   st->cv.notify_all();
 }
 void fake_cuda_set_copy_delay_ms(int ms) { g_delay_ms = ms; }
-void fake_cuda_fail_next_copy() { g_fail_next = 1; }
+void fake_cuda_fail_next_copy() { arm("cudaMemcpyAsync", 1, 700); }  // cudaErrorIllegalAddress-like
+// hold != 0: a thread of the runtime takes the event table's lock and keeps
+// it until fake_cuda_hold_event_table(0); returns once the lock is taken.
+// Every event call waits meanwhile; a process forked meanwhile inherits the
+// lock held by a thread it does not have.
+void fake_cuda_hold_event_table(int hold) {
+  std::unique_lock<std::mutex> lk(g_holder_mu);
+  if (hold && !g_table_holder) {
+    g_hold_table = true;
+    g_table_holder = new std::thread([] {
+      std::lock_guard<std::mutex> table(g_events_mu);
+      std::unique_lock<std::mutex> h(g_holder_mu);
+      g_table_held = true;
+      g_holder_cv.notify_all();
+      g_holder_cv.wait(h, [] { return !g_hold_table; });
+      g_table_held = false;
+    });
+    g_holder_cv.wait(lk, [] { return g_table_held; });
+  } else if (!hold && g_table_holder) {
+    g_hold_table = false;
+    g_holder_cv.notify_all();
+    lk.unlock();
+    g_table_holder->join();
+    delete g_table_holder;
+    g_table_holder = nullptr;
+  }
+}
+// The nth call (1 = the next) of the CUDA function `name` returns `error`
+// (0: cudaErrorUnknown) without doing anything; nth <= 0 disarms it.
+void fake_cuda_fail_call(const char* name, int nth, int error) { arm(name, nth, error ? error : kInjectedError); }
 void fake_cuda_fail_next_copy_async() { g_fail_async = 1; }
 int fake_cuda_live_streams() { return g_live_streams.load(); }
 unsigned long long fake_cuda_copies() { return g_copies.load(); }

@@ -132,10 +132,34 @@ class FileRegionSink(Sink):
     @property
     def direct_io_active(self) -> bool: ...
 
+class CollectStats(TypedDict):
+    capacity: int
+    held_bytes: int
+    peak_held_bytes: int
+    held_chunks: int
+    chunks_collected: int
+    chunks_popped: int
+    bytes_collected: int
+    writer_waits: int
+    writer_wait_seconds: float
+
 class CollectSink(Sink):
-    def __init__(self) -> None: ...
-    def take(self) -> list[tuple[str, bytes]]:
-        """[(key, encoded bytes), ...] collected so far, oldest first (empties the sink)."""
+    """Encoded chunks held (up to `capacity_bytes`; writers wait for room) for the caller to store."""
+
+    def __init__(self, capacity_bytes: _Int) -> None: ...
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of encoded chunks admitted and not yet popped."""
+
+    def pop(self) -> tuple[str, npt.NDArray[np.uint8]] | None:
+        """(key, read-only uint8 array) of the oldest collected chunk, or None when none is ready."""
+
+    def close(self) -> None:
+        """No consumer any more: held chunks are dropped, waiting and later writers fail."""
+
+    def stats(self) -> CollectStats: ...
 
 class UploadStats(TypedDict):
     objects_uploaded: int
@@ -195,6 +219,8 @@ class ArraySpec:
     def validate(self) -> None: ...
     def chunk_nbytes(self) -> int: ...
     def chunk_key(self, chunk: Sequence[_Int]) -> str: ...
+    def max_encoded_chunk_bytes(self) -> int:
+        """The most bytes one encoded chunk of this array can take."""
 
 # One request: the array, its sink, the data and, per dimension, the integer
 # positions the data's axes land on. The data of a device request is
@@ -253,6 +279,13 @@ class Engine:
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for every submitted chunk; False if some are still pending."""
+
+    @property
+    def finished_chunks(self) -> int:
+        """Non-blocking chunks finished (stored or failed) so far."""
+
+    def wait_progress(self, seen: _Int, timeout: float) -> int:
+        """Wait until more than `seen` chunks finished, none is pending, or `timeout` s; returns finished_chunks."""
 
     def check(self) -> None:
         """Raise the first background error (once), if any."""

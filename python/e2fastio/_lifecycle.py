@@ -69,25 +69,33 @@ def _close_at_exit() -> None:
         t.join()
 
 
-def _reap(kind: str, where: str, engine: Any, uploader: Any, warn: bool, timeout: float) -> None:
-    """Finish and stop the pipeline of a backend that was collected without close()."""
+def _reap(kind: str, where: str, engine: Any, uploader: Any, unflushed: list[bool], timeout: float,
+          release: Any = None) -> None:
+    """Finish and stop the pipeline of a backend that was collected without close().
+
+    `unflushed[0]`: non-blocking writes were made since the last flush (or
+    commit): the user never learnt whether they landed, so we say so.
+    """
     if isinstance(threading.current_thread(), threading._DummyThread):
         # Collected on one of our native threads (inside a callback): never wait for the pool from
         # the pool. A Python thread does it, and exit waits for that thread.
-        t = threading.Thread(target=_reap, args=(kind, where, engine, uploader, warn, timeout),
+        t = threading.Thread(target=_reap, args=(kind, where, engine, uploader, unflushed, timeout, release),
                              name="e2fastio-reap")
         with _lock:
             _reapers.add(t)
         t.start()
         return
     try:
+        if release is not None:
+            release()  # pool threads waiting for the backend itself give up (their chunks fail)
         if engine.started:
             e = engine.get()
             pending = int(e.pending_chunks) if e.has_ring else 0
-            if warn:
+            if unflushed[0]:
                 warnings.warn(
-                    f"e2fastio: a non-blocking {kind} for {where} was garbage-collected without close(); "
-                    f"storing its {pending} pending chunk(s) now. Call close() (or use `with`).",
+                    f"e2fastio: a non-blocking {kind} for {where} was garbage-collected without close() after "
+                    f"writes that were never flushed; storing its {pending} pending chunk(s) now. Call close() "
+                    "(or use `with`).",
                     RuntimeWarning,
                     stacklevel=2,
                 )
@@ -149,22 +157,33 @@ class Lifecycle:
             """Implemented by each backend."""
 
     def _start_lifecycle(self, *, where: str, engine: Any, uploader: Any = None, nonblocking: bool,
-                         keep_alive: bool = False, timeout: float = 600.0) -> None:
+                         keep_alive: bool = False, timeout: float = 600.0, release: Any = None) -> None:
         """Register for the exit close and for collection without close().
 
         `keep_alive`: the backend itself is needed to finish its work (held
         strongly until closed); otherwise a finalizer owning `engine` and
         `uploader` finishes it if the backend is collected while open.
+        `release`: called first by that finalizer, so that pool threads waiting
+        for the backend itself (NetCDF encoders waiting for the caller's thread
+        to take chunks to HDF5) give up instead of holding the pool forever.
         """
         self._closed = False
         self._where = where
         self._warn_at_exit = nonblocking
         self._lifecycle_engine = engine
+        self._unflushed = [False]  # shared with the finalizer (which must not hold the backend)
         with _lock:
             (_exit_strong.add if keep_alive else _exit_weak.add)(self)
-        self._finalizer = weakref.finalize(self, _reap, type(self).__name__, where, engine, uploader, nonblocking,
-                                           timeout)
+        self._finalizer = weakref.finalize(self, _reap, type(self).__name__, where, engine, uploader,
+                                           self._unflushed, timeout, release)
         self._finalizer.atexit = False  # at exit the backend is closed by _close_at_exit while still alive
+
+    def _mark_written(self) -> None:
+        """A non-blocking write was staged: until the next flush its fate is unknown to the user."""
+        self._unflushed[0] = True
+
+    def _mark_flushed(self) -> None:
+        self._unflushed[0] = False
 
     def _end_exit_registration(self) -> None:
         """Not closed at exit (the finalizer still finishes it if collected while open)."""

@@ -17,7 +17,9 @@ def info() -> dict[str, Any]:
     -------
     dict
         ``version``, ``core_version``, ``blosc_version`` (the c-blosc 1.x the
-        extension is statically linked with), ``default_threads`` and
+        extension is statically linked with), ``deflate_library`` (the one zlib
+        linked into it, with its version: NetCDF-4 deflate/inflate and blosc's
+        ``zlib`` codec), ``default_threads`` and
         ``default_max_buffer_bytes``, ``default_ring_bytes`` (non-blocking
         staging), ``cuda`` (whether a CUDA runtime was found, loaded at run time,
         and from where, or why not), ``pinned_staging`` (the ring is

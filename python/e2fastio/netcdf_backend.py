@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -41,6 +41,44 @@ _EPOCH = np.datetime64("0001-01-01T00:00:00", "s")
 _TD_UNITS = {"h": "hours", "m": "minutes", "s": "seconds", "D": "days"}
 _REV_TD_UNITS = {v: k for k, v in _TD_UNITS.items()}
 _DEFAULT_BACKEND_KWARGS = {"mode": "r+", "diskless": False}
+
+
+def _idle(engine: _core.Engine) -> bool:
+    return engine.pending_chunks == 0
+
+
+class _Collector:
+    """A backend's ``CollectSink`` (encoded chunks waiting for HDF5), made anew in a forked child.
+
+    The sink pairs its lock with condition variables, so a fork can leave it
+    held by a parent's thread that the child does not have: a child writing
+    through the backend gets a sink of its own, and the parent's is kept (never
+    destroyed there), as the child's engine keeps the parent's.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._pid = os.getpid()
+        self._sink = _core.CollectSink(capacity)
+
+    @property
+    def sink(self) -> _core.CollectSink:
+        if self._pid != os.getpid():
+            _parents_collectors.append(self._sink)
+            self._sink, self._pid = _core.CollectSink(self.capacity), os.getpid()
+        return self._sink
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self.sink.stats())
+
+    def close(self) -> None:
+        """No consumer any more: held chunks are dropped, encoders waiting for room fail (never hang)."""
+        self.sink.close()
+
+
+_parents_collectors: list[_core.CollectSink] = []
+
+
 def _import_h5netcdf() -> Any:
     try:
         import h5netcdf
@@ -213,7 +251,9 @@ class NetCDF4Backend(Lifecycle):
         Chunk sizes per dimension; by default one chunk per field (1 along
         every dimension but the last two).
     threads, max_buffer_bytes : keyword-only
-        As for :class:`e2fastio.ZarrBackend`.
+        As for :class:`e2fastio.ZarrBackend`. `max_buffer_bytes` bounds the
+        staging ring (5/8), the encode buffers (1/4) and the encoded chunks of
+        compressed variables waiting for HDF5 (1/8; at least one chunk).
     blocking : bool, keyword-only
         ``True`` (default): ``write`` returns when the data is in the file.
         ``False``: ``write`` stages the data (the caller may reuse its tensor at
@@ -321,17 +361,21 @@ class NetCDF4Backend(Lifecycle):
         self.shuffle = shuffle
         self.chunks = dict(chunks or {})
         ekw = engine_kwargs(threads, max_buffer_bytes)
-        # A staging ring lets HDF5 store finished chunks while others are still encoding.
-        self._engine = EngineHandle(**ekw, ring_bytes=ekw["max_buffer_bytes"] * 3 // 4)
+        # max_buffer_bytes bounds it all: 5/8 the staging ring (HDF5 stores finished chunks while others
+        # are still encoding), 1/4 encode buffers, 1/8 encoded chunks waiting for HDF5 (the collector).
+        total = ekw["max_buffer_bytes"]
+        collect = max(total // 8, 1)
+        self._engine = EngineHandle(ekw["threads"], total - collect, ring_bytes=total * 5 // 8)
         self.blocking = blocking
         self.flush_timeout = 600.0
-        self._sink = _core.CollectSink()
+        self._collector = _Collector(collect)
+        self._max_encoded = 0  # the largest encoded chunk any variable written natively can give
         self._regions: dict[str, tuple[_core.ArraySpec, _core.FileRegionSink] | None] = {}
         # Closed at exit when still open (Earth2Studio's workflows never close their backend, and
         # h5netcdf's own close at interpreter teardown fails once h5py is gone). A non-blocking one
         # is kept alive until then: its encoded chunks reach HDF5 through this object only.
         self._start_lifecycle(where=str(self.file_name), engine=self._engine, nonblocking=not blocking,
-                              keep_alive=not blocking)
+                              keep_alive=not blocking, release=self._collector.close)
         self._specs: dict[str, _core.ArraySpec | None] = {}  # None: HDF5 filters the variable's chunks
         self.coords: OrderedDict[str, np.ndarray] = OrderedDict()
         self._selector = _data.Selector(
@@ -451,12 +495,14 @@ class NetCDF4Backend(Lifecycle):
                 if self._h5file is not None and self._h5file.id.valid:
                     self._h5file.close()
         finally:
+            self._collector.close()  # encoders still waiting for room (after an error) give up
             self._engine.close()
         if pending_error is not None:
             raise pending_error
 
     def stats(self) -> dict[str, object]:
-        return self._engine.stats()
+        """The engine's figures, and the collector's (encoded chunks waiting for HDF5) under ``"collector"``."""
+        return {**self._engine.stats(), "collector": self._collector.stats()}
 
     # ------------------------------------------------------------------ arrays
     @serialized
@@ -544,6 +590,7 @@ class NetCDF4Backend(Lifecycle):
         spec.fill_value = np.asarray(fill, dtype=dtype.newbyteorder("=")).tobytes()
         spec.validate()
         self._specs[name] = spec
+        self._max_encoded = max(self._max_encoded, spec.max_encoded_chunk_bytes())
         return spec
 
     @serialized
@@ -598,7 +645,7 @@ class NetCDF4Backend(Lifecycle):
                 self._drain()
                 _write_box(var, index, arr)
             elif _data.first_partial_chunk(index, spec.shape, spec.chunks) is None:
-                batch.append((spec, self._sink, arr, index))
+                batch.append((spec, self._collector.sink, arr, index))
             else:
                 self._drain()  # HDF5 merges partial chunks: pending writes of them first
                 _write_box(var, index, arr)  # partial chunks: HDF5 merges (single-threaded)
@@ -608,53 +655,79 @@ class NetCDF4Backend(Lifecycle):
         if self.blocking and all(isinstance(sink, _core.FileRegionSink) for _, sink, _, _ in batch):
             engine.write_batch(batch)  # in place, straight from the caller's data: no staging copy
             return
+        # Staging waits while the ring is full, and ring space comes back only as chunks finish, which
+        # encoders waiting for room in the collector cannot: first make sure that every chunk still
+        # pending fits into the collector (storing chunks meanwhile), so staging never waits for us.
+        self._hand_over(until=self._room_to_stage)
         engine.submit(batch)  # staged: the caller's data may change from here on
         if self.blocking:
-            self._hand_over(wait=True)
+            self._hand_over(until=_idle)
             engine.check()
             return
-        self._hand_over(wait=False)  # what is ready; the rest at the next call
+        self._hand_over()  # what is ready; the rest at the next call
         self._background(engine.check)  # an earlier failure; this write is staged and lands
 
-    def _hand_over(self, wait: bool) -> None:
-        """Hand encoded chunks to HDF5 from this (the caller's) thread: HDF5 is not thread-safe.
+    def _room_to_stage(self, engine: _core.Engine) -> bool:
+        """Whether every pending chunk fits into the collector as it stands (or none is pending)."""
+        pending = engine.pending_chunks
+        sink = self._collector.sink
+        return pending == 0 or sink.held_bytes + pending * self._max_encoded <= sink.capacity
 
-        With `wait`, keep handing them over as they finish until nothing is
-        pending (the pool encodes the rest meanwhile). Every encoded chunk is
-        stored even if another failed; then the first failure is raised as an
-        ``OSError`` naming its chunk key (HDF5's own message names only the file).
+    def _hand_over(self, until: Callable[[_core.Engine], bool] | None = None) -> None:
+        """Store encoded chunks with HDF5 from this (the caller's) thread: HDF5 is not thread-safe.
+
+        Without `until`, store the chunks that are ready and return. With it,
+        store chunks as they finish until ``until(engine)`` holds: between
+        them the thread sleeps in the engine (GIL released) until a chunk
+        finishes or none is pending, never polling. Encoders waiting for room
+        in the collector go on as chunks are taken out, so waiting here never
+        deadlocks. Every chunk is stored even if another failed; then the
+        first failure is raised as an ``OSError`` naming its chunk key (HDF5's
+        own message names only the file).
         """
         if not self._engine.started:
             return
         engine = self._engine.get()
+        sink = self._collector.sink
         deadline = time.monotonic() + self.flush_timeout
         failure: OSError | None = None
         while True:
-            idle = engine.wait_idle(0.002) if wait else engine.pending_chunks == 0
-            for key, data in self._sink.take():
-                name, _, *cc = key.split("/")
-                spec = self._specs[name]
-                assert spec is not None  # only variables with a spec have chunks encoded
-                offsets = tuple(int(c) * ch for c, ch in zip(cc, spec.chunks, strict=True))
-                try:
-                    self._nc.variables[name]._h5ds.id.write_direct_chunk(offsets, data, filter_mask=0)
-                except OSError as err:  # e.g. ENOSPC: the other chunks are still tried
-                    if failure is None:
-                        failure = OSError(err.errno, f"writing chunk {key!r} to {self.file_name}: "
-                                                     f"{err.strerror or err}")
-                        failure.__cause__ = err
-            if idle or not wait:
+            seen = engine.finished_chunks
+            failure = self._store_ready(sink, failure)
+            if until is None:
                 break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{engine.pending_chunks} chunk(s) still pending after {self.flush_timeout:g} s")
+            if until(engine):
+                failure = self._store_ready(sink, failure)  # collected before the condition held
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{engine.pending_chunks} chunk(s) still pending after {self.flush_timeout:g} s "
+                                   f"({self.file_name})") from failure
+            engine.wait_progress(seen, left)
         if failure is not None:
             raise failure
+
+    def _store_ready(self, sink: _core.CollectSink, failure: OSError | None) -> OSError | None:
+        """Store every chunk the collector holds now, oldest first; returns the first failure so far."""
+        while (item := sink.pop()) is not None:
+            key, data = item  # data: a read-only view of the encoded bytes, handed to HDF5 as they are
+            name, _, *cc = key.split("/")
+            spec = self._specs[name]
+            assert spec is not None  # only variables with a spec have chunks encoded
+            offsets = tuple(int(c) * ch for c, ch in zip(cc, spec.chunks, strict=True))
+            try:
+                self._nc.variables[name]._h5ds.id.write_direct_chunk(offsets, data, filter_mask=0)
+            except OSError as err:  # e.g. ENOSPC: the other chunks are still tried
+                if failure is None:
+                    failure = OSError(err.errno, f"writing chunk {key!r} to {self.file_name}: {err.strerror or err}")
+                    failure.__cause__ = err
+        return failure
 
     def _drain(self) -> None:
         """Non-blocking: store everything pending; raise a background error (once)."""
         if self.blocking or not self._engine.started:
             return
-        self._hand_over(wait=True)
+        self._hand_over(until=_idle)
         self._background(self._engine.get().check)
 
     def _region(self, name: str) -> tuple[_core.ArraySpec, _core.FileRegionSink] | None:

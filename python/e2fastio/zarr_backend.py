@@ -333,6 +333,7 @@ class ZarrBackend(Lifecycle):
             )
         self._device_refs.clear()
         self._wait_uploads()
+        self._mark_flushed()  # stored, or failed and raised just below: either way the user learns it now
         self._background(engine.check)
         if self._uploader is not None:
             self._background(self._uploader.raise_failures)
@@ -611,6 +612,7 @@ class ZarrBackend(Lifecycle):
                 self._wait_uploads()
                 self._uploader.raise_failures()
             return
+        self._mark_written()
         if batch:
             engine.submit(batch)
         if device_batch:

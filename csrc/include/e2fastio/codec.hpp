@@ -47,6 +47,13 @@ void hdf5_shuffle(const uint8_t* src, uint8_t* dst, std::size_t nbytes, std::siz
 void hdf5_unshuffle(const uint8_t* src, uint8_t* dst, std::size_t nbytes, std::size_t itemsize);
 
 std::string blosc_version();
-std::string deflate_library();  // which zlib deflates NetCDF chunks
+// The one zlib linked into the core: HDF5 deflate/inflate and blosc's "zlib" codec.
+struct ZlibInfo {
+  std::string version;         // zlibVersion() of the linked library
+  std::string header_version;  // ZLIB_VERSION of the zlib.h compiled against
+  std::string linkage;         // "static" (a libz.a) or "c-blosc" (the copy inside libblosc.a)
+};
+ZlibInfo zlib_info();
+std::string deflate_library();  // "zlib <version> (<linkage>)", for info()
 
 }  // namespace e2fastio

@@ -25,6 +25,7 @@ struct Api {
   Error (*FreeHost)(void*) = nullptr;
   Error (*StreamCreateWithFlags)(Stream*, unsigned) = nullptr;
   Error (*StreamDestroy)(Stream) = nullptr;
+  Error (*StreamSynchronize)(Stream) = nullptr;
   Error (*EventCreateWithFlags)(Event*, unsigned) = nullptr;
   Error (*EventDestroy)(Event) = nullptr;
   Error (*EventRecord)(Event, Stream) = nullptr;

@@ -100,6 +100,14 @@ class Engine {
 
   void flush();           // wait until every submitted chunk is stored, then check()
   bool wait_idle(double timeout_seconds);  // false when chunks are still pending after the timeout
+  // Non-blocking progress: chunks finished (stored or failed) so far. A
+  // consumer of a CollectSink waits with wait_progress() instead of polling:
+  // every chunk written to a sink ends its job, so "a chunk may be ready"
+  // and "nothing is pending" are both seen here.
+  std::uint64_t finished_chunks() const;
+  // Wait until more than `seen` chunks have finished, nothing is pending, or
+  // the timeout passes; returns finished_chunks().
+  std::uint64_t wait_progress(std::uint64_t seen, double timeout_seconds);
   void check();           // rethrow the first background error, if any
   std::size_t pending_chunks() const;
   std::uint64_t failed_chunks() const noexcept { return failed_chunks_.load(); }
@@ -110,10 +118,22 @@ class Engine {
   std::size_t staging_bytes_per_chunk(const ArraySpec& array) const;
 
   unsigned threads() const noexcept { return pool_.size(); }
-  BufferPool& buffers() noexcept { return buffers_; }
+  BufferPool& buffers() noexcept { return *buffers_; }
   EngineStats stats() const;
   void shutdown();
-  void abandon_after_fork() noexcept { pool_.abandon_after_fork(); }
+  // In a forked child, for an engine inherited from the parent: leak all its
+  // state (queued tasks, key-order waiters, device fences, staging ring,
+  // buffer pool, copy stream, locks), never running, destroying or locking
+  // any of it, since the parent's threads may have held its locks or been
+  // updating it at the fork. What is left is empty: flush() and check()
+  // return at once, new writes raise a clear error, and the destructor
+  // releases nothing of the parent's. shutdown() and the destructor do this
+  // by themselves in a process other than the one that created the engine.
+  // Takes no lock; call it from the only thread of a fresh child (e.g. an
+  // at-fork child handler).
+  void abandon_after_fork() noexcept;
+  // True once abandoned, or in a forked child of the process that created it.
+  bool inherited() const noexcept;
 
  private:
   void run_job(const Job& job, Lease* lease, int blosc_threads);
@@ -123,9 +143,10 @@ class Engine {
   void record_error(std::exception_ptr e);
   std::shared_ptr<Batch> stage(const std::vector<Request>& requests, bool copy_host);
   void dispatch_batch(const std::shared_ptr<Batch>& batch);
+  void ensure_usable() const;  // refuse new work on an inherited engine
 
   ThreadPool pool_;
-  BufferPool buffers_;
+  std::unique_ptr<BufferPool> buffers_;  // a pointer, so that a forked child can leak the parent's
   std::unique_ptr<StagingRing> ring_;
   std::atomic<std::uint64_t> chunks_written_{0}, chunks_merged_{0}, bytes_in_{0}, bytes_out_{0};
   std::atomic<std::uint64_t> failed_chunks_{0};
@@ -133,12 +154,17 @@ class Engine {
   mutable std::mutex async_mu_;
   std::condition_variable async_cv_;
   std::size_t pending_ = 0;
+  std::uint64_t finished_ = 0;
+  std::condition_variable progress_cv_;
   std::exception_ptr bg_error_;
   std::unordered_map<std::string, std::deque<std::function<void()>>> key_waiters_;
   // Device staging: the copy stream and the fences of device submits, in order.
   void* copy_stream_ = nullptr;
   std::uint64_t device_submits_ = 0, device_done_ = 0;
   std::deque<std::shared_ptr<void>> device_fences_;
+  // Fork: the process that created the engine, and whether it was abandoned.
+  const long owner_pid_;
+  bool abandoned_ = false;
 };
 
 }  // namespace e2fastio

@@ -23,11 +23,15 @@ class ThreadPool {
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   // Queue a task. Tasks must not throw (wrap them with TaskGroup::wrap).
+  // Throws std::runtime_error on a pool abandoned after fork (no thread would run it).
   void submit(std::function<void()> task);
   unsigned size() const noexcept { return static_cast<unsigned>(workers_.size()); }
   // Finish queued work and join all workers. Idempotent.
   void shutdown();
-  // Forget the (dead) worker threads after fork() in the child. No joins.
+  // In a forked child: forget the parent's worker threads and leak the queued
+  // tasks (never run, never destroyed: their destructors release ring slots
+  // and buffer leases under locks a vanished thread may hold, and destroy CUDA
+  // events). Takes no lock; leaves an empty, stopped pool. Idempotent.
   void abandon_after_fork() noexcept;
 
  private:
@@ -37,6 +41,7 @@ class ThreadPool {
   std::deque<std::function<void()>> queue_;
   std::vector<std::thread> workers_;
   bool stop_ = false;
+  bool abandoned_ = false;
 };
 
 // Tracks a set of tasks; remembers the first error; wait() rethrows it.
