@@ -20,8 +20,11 @@ if ! command -v ncdump >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; th
   (apt-get install -y -qq netcdf-bin >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq netcdf-bin >/dev/null 2>&1)) || echo "note: could not install netcdf-bin; ncdump checks will be skipped"
 fi
 
-# Lint (pyproject's [tool.ruff]; under a second), then the tests.
+# Lint (pyproject's [tool.ruff]; under a second), type-check python/e2fastio against the
+# compiled module's stubs (pyproject's [tool.mypy]; about a minute cold, seconds with its
+# cache), then the tests.
 "$PY" -m ruff check --quiet .
+"$PY" -m mypy
 
 # IceChunkBackend: icechunk 2 needs Python >= 3.12, so its tests (and the codec
 # parity tests, against the newest zarr-python) run in a second environment,

@@ -870,7 +870,7 @@ class FaultProxy:
                     raw = await ur.readuntil(b"\r\n\r\n")  # interim responses: not for this client
                     resp = _Head(raw)
                 break
-            except (ConnectionError, asyncio.IncompleteReadError, OSError, asyncio.TimeoutError) as err:
+            except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, OSError) as err:
                 self._close_upstream(up)
                 if reused and attempt == 0:
                     continue  # the kept-alive upstream connection had gone stale: once more, fresh

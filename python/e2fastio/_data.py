@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from e2fastio.errors import ArrayNameError, CoordinateError, DataShapeError, UnsupportedDTypeError
+from e2fastio.errors import ArrayNameError, CoordinateError, UnsupportedDTypeError
+from e2fastio.errors import DataShapeError as DataShapeError  # also raised by the backends as _data.DataShapeError
 
 # dtypes the chunk pipeline stores (everything numpy can view with itemsize 1/2/4/8).
 _SUPPORTED_KINDS = {"f", "i", "u", "b"}
@@ -135,6 +136,7 @@ def to_host_array(x: Any, argument: str = "x", extra_kinds: str = "") -> np.ndar
     `extra_kinds`: numpy dtype kinds accepted besides float, int, uint and bool
     (``"c"`` for backends that hold complex data).
     """
+    arr: np.ndarray
     if is_torch_tensor(x):
         t = x.detach()
         if t.device.type != "cpu":

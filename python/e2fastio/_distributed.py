@@ -126,8 +126,8 @@ class Coordinator:
             raise ValueError(f"distributed_timeout must be a positive number of seconds, got {timeout!r}")
         self.dist = dist
         self.timeout = float(timeout)
-        self.rank = dist.get_rank(group)
-        self.size = dist.get_world_size(group)
+        self.rank: int = dist.get_rank(group)
+        self.size: int = dist.get_world_size(group)
         # Metadata exchanges run on CPU: over gloo. A NCCL group gets a gloo twin
         # (created collectively here, as every rank constructs the backend).
         if dist.get_backend(group) == "gloo":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from typing import Any
 
 from e2fastio import _core
 
@@ -25,7 +26,7 @@ class EngineHandle:
         self.max_buffer_bytes = max_buffer_bytes
         self.ring_bytes = ring_bytes
         self._engine: _core.Engine | None = None
-        self._last_stats: dict[str, object] = {}
+        self._last_stats: dict[str, Any] = {}
         self._lock = threading.Lock()
         with _live_lock:
             _live.add(self)
@@ -40,11 +41,11 @@ class EngineHandle:
     def started(self) -> bool:
         return self._engine is not None
 
-    def stats(self) -> dict[str, object]:
+    def stats(self) -> dict[str, Any]:
         e = self._engine
         if e is None:
             return dict(self._last_stats)
-        out = {**e.stats(), "buffers": e.buffer_stats(), "threads": e.threads}
+        out: dict[str, Any] = {**e.stats(), "buffers": e.buffer_stats(), "threads": e.threads}
         if e.has_ring:
             out["ring"] = e.ring_stats()
             out["pending_chunks"] = e.pending_chunks

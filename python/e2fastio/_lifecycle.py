@@ -31,7 +31,8 @@ import logging
 import threading
 import warnings
 import weakref
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from e2fastio.errors import BackendClosedError, surface_background_error
 
@@ -41,6 +42,9 @@ _lock = threading.Lock()
 _exit_weak: weakref.WeakSet[Lifecycle] = weakref.WeakSet()  # closed at exit if still alive and open
 _exit_strong: set[Lifecycle] = set()  # kept alive until closed: only the backend can finish their work
 _reapers: set[threading.Thread] = set()
+
+_L = TypeVar("_L", bound="Lifecycle")
+_Method = TypeVar("_Method", bound=Callable[..., Any])
 
 
 @atexit.register
@@ -120,7 +124,7 @@ def _reap(kind: str, where: str, engine: Any, uploader: Any, unflushed: list[boo
             _reapers.discard(threading.current_thread())
 
 
-def serialized(method: Any) -> Any:
+def serialized(method: _Method) -> _Method:
     """Calls of a backend's public methods from several threads are taken one at a time.
 
     Writes from two threads both land (each one's chunks still encode in
@@ -132,7 +136,7 @@ def serialized(method: Any) -> Any:
         with self._calls():
             return method(self, *args, **kwargs)
 
-    return call
+    return cast(_Method, call)  # the same signature as `method`
 
 
 class Lifecycle:
@@ -146,6 +150,11 @@ class Lifecycle:
     _closed: bool = False
     _warn_at_exit: bool = False
     _where: str = "?"
+
+    if TYPE_CHECKING:
+
+        def close(self) -> None:
+            """Implemented by each backend."""
 
     def _start_lifecycle(self, *, where: str, engine: Any, uploader: Any = None, nonblocking: bool,
                          keep_alive: bool = False, timeout: float = 600.0, release: Any = None) -> None:
@@ -196,7 +205,7 @@ class Lifecycle:
         return True
 
     def _calls(self) -> threading.RLock:
-        lock = self.__dict__.get("_call_lock")
+        lock: threading.RLock | None = self.__dict__.get("_call_lock")
         if lock is None:
             with _lock:
                 lock = self.__dict__.setdefault("_call_lock", threading.RLock())
@@ -226,7 +235,7 @@ class Lifecycle:
         return int(self._lifecycle_engine.stats().get("failed_chunks", 0))
 
     # -- context manager
-    def __enter__(self) -> Any:
+    def __enter__(self: _L) -> _L:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -235,9 +244,9 @@ class Lifecycle:
     def _close_with(self, caller_error: Exception | None) -> None:
         """Close on leaving ``with``; when the block raised, its error wins and ours is logged."""
         if caller_error is None:
-            self.close()  # type: ignore[attr-defined]
+            self.close()
             return
         try:
-            self.close()  # type: ignore[attr-defined]
+            self.close()
         except Exception as err:  # noqa: BLE001
             logger.error("%s: closing after an error failed too: %s", type(self).__name__, err)

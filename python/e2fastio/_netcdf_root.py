@@ -34,7 +34,7 @@ DEFAULT_FILL = {
 
 def netcdf_dtype(dtype: Any, what: str, auto_complex: bool) -> np.dtype:
     """`dtype` if a NetCDF-4 file can hold it (as netCDF4-python allows), else a clear error."""
-    dt = np.dtype(dtype)
+    dt: np.dtype[Any] = np.dtype(dtype)
     if dt.kind == "c":
         if dt.itemsize not in (8, 16):
             raise UnsupportedDTypeError(f"{what} has dtype {dt}; NetCDF stores complex64 and complex128 only")

@@ -97,7 +97,7 @@ class Location:
     """A resolved output location."""
 
     store: Store
-    sink: Any  # _core.Sink | None (None: chunks go through zarr-python)
+    sink: _core.Sink | None  # None: chunks go through zarr-python
     description: str  # safe to show: never contains credentials
     uploader: Uploader | None = None
     local_path: str | None = None
@@ -545,7 +545,7 @@ class Uploader:
 
             # One PUT per chunk: obstore would split objects over 5 MiB into a
             # multipart upload (4+ requests); chunks are far below S3's 5 GB limit.
-            return obstore.put_async(self.chunk_client, key, memoryview(data),
+            return obstore.put_async(self.chunk_client, key, data.data,
                                      use_multipart=data.nbytes > MULTIPART_THRESHOLD)
         return self.store.set(key, cpu.Buffer.from_array_like(data))
 

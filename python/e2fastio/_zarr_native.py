@@ -13,6 +13,7 @@ from zarr.abc.store import Store
 from zarr.core.buffer import Buffer, default_buffer_prototype
 
 from e2fastio import _core
+from e2fastio.errors import ArrayNameError
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,8 @@ class NativeMemoryMapping(MutableMapping[str, Buffer]):
         value = self.sink.get(key)
         if value is None:
             raise KeyError(key)
-        return default_buffer_prototype().buffer.from_bytes(value)
+        buf: Buffer = default_buffer_prototype().buffer.from_bytes(value)
+        return buf
 
     def __setitem__(self, key: str, value: Buffer) -> None:
         data = value.as_numpy_array() if isinstance(value, Buffer) else np.frombuffer(value, np.uint8)
@@ -84,7 +86,21 @@ def sink_for(
     return None
 
 
-def array_spec(array: zarr.Array) -> tuple[_core.ArraySpec | None, str]:
+def get_array(root: zarr.Group, name: str) -> zarr.Array[Any]:
+    """The array `name` of `root`; a clear error when that name is a group."""
+    node = root[name]
+    if not isinstance(node, zarr.Array):
+        raise ArrayNameError(f"{name!r} is a group in this store, not an array; name one of its arrays ('{name}/...')")
+    return node
+
+
+def dimension_names(array: zarr.Array[Any]) -> tuple[str, ...]:
+    """The dimension names in `array`'s Zarr v3 metadata ('' for an unnamed one); () if it has none."""
+    names = getattr(array.metadata, "dimension_names", None) or ()
+    return tuple("" if n is None else str(n) for n in names)
+
+
+def array_spec(array: zarr.Array[Any]) -> tuple[_core.ArraySpec | None, str]:
     """Describe `array` for the core, or (None, reason) when the core cannot encode it.
 
     The core encodes exactly what zarr-python's pipeline does for
@@ -92,7 +108,9 @@ def array_spec(array: zarr.Array) -> tuple[_core.ArraySpec | None, str]:
     chunk key encoding; anything else (sharding, other codecs, Zarr v2) is
     written through zarr-python instead, so any codec a user picks still works.
     """
-    meta = array.metadata
+    # Metadata, grid, key encoding and codecs are recognised by class name: their
+    # classes were moved and renamed across zarr-python 3.x (see below).
+    meta: Any = array.metadata
     if getattr(meta, "zarr_format", None) != 3:
         return None, "not a Zarr v3 array"
     grid = meta.chunk_grid

@@ -17,6 +17,7 @@ import zarr
 import zarr.storage
 
 from e2fastio import _data, _stores
+from e2fastio._zarr_native import dimension_names
 from e2fastio.errors import CoordinateError
 from e2fastio.zarr_backend import ZarrBackend, _read_whole
 
@@ -250,7 +251,7 @@ class AsyncZarrBackend:
         """
         self._z._wait_uploads()  # coordinates written through the upload path are visible
         arrays = dict(sorted((k, v) for k, v in self._z.root.members() if isinstance(v, zarr.Array)))
-        dims_of = {name: list(a.metadata.dimension_names or ()) for name, a in arrays.items()}
+        dims_of = {name: list(dimension_names(a)) for name, a in arrays.items()}
         order: list[str] = []
         for name, dims in dims_of.items():
             if dims != [name]:
@@ -263,7 +264,7 @@ class AsyncZarrBackend:
     def __contains__(self, item: str) -> bool:
         return item in self._z
 
-    def __getitem__(self, item: str) -> zarr.Array:
+    def __getitem__(self, item: str) -> zarr.Array[Any] | zarr.Group:
         self.flush()  # what is read includes every write so far
         return self._z.root[item]
 

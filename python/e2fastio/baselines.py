@@ -18,6 +18,7 @@ import zarr.abc.store
 import zarr.storage
 
 from e2fastio._data import as_list, convert_multidim_to_singledim, to_host_array
+from e2fastio._zarr_native import get_array
 
 
 class PythonZarrBackend:
@@ -53,7 +54,7 @@ class PythonZarrBackend:
         adjusted, _ = convert_multidim_to_singledim(coords)
         idx = np.ix_(*[np.where(np.isin(self.coords[d], v))[0] for d, v in adjusted.items()])
         for xi, name in zip(as_list(x, "x"), as_list(array_name, "array_name"), strict=False):
-            self.root[name][idx] = to_host_array(xi)
+            get_array(self.root, name)[idx] = to_host_array(xi)
 
     def close(self) -> None:
         """Nothing to drain: every write was synchronous."""
@@ -80,7 +81,7 @@ class PythonAsyncZarrBackend(PythonZarrBackend):
         idx = np.ix_(*[np.where(np.isin(self.coords[d], v))[0] for d, v in adjusted.items()])
         for xi, name in zip(as_list(x, "x"), as_list(array_name, "array_name"), strict=False):
             data = np.array(to_host_array(xi), copy=True)
-            self._futures.append(self._pool.submit(self.root[name].__setitem__, idx, data))
+            self._futures.append(self._pool.submit(get_array(self.root, name).__setitem__, idx, data))
 
     def close(self) -> None:
         for f in self._futures:

@@ -225,7 +225,7 @@ class IceChunkBackend(ZarrBackend):
             self._uploader.check_process("commit")
         if not self.closed:
             self._drain()  # a failed chunk raises here, before anything is committed
-        snapshot_id = self.session.commit(message, **kwargs)
+        snapshot_id: str = self.session.commit(message, **kwargs)
         logger.debug("committed snapshot %s to icechunk branch %r", snapshot_id, self.branch)
         self._new_session()
         return snapshot_id

@@ -293,11 +293,13 @@ class KVBackend:
         def host(v: Any) -> np.ndarray:
             if _data.is_torch_tensor(v):
                 v = v.detach().cpu()
-                return v.resolve_conj().numpy() if v.is_conj() else v.numpy()
+                arr: np.ndarray = v.resolve_conj().numpy() if v.is_conj() else v.numpy()
+                return arr
             return np.asarray(v)
 
-        return xr.Dataset(
+        ds: xarray.Dataset = xr.Dataset(
             data_vars={name: (self.dims[name], host(values)) for name, values in self.root.items()},
             coords={name: ([name], values) for name, values in self.coords.items()},
             **xr_kwargs,
         )
+        return ds

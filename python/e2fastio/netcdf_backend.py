@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -69,7 +69,7 @@ class _Collector:
         return self._sink
 
     def stats(self) -> dict[str, Any]:
-        return self.sink.stats()
+        return dict(self.sink.stats())
 
     def close(self) -> None:
         """No consumer any more: held chunks are dropped, encoders waiting for room fail (never hang)."""
@@ -370,7 +370,7 @@ class NetCDF4Backend(Lifecycle):
         self.flush_timeout = 600.0
         self._collector = _Collector(collect)
         self._max_encoded = 0  # the largest encoded chunk any variable written natively can give
-        self._regions: dict[str, tuple[_core.ArraySpec, Any] | None] = {}
+        self._regions: dict[str, tuple[_core.ArraySpec, _core.FileRegionSink] | None] = {}
         # Closed at exit when still open (Earth2Studio's workflows never close their backend, and
         # h5netcdf's own close at interpreter teardown fails once h5py is gone). A non-blocking one
         # is kept alive until then: its encoded chunks reach HDF5 through this object only.
@@ -399,7 +399,7 @@ class NetCDF4Backend(Lifecycle):
         return values
 
     @serialized
-    def add_dimension(self, name: str, shape: tuple | list, data: np.ndarray) -> None:
+    def add_dimension(self, name: str, shape: tuple[int, ...] | list[int], data: np.ndarray) -> None:
         """Add a dimension and its coordinate variable (Earth2Studio's encoding)."""
         import h5py
 
@@ -415,7 +415,8 @@ class NetCDF4Backend(Lifecycle):
             var.attrs["calendar"] = "proleptic_gregorian"
             var[...] = (data.astype("datetime64[s]") - _EPOCH) / np.timedelta64(1, "h")
         elif np.issubdtype(data.dtype, np.timedelta64):
-            unit = next((u for u in ("h", "m", "s") if np.all(data % np.timedelta64(1, u) == np.timedelta64(0))), "s")
+            steps: tuple[Literal["h", "m", "s"], ...] = ("h", "m", "s")  # the units NetCDF gets, coarsest first
+            unit = next((u for u in steps if np.all(data % np.timedelta64(1, u) == np.timedelta64(0))), steps[-1])
             var = self._nc.create_variable(name, (name,), dtype="i8")
             var.attrs["units"] = _TD_UNITS[unit]
             var.attrs["calendar"] = "gregorian"
@@ -525,10 +526,10 @@ class NetCDF4Backend(Lifecycle):
                 self.add_dimension(dim, np.shape(values), values)
                 self.coords[dim] = np.asarray(values)
                 self._selector.forget(dim)
-        for key, dims in mapping.items():
+        for key, key_dims in mapping.items():
             if key not in self._nc.variables:
                 values = np.asarray(coords[key])
-                self._nc.create_variable(key, tuple(dims), data=values)
+                self._nc.create_variable(key, tuple(key_dims), data=values)
         dims = tuple(adjusted)
         for name, h in zip(names, host, strict=True):
             if name in self._nc.variables:
@@ -623,7 +624,7 @@ class NetCDF4Backend(Lifecycle):
             self._publish()
 
     def _store(self, items: list[tuple[str, np.ndarray, list[np.ndarray]]]) -> None:
-        batch = []
+        batch: list[_core.HostRequest] = []
         for name, arr, index in items:
             var = self._nc.variables[name]
             arr = _data.cast_for_array(arr, np.dtype(var.dtype), name)
@@ -712,6 +713,7 @@ class NetCDF4Backend(Lifecycle):
             key, data = item  # data: a read-only view of the encoded bytes, handed to HDF5 as they are
             name, _, *cc = key.split("/")
             spec = self._specs[name]
+            assert spec is not None  # only variables with a spec have chunks encoded
             offsets = tuple(int(c) * ch for c, ch in zip(cc, spec.chunks, strict=True))
             try:
                 self._nc.variables[name]._h5ds.id.write_direct_chunk(offsets, data, filter_mask=0)
@@ -728,7 +730,7 @@ class NetCDF4Backend(Lifecycle):
         self._hand_over(until=_idle)
         self._background(self._engine.get().check)
 
-    def _region(self, name: str) -> tuple[_core.ArraySpec, Any] | None:
+    def _region(self, name: str) -> tuple[_core.ArraySpec, _core.FileRegionSink] | None:
         """(spec, sink) writing a contiguous variable in place, or None (HDF5 writes it then).
 
         The variable's bytes sit at a fixed file offset in C order; the core
@@ -796,7 +798,8 @@ def _check_name(name: Any, argument: str = "array_name") -> str:
 def _host_array(x: Any, argument: str) -> np.ndarray:
     """A host numpy view of `x`, complex values included (NetCDF stores them with auto_complex)."""
     if _data.is_torch_tensor(x) and x.is_complex():
-        return x.detach().cpu().resolve_conj().numpy()
+        arr: np.ndarray = x.detach().cpu().resolve_conj().numpy()
+        return arr
     if isinstance(x, np.ndarray) and x.dtype.kind == "c":
         return x
     return _data.to_host_array(x, argument)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -85,7 +85,7 @@ class XarrayBackend:
 
     def __iter__(self) -> Iterator[str]:
         """Data variable names."""
-        return iter(self.root)
+        return cast("Iterator[str]", iter(self.root))  # names are str: every one was checked on the way in
 
     # ------------------------------------------------------------------ arrays
     def add_array(

@@ -6,18 +6,22 @@ import asyncio
 import logging
 import os
 from collections import OrderedDict, deque
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import zarr
 
-from e2fastio import _data, _distributed
+from e2fastio import _core, _data, _distributed
 from e2fastio._engine import EngineHandle
 from e2fastio._lifecycle import Lifecycle, serialized
 from e2fastio._stores import Location, RemoteOptions, resolve
-from e2fastio._zarr_native import array_spec, engine_kwargs
+from e2fastio._zarr_native import array_spec, dimension_names, engine_kwargs, get_array
 from e2fastio.errors import CoordinateError
+
+if TYPE_CHECKING:
+    from obstore.store import ObjectStore
+    from zarr.abc.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -59,13 +63,14 @@ def _sync(coro: Any) -> Any:
     return sync(coro)
 
 
-def _read_whole(root: zarr.Group, items: list[str | zarr.Array]) -> list[np.ndarray]:
+def _read_whole(root: zarr.Group, items: Sequence[str | zarr.Array[Any]]) -> list[np.ndarray]:
     """Whole contents of several arrays of `root` (by name, or opened), in one
     concurrent round of requests rather than one after another."""
     group = root._async_group
 
-    async def one(item: str | zarr.Array) -> np.ndarray:
-        arr = item._async_array if isinstance(item, zarr.Array) else await group.getitem(item)
+    async def one(item: str | zarr.Array[Any]) -> np.ndarray:
+        node = item._async_array if isinstance(item, zarr.Array) else await group.getitem(item)
+        arr = cast("zarr.AsyncArray[Any]", node)  # the names given are arrays'
         return np.asarray(await arr.getitem(Ellipsis))
 
     async def every() -> list[np.ndarray]:
@@ -79,7 +84,7 @@ async def _create_arrays(
     nodes: dict[str, Any],
     values: dict[str, np.ndarray],
     replace: list[tuple[str, dict[str, Any]]],
-) -> dict[str, zarr.Array]:
+) -> dict[str, zarr.Array[Any]]:
     """Store new arrays' metadata, coordinate values and replaced arrays, all at once.
 
     `nodes`: metadata of arrays the store does not hold (one PUT each, no parent
@@ -93,7 +98,8 @@ async def _create_arrays(
         if not nodes:
             return []
         made = [(path, node) async for path, node in group.create_hierarchy(nodes, overwrite=False)]
-        await asyncio.gather(*(node.setitem(Ellipsis, values[path]) for path, node in made if path in values))
+        await asyncio.gather(*(cast("zarr.AsyncArray[Any]", node).setitem(Ellipsis, values[path])
+                               for path, node in made if path in values))  # `values` has arrays' paths only
         return made
 
     async def replaced(name: str, kw: dict[str, Any]) -> tuple[str, Any]:
@@ -112,9 +118,9 @@ class _Target:
 
     __slots__ = ("array", "dims", "dtype", "spec")
 
-    def __init__(self, array: zarr.Array) -> None:
+    def __init__(self, array: zarr.Array[Any]) -> None:
         self.array = array
-        self.dims = tuple(array.metadata.dimension_names or ())
+        self.dims = dimension_names(array)
         self.dtype = np.dtype(array.dtype)
         self.spec, reason = array_spec(array)
         if self.spec is None:
@@ -200,7 +206,7 @@ class ZarrBackend(Lifecycle):
 
     def __init__(
         self,
-        file_name: str | os.PathLike[str] | None = None,
+        file_name: str | os.PathLike[str] | Store | ObjectStore | Location | None = None,
         chunks: dict[str, int] = _DEFAULT_CHUNKS,
         backend_kwargs: dict[str, Any] = {"overwrite": False},  # noqa: B006 - Earth2Studio's signature
         zarr_codecs: Any = None,
@@ -268,7 +274,7 @@ class ZarrBackend(Lifecycle):
         # Rebuild coordinates and chunks of an existing store (as Earth2Studio does).
         self.coords: OrderedDict[str, np.ndarray] = OrderedDict()
         self._selector = _data.Selector(self.coords, "zarr store",
-                                        lambda k: self.root[k].shape if k in self._members else None)
+                                        lambda k: get_array(self.root, k).shape if k in self._members else None)
         self.chunks: dict[str, int] = dict(chunks)
         # What the store holds, listed once; kept up to date by add_array, so that
         # membership tests cost no requests (the store changes only through us,
@@ -278,14 +284,14 @@ class ZarrBackend(Lifecycle):
         self._members: set[str] = set(listed)
         members = dict(sorted((k, v) for k, v in listed.items() if isinstance(v, zarr.Array)))
         # Data arrays first, so coords follow their dimension order.
-        ordered = sorted(members.items(), key=lambda kv: tuple(kv[1].metadata.dimension_names or ()) == (kv[0],))
-        dims = [d for _, arr in ordered for d in arr.metadata.dimension_names or () if d in members]
+        ordered = sorted(members.items(), key=lambda kv: dimension_names(kv[1]) == (kv[0],))
+        dims = [d for _, arr in ordered for d in dimension_names(arr) if d in members]
         dims = list(dict.fromkeys(dims))
         self.coords.update(zip(dims, _read_whole(self.root, [members[d] for d in dims]), strict=True))
         for name, arr in members.items():
             if name in self.coords:
                 continue
-            for c, d in zip(arr.chunks, arr.metadata.dimension_names or (), strict=False):
+            for c, d in zip(arr.chunks, dimension_names(arr), strict=False):
                 self.chunks[d] = int(c)
 
     # ------------------------------------------------------------------ mapping protocol
@@ -294,7 +300,7 @@ class ZarrBackend(Lifecycle):
         # store (AsyncZarrBackend asks on every write).
         return item in self._members
 
-    def __getitem__(self, item: str) -> zarr.Array:
+    def __getitem__(self, item: str) -> zarr.Array[Any] | zarr.Group:
         if not self.blocking and not self._closed:
             self.flush()  # what readers get must include every write so far
         return self.root[item]
@@ -523,7 +529,7 @@ class ZarrBackend(Lifecycle):
     def _target(self, name: str) -> _Target:
         t = self._targets.get(name)
         if t is None:
-            t = self._targets[name] = _Target(self.root[name])
+            t = self._targets[name] = _Target(get_array(self.root, name))
         return t
 
     @serialized
@@ -576,20 +582,23 @@ class ZarrBackend(Lifecycle):
 
     def _write_arrays(self, items: list[tuple[str, Any, list[np.ndarray]]]) -> None:
         """Store several arrays' data; native ones as one batch (chunks of all arrays in parallel)."""
-        batch, device_batch, device_tensors = [], [], []
+        batch: list[_core.HostRequest] = []
+        device_batch: list[_core.DeviceRequest] = []
+        device_tensors: list[Any] = []
+        sink = self._sink
         for name, arr, index in items:
             t = self._target(name)
             arr = _data.cast_for_array(arr, t.dtype, name)
-            native = t.spec is not None and self._sink is not None
+            spec = t.spec if sink is not None else None  # None: written through zarr-python
             if isinstance(arr, _data.DeviceTensor):
-                if native:
+                if spec is not None and sink is not None:
                     dt = arr.tensor.contiguous()  # on the device, ordered on the current stream
                     device_tensors.append(dt)
-                    device_batch.append((t.spec, self._sink, (dt.data_ptr(), list(dt.shape), dt.element_size()), index))
+                    device_batch.append((spec, sink, (dt.data_ptr(), list(dt.shape), dt.element_size()), index))
                     continue
                 arr = arr.tensor.cpu().numpy()
-            if native:
-                batch.append((t.spec, self._sink, arr, index))
+            if spec is not None and sink is not None:
+                batch.append((spec, sink, arr, index))
             else:
                 t.array.set_orthogonal_selection(tuple(index), arr)
         if not batch and not device_batch:
@@ -637,7 +646,7 @@ class ZarrBackend(Lifecycle):
         if not self.blocking:
             self.flush()
         _, index = self._selector.select(coords, "reading")
-        values = self.root[array_name].get_orthogonal_selection(tuple(index))
+        values = get_array(self.root, array_name).get_orthogonal_selection(tuple(index))
         import torch
 
         return torch.as_tensor(values, device=device), coords

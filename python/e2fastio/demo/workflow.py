@@ -18,15 +18,17 @@ from typing import Any
 import numpy as np
 import torch
 import zarr
+import zarr.codecs
 import zarr.storage
 
+from e2fastio._zarr_native import get_array
 from e2fastio.demo.model import AdvectionDiffusionModel, _smooth_noise, grid, initial_state
 
 logger = logging.getLogger(__name__)
 
 START = np.datetime64("2022-12-20T00:00", "ns")
 SAVED = ("t2m", "tcwv")
-BLOSC = dict(cname="zstd", clevel=3, shuffle="shuffle")
+BLOSC: dict[str, Any] = dict(cname="zstd", clevel=3, shuffle="shuffle")
 
 
 class DemoError(RuntimeError):
@@ -119,7 +121,7 @@ def backend_cases(s3: S3Target | None = None) -> dict[str, BackendCase]:
             baseline=True),
     ]
     try:
-        from earth2studio.io import ZarrBackend as E2SZarr  # type: ignore[import-not-found]
+        from earth2studio.io import ZarrBackend as E2SZarr
     except ImportError:
         pass
     else:
@@ -138,7 +140,7 @@ def backend_cases(s3: S3Target | None = None) -> dict[str, BackendCase]:
 
 
 def _e2s_netcdf(path: Path) -> Any:
-    from earth2studio.io import NetCDF4Backend as E2SNetCDF  # type: ignore[import-not-found]
+    from earth2studio.io import NetCDF4Backend as E2SNetCDF
 
     return E2SNetCDF(str(path), backend_kwargs={"mode": "w"})
 
@@ -217,7 +219,7 @@ def _read_back(path: Path | None, io: Any) -> dict[str, np.ndarray]:
         with h5netcdf.File(path, "r") as f:
             return {v: np.asarray(f.variables[v][...]) for v in SAVED}
     root = zarr.open_group(zarr.storage.LocalStore(str(path)) if path is not None else io.store, mode="r")
-    return {v: root[v][...] for v in SAVED}
+    return {v: np.asarray(get_array(root, v)[...]) for v in SAVED}
 
 
 def run_demo(members: int = 8, steps: int = 20, resolution: float = 0.25, device: str = "cpu",
@@ -347,7 +349,8 @@ def plot_report(record: dict[str, Any], outputs: dict[str, dict[str, np.ndarray]
     ncol = min(3, len(names))
     nrow = (len(names) + ncol - 1) // ncol + 1
     fig = plt.figure(figsize=(5 * ncol, 2.8 * nrow), layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=[nrow - 1, 1.2])
+    subs = fig.subfigures(2, 1, height_ratios=[nrow - 1, 1.2], squeeze=False)
+    top, bottom = subs[0, 0], subs[1, 0]
     maps = top.subplots(nrow - 1, ncol, squeeze=False)
     im = None
     for i, ax in enumerate(maps.flat):
