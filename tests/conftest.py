@@ -48,10 +48,11 @@ def native_threads():
     """A function counting this process's e2fastio worker threads, by their kernel
     name (zarr's, torch's and the asyncio executors come and go on their own)."""
 
-    def count(name: str = "e2fastio-pool", settle_to: int | None = None) -> int:
+    def count(name: str = "e2fastio-pool", settle_to: int | None = None, reach: int | None = None) -> int:
         """With `settle_to`: wait (up to 5 s) for the count to drop to it. A joined
         thread can stay listed for a moment: the kernel wakes the joiner as the
-        thread exits, before its task entry is gone."""
+        thread exits, before its task entry is gone. With `reach`: wait (up to 5 s)
+        for it to grow to that many (a new thread names itself once it runs)."""
         deadline = time.monotonic() + 5
         while True:
             n = 0
@@ -61,7 +62,9 @@ def native_threads():
                         n += f.read().strip() == name
                 except (FileNotFoundError, ProcessLookupError):  # ended meanwhile
                     pass
-            if settle_to is None or n <= settle_to or time.monotonic() > deadline:
+            settled = settle_to is None or n <= settle_to
+            reached = reach is None or n >= reach
+            if (settled and reached) or time.monotonic() > deadline:
                 return n
             time.sleep(0.01)
 

@@ -127,10 +127,15 @@ def test_background_error_surfaces_at_next_call_and_others_land(tmp_path):
     io.add_array(c, ["good", "bad"])
     (path / "bad" / "c").write_bytes(b"a file where the chunk directory goes")
     x = torch.ones(3, 1, 1, 9, 16)
-    io.write([x, x], _step_coords(c, 0), ["good", "bad"])  # returns: the failure is in the background
-    with pytest.raises(BackgroundWriteError, match="bad/c/0") as err:
-        io.flush()
-    assert isinstance(err.value.__cause__, OSError)
+    try:  # usually returns (the failure is in the background); on a busy machine it may already be known
+        io.write([x, x], _step_coords(c, 0), ["good", "bad"])
+    except BackgroundWriteError as first:
+        err_value = first
+    else:
+        with pytest.raises(BackgroundWriteError, match="bad/c/0") as err:
+            io.flush()
+        err_value = err.value
+    assert "bad/c/0" in str(err_value) and isinstance(err_value.__cause__, OSError)
     io.flush()  # reported once
     raised = 0
     try:  # raised by this very write when its chunk already failed...
@@ -177,7 +182,7 @@ def test_no_thread_left_after_close_nonblocking(tmp_path, native_threads):
     io = AsyncZarrBackend(str(tmp_path / "t.zarr"), parallel_coords={"lead_time": LEAD}, blocking=False)
     c = _coords()
     io.write(torch.zeros(3, 1, 1, 9, 16), _step_coords(c, 0), "v")
-    assert native_threads() > before
+    assert native_threads(reach=before + 1) > before
     io.close()
     assert native_threads(settle_to=before) == before
 
