@@ -351,8 +351,8 @@ class AsyncZarrBackend:
 
     def _progress(self) -> tuple[int, int]:
         """(chunks finished, chunks pending) of the native pipeline."""
-        st = self._z._engine.stats()
-        return int(st.get("chunks_written", 0)) + int(st.get("failed_chunks", 0)), int(st.get("pending_chunks", 0))
+        e = self._z._engine.get()
+        return int(e.finished_chunks), int(e.pending_chunks)
 
     def _throttle(self) -> None:
         """Earth2Studio's pool_size: wait while `pool_size` earlier non-blocking writes are still being stored."""
@@ -369,7 +369,9 @@ class AsyncZarrBackend:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"a write waited {self.async_timeout:g} s (async_timeout) for one of the "
                                    f"{self.pool_size} writes in flight (pool_size) to be stored")
-            self._z._engine.get().wait_idle(0.002)  # a short wait with the GIL released
+            # Sleep (GIL released) until another chunk finishes: not the oldest write's end,
+            # any write's (chunks finish out of order).
+            self._z._engine.get().wait_progress(done, max(0.0, deadline - time.monotonic()))
 
     def _write(self, x: Any, coords: CoordSystem, array_name: str | list[str]) -> None:
         xs = _data.as_list(x, "x")
