@@ -12,8 +12,12 @@
 # benchmark's device, so the whole sequence can be rehearsed on a CPU machine
 # (PYVER=3.11 DEVICE=cpu; the cuda tests then skip). THREADS (default 2,4,8,16)
 # is the Zarr benchmark's sweep; ZARR_ARGS and BENCH_ARGS add arguments (e.g.
-# --quick for a rehearsal). Each step has its own time limit, so a slow step
-# cannot take the later ones' results with it.
+# --quick for a rehearsal). Each step has its own time limit (ZARR_TIMEOUT,
+# default 240 s; ASYNC_TIMEOUT, default 200 s), so a slow step cannot take the
+# later ones' results with it. On the H200 (session 5) the build took ~90 s,
+# the tests ~10 s, the async benchmark ~130 s, and the sweep needed ~200 s
+# (Earth2Studio's ZarrBackend takes ~14 s a round at every thread count): the
+# whole run fits a 15-minute device budget with one machine start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -54,7 +58,7 @@ case "${1:-}" in
     timeout 120 "$PY" -m pytest tests/test_fake_cuda.py -p no:cacheprovider -v 2>&1 | tee -a "$OUT/pytest_cuda.log"
     rc_tests=$(( rc_tests || PIPESTATUS[0] ))
     # The encoder pool at 2..16 threads against Earth2Studio 0.19 and tensorstore (seed size, 4 distinct steps cycled).
-    timeout "${ZARR_TIMEOUT:-180}" "$PY" benchmarks/bench_zarr.py --modes compressed --repeats 2 --distinct-steps 4 \
+    timeout "${ZARR_TIMEOUT:-240}" "$PY" benchmarks/bench_zarr.py --modes compressed --repeats 2 --distinct-steps 4 \
       --threads "${THREADS:-2,4,8,16}" --skip "zarr-python slices" ${ZARR_ARGS:-} --json "$OUT/bench_zarr_threads.json" \
       2>&1 | tee "$OUT/bench_zarr_threads.log"
     rc_zarr=${PIPESTATUS[0]}
