@@ -34,6 +34,8 @@ case "${1:-}" in
     "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version "$PYVER" --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
       --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl "${WHEELS[@]}"
+    # zlib's header and static library (the build needs them; the GPU image may lack them).
+    (cd .whl && apt-get download zlib1g-dev >/dev/null 2>&1) || echo "note: could not download zlib1g-dev"
     ls -l .whl
     ;;
   run)
@@ -48,8 +50,14 @@ case "${1:-}" in
     rm -rf /tmp/e2fastio-blosc && "$PY" -m zipfile -e .whl/blosc-*.whl /tmp/e2fastio-blosc
     BLOSC_ROOT=$(ls -d /tmp/e2fastio-blosc/blosc-*.data/data)
     export E2FASTIO_BLOSC_ROOT=$BLOSC_ROOT  # also for the fake-CUDA runtime's CMake build in the tests
+    ZLIB_DEFS=()
+    if [[ ! -f /usr/include/zlib.h || -n "${FORCE_ZLIB_DEB:-}" ]] && ls .whl/zlib1g-dev_*.deb >/dev/null 2>&1; then
+      rm -rf /tmp/e2fastio-zlib && dpkg -x .whl/zlib1g-dev_*.deb /tmp/e2fastio-zlib  # unpacked aside, never into /
+      ZLIB_DEFS=(-C cmake.define.ZLIB_INCLUDE_DIR=/tmp/e2fastio-zlib/usr/include
+                 -C cmake.define.ZLIB_LIBRARY=/tmp/e2fastio-zlib/usr/lib/x86_64-linux-gnu/libz.a)
+    fi
     "$PY" -m pip install --quiet --no-index --no-deps --no-build-isolation --target "$SITE" --upgrade \
-      -C cmake.define.E2FASTIO_BLOSC_ROOT="$BLOSC_ROOT" . 2>&1 | tee "$OUT/build.log"
+      -C cmake.define.E2FASTIO_BLOSC_ROOT="$BLOSC_ROOT" "${ZLIB_DEFS[@]}" . 2>&1 | tee "$OUT/build.log"
     (cd /tmp && "$PY" -c "import e2fastio, json; print(json.dumps({**e2fastio.info(), 'file': e2fastio.__file__}, indent=1))") | tee "$OUT/info.json"
     set +e
     timeout 120 "$PY" -m pytest -m cuda tests/test_cuda.py tests/test_kv_backend.py tests/test_xarray_backend.py \
