@@ -9,28 +9,12 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from _memory_grids import DEVICES, TIMES
+from _memory_grids import grid as _grid
+from _memory_grids import shape as _shape
 
 from e2fastio import KVBackend
 from e2fastio.errors import CoordinateError, DataShapeError, UnknownDimensionError, UnsupportedDTypeError
-
-DEVICES = ["cpu", pytest.param("cuda:0", marks=pytest.mark.cuda)]
-TIMES = [
-    np.array(["2001-03-04"], dtype="datetime64[D]"),
-    np.array(["1999-12-31T18:00", "2024-02-29T06:00"], dtype="datetime64[ns]"),
-]
-
-
-def _grid(times, variables=("u10m", "v10m"), nlat=7, nlon=12):
-    return OrderedDict(
-        time=times,
-        variable=np.array(variables),
-        lat=np.linspace(-90, 90, nlat),
-        lon=np.linspace(0, 360, nlon, endpoint=False),
-    )
-
-
-def _shape(c):
-    return tuple(len(v) for v in c.values())
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -428,7 +428,7 @@ class AsyncZarrBackend:
     @property
     def closed(self) -> bool:
         """True while no thread of ours runs for this backend (after ``close``, until the next write)."""
-        return self._z.idle
+        return self._z._idle()
 
     # ------------------------------------------------------------------ coroutines (Earth2Studio's async API)
     async def prepare_inputs(

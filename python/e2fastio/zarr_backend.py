@@ -362,13 +362,9 @@ class ZarrBackend(Lifecycle):
                 self._uploader.stop()
             self._engine.close()
 
-    @property
-    def idle(self) -> bool:
+    def _idle(self) -> bool:
         """No thread of ours is running (nothing pending): a suspended or never-used backend."""
         return not self._engine.started and (self._uploader is None or not self._uploader.running)
-
-    def _idle(self) -> bool:
-        return self.idle
 
     @serialized
     def close(self) -> None:
