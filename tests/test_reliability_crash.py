@@ -46,7 +46,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ne
 
 TRIALS = 50
 SEED = 14_2026
-TMP_PREFIX = ".e2fastio-tmp-"  # csrc/src/sink.cpp: temp_name_for
+TMP_PREFIX = ".e2fastio-tmp-"  # csrc/src/sink/directory_sink.cpp: temp_name_for
 WAIT = 30.0  # seconds any one message from the writer may take
 
 

@@ -5,7 +5,12 @@
 #include <memory>
 #include <string>
 
+#include "e2fastio/collect_sink.hpp"
+#include "e2fastio/directory_sink.hpp"
+#include "e2fastio/file_region_sink.hpp"
+#include "e2fastio/memory_sink.hpp"
 #include "e2fastio/sink.hpp"
+#include "e2fastio/upload_sink.hpp"
 #include "registers.hpp"
 
 namespace py = pybind11;

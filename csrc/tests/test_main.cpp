@@ -29,7 +29,14 @@
 #include "e2fastio/engine.hpp"
 #include "e2fastio/error.hpp"
 #include "e2fastio/host_memory.hpp"
+#include "e2fastio/collect_sink.hpp"
+#include "e2fastio/direct_io.hpp"
+#include "e2fastio/directory_sink.hpp"
+#include "e2fastio/file_region_sink.hpp"
+#include "e2fastio/memory_sink.hpp"
+#include "e2fastio/plan.hpp"
 #include "e2fastio/sink.hpp"
+#include "e2fastio/upload_sink.hpp"
 #include "e2fastio/staging_ring.hpp"
 #include "e2fastio/thread_pool.hpp"
 
@@ -1476,6 +1483,85 @@ TEST(file_region_sink_writes_fields_in_place_and_merges_partial_ones) {
       [&] { FileRegionSink(path, 0, "v", {3, 5, 700}, {1, 2, 700}, 4, true); }, "1 or the full extent"));
   CHECK(throws<IOError>([&] { FileRegionSink(dir + "/missing", 0, "v", {1}, {1}, 4, true); }, "missing"));
   CHECK(std::system(("rm -rf " + dir).c_str()) == 0);
+}
+
+// ---------------------------------------------------------------- planning (pure)
+
+TEST(plan_dimension_groups_positions_into_runs_per_chunk) {
+  // Positions 0..5 land on 3,4,5,6 then 9 then 1: chunks of 4.
+  DimPlan p = plan_dimension({3, 4, 5, 6, 9, 1}, 4);
+  CHECK((p.chunk_ids == std::vector<int64_t>{0, 1, 2}));
+  // chunk 0: offset 3 from position 0, offset 1 from position 5 (two runs)
+  CHECK(p.runs[0].size() == 2 && p.runs[0][0].src == 0 && p.runs[0][0].dst == 3 && p.runs[0][0].len == 1);
+  CHECK(p.runs[0][1].src == 5 && p.runs[0][1].dst == 1 && p.runs[0][1].len == 1);
+  // chunk 1: positions 1..3 land on offsets 0..2 (one run of 3)
+  CHECK(p.runs[1].size() == 1 && p.runs[1][0].src == 1 && p.runs[1][0].dst == 0 && p.runs[1][0].len == 3);
+  CHECK((p.covered == std::vector<int64_t>{2, 3, 1}));
+}
+
+TEST(plan_jobs_marks_full_partial_edge_and_direct_chunks) {
+  ArraySpec a;
+  a.path = "v";
+  a.shape = {2, 10};
+  a.chunks = {1, 4};
+  a.codec.itemsize = 4;
+  a.fill_value.assign(4, 0);
+  std::vector<float> data(2 * 10);
+  auto row = [](int64_t n) {
+    std::vector<int64_t> v(static_cast<std::size_t>(n));
+    std::iota(v.begin(), v.end(), 0);
+    return v;
+  };
+  // The whole array: chunks (0|1, 0|1|2), the last column chunk is an edge (10 = 4 + 4 + 2).
+  std::vector<WriteRequest> reqs{WriteRequest{&a, nullptr, Slab{reinterpret_cast<const uint8_t*>(data.data()), {2, 10}, {40, 4}, 4},
+                                              {{0, 1}, row(10)}}};
+  std::vector<std::vector<DimPlan>> plans;
+  std::vector<ChunkJob> jobs;
+  plan_jobs(reqs, plans, jobs);
+  CHECK(jobs.size() == 6);
+  for (const auto& j : jobs) {
+    CHECK(j.full);
+    CHECK(j.edge == (j.coords[1] == 2));
+    CHECK(!j.direct);  // several chunks per slab: gathered
+  }
+  CHECK((jobs[0].coords == std::vector<int64_t>{0, 0}) && (jobs[5].coords == std::vector<int64_t>{1, 2}));
+  // One chunk exactly, C-contiguous: encoded straight from the data.
+  std::vector<WriteRequest> one{WriteRequest{&a, nullptr, Slab{reinterpret_cast<const uint8_t*>(data.data()), {1, 4}, {16, 4}, 4},
+                                             {{1}, {4, 5, 6, 7}}}};
+  jobs.clear();
+  plan_jobs(one, plans, jobs);
+  CHECK(jobs.size() == 1 && jobs[0].full && !jobs[0].edge && jobs[0].direct);
+  // Part of a chunk: not full (merged with what is stored).
+  std::vector<WriteRequest> part{WriteRequest{&a, nullptr, Slab{reinterpret_cast<const uint8_t*>(data.data()), {1, 2}, {8, 4}, 4},
+                                              {{0}, {5, 6}}}};
+  jobs.clear();
+  plan_jobs(part, plans, jobs);
+  CHECK(jobs.size() == 1 && !jobs[0].full && !jobs[0].direct);
+  // Empty data plans nothing; a bad request is refused naming the problem.
+  std::vector<WriteRequest> none{WriteRequest{&a, nullptr, Slab{nullptr, {0, 4}, {16, 4}, 4}, {{}, {0, 1, 2, 3}}}};
+  jobs.clear();
+  plan_jobs(none, plans, jobs);
+  CHECK(jobs.empty());
+  auto sink = std::make_shared<MemorySink>();
+  WriteRequest bad{&a, sink, Slab{reinterpret_cast<const uint8_t*>(data.data()), {1, 2}, {8, 4}, 4}, {{0}, {9, 10}}};
+  CHECK(throws<std::invalid_argument>([&] { validate_request(bad); }, "out of range"));
+}
+
+TEST(plan_blosc_threads_share_one_budget) {
+  ArraySpec big, small;
+  big.chunks = {1 << 22};
+  big.codec.itemsize = 4;
+  small.chunks = {1024};
+  small.codec.itemsize = 4;
+  std::vector<WriteRequest> b{WriteRequest{&big, nullptr, Slab{}, {}}};
+  std::vector<WriteRequest> s{WriteRequest{&small, nullptr, Slab{}, {}}};
+  CHECK(blosc_threads_for(s, 8, 8) == 1);   // small chunks: one thread each
+  CHECK(blosc_threads_for(b, 2, 8) == 8);   // two large chunks on 8 threads: up to 8 each
+  CHECK(blosc_threads_for(b, 16, 8) == 1);  // more chunks than threads
+  Slab strided{nullptr, {2, 3}, {4, 8}, 4};
+  CHECK(!c_contiguous(strided));
+  Slab contiguous{nullptr, {2, 3}, {12, 4}, 4};
+  CHECK(c_contiguous(contiguous));
 }
 
 int main(int argc, char** argv) {

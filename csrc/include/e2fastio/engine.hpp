@@ -1,5 +1,5 @@
-// The chunk pipeline: cut a host slab into an array's chunks, merge partial
-// chunks with what is stored, encode on the pool, hand bytes to the sink.
+// Running the chunk pipeline: plan (plan.hpp) -> stage (staging ring, device
+// copies) -> encode on the pool (codec.hpp) -> sink (one file per sink).
 #pragma once
 
 #include <atomic>
@@ -17,34 +17,13 @@
 
 #include "e2fastio/buffer_pool.hpp"
 #include "e2fastio/codec.hpp"
+#include "e2fastio/device_staging.hpp"
+#include "e2fastio/plan.hpp"
 #include "e2fastio/sink.hpp"
 #include "e2fastio/staging_ring.hpp"
 #include "e2fastio/thread_pool.hpp"
 
 namespace e2fastio {
-
-// One Zarr v3 array with a regular chunk grid and the default chunk key
-// encoding ("<path>/c/<i>/<j>/...").
-struct ArraySpec {
-  std::string path;                  // array path inside the store, e.g. "t2m"
-  std::vector<int64_t> shape;
-  std::vector<int64_t> chunks;
-  CodecSpec codec;
-  std::vector<uint8_t> fill_value;   // one element, native byte order
-  char separator = '/';
-
-  void validate() const;
-  std::size_t chunk_nbytes() const;
-  std::string chunk_key(const std::vector<int64_t>& chunk_coords) const;
-};
-
-// A strided host view of the data to write (byte strides, may be negative).
-struct Slab {
-  const uint8_t* data = nullptr;
-  std::vector<int64_t> shape;
-  std::vector<int64_t> strides;
-  std::size_t itemsize = 0;
-};
 
 struct EngineStats {
   std::uint64_t chunks_written = 0;
@@ -71,14 +50,8 @@ class Engine {
   // so chunks of different arrays compress in parallel. Blocks until all are
   // stored; every chunk is attempted even if another fails; the first error
   // is rethrown.
-  struct Request {
-    const ArraySpec* array;
-    std::shared_ptr<Sink> sink;
-    Slab slab;
-    std::vector<std::vector<int64_t>> index;
-  };
+  using Request = WriteRequest;
   void write_batch(const std::vector<Request>& requests);
-  struct Job;    // one chunk's work (engine.cpp)
   struct Batch;  // one non-blocking submit's staged data and jobs (engine.cpp)
 
   // Non-blocking: copy every slab into the staging ring (waiting only while
@@ -136,7 +109,7 @@ class Engine {
   bool inherited() const noexcept;
 
  private:
-  void run_job(const Job& job, Lease* lease, int blosc_threads);
+  void run_job(const ChunkJob& job, Lease* lease, int blosc_threads);
   void validate_requests(const std::vector<Request>& requests) const;
   void dispatch_ordered(const std::shared_ptr<Batch>& batch, std::size_t j);
   void job_finished(const std::string& order_key);
@@ -158,10 +131,7 @@ class Engine {
   std::condition_variable progress_cv_;
   std::exception_ptr bg_error_;
   std::unordered_map<std::string, std::deque<std::function<void()>>> key_waiters_;
-  // Device staging: the copy stream and the fences of device submits, in order.
-  void* copy_stream_ = nullptr;
-  std::uint64_t device_submits_ = 0, device_done_ = 0;
-  std::deque<std::shared_ptr<void>> device_fences_;
+  DeviceStager stager_;  // device-to-host copies and their fences
   // Fork: the process that created the engine, and whether it was abandoned.
   const long owner_pid_;
   bool abandoned_ = false;
