@@ -398,6 +398,21 @@ TEST(engine_submit_is_ordered_per_chunk_and_reports_errors_once) {
   std::vector<uint8_t> back;
   CHECK(dsink->read("ok/c/0/0", back));
   CHECK(eng.failed_chunks() == 1);
+  // Several failing chunks: the first error (its type kept) names the others.
+  ArraySpec many = make_array({4, 64}, {1, 64}, true);  // four chunks, all blocked
+  many.path = "arr";
+  eng.submit({{&many, dsink, fs, {iota(0, 4), iota(0, 64)}}});
+  bool named_all = false;
+  try {
+    eng.flush();
+  } catch (const IOError& e) {
+    const std::string m = e.what();
+    named_all = m.find("3 more chunk(s) failed since") != std::string::npos;
+    for (int i = 0; i < 4; ++i) named_all = named_all && m.find("arr/c/" + std::to_string(i) + "/0") != std::string::npos;
+    if (!named_all) std::cerr << "message: " << m << "\n";
+  }
+  CHECK(named_all);
+  eng.flush();  // reported once
   CHECK(std::system(("rm -rf " + dir).c_str()) == 0);
 }
 

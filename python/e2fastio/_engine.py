@@ -11,7 +11,6 @@ from e2fastio import _core
 
 _live: weakref.WeakSet[EngineHandle] = weakref.WeakSet()
 _live_lock = threading.Lock()
-_abandoned: list[_core.Engine] = []
 
 
 class EngineHandle:
@@ -64,10 +63,9 @@ class EngineHandle:
         e, self._engine = self._engine, None
         self._lock = threading.Lock()
         if e is not None:
+            # Leaks (in the child only) whatever parent threads may have held at
+            # the fork; what is left is empty and safe to destroy here.
             e.abandon_after_fork()
-            # Never destroy it here: its locks may have been held by parent
-            # threads at fork time. The child keeps it (a leak in the child only).
-            _abandoned.append(e)
 
 
 def _after_fork_in_child() -> None:

@@ -42,6 +42,7 @@ _lock = threading.Lock()
 _exit_weak: weakref.WeakSet[Lifecycle] = weakref.WeakSet()  # closed at exit if still alive and open
 _exit_strong: set[Lifecycle] = set()  # kept alive until closed: only the backend can finish their work
 _reapers: set[threading.Thread] = set()
+_exit_watch: weakref.WeakSet[Lifecycle] = weakref.WeakSet()  # asked, after the exit close, what was left undone
 
 _L = TypeVar("_L", bound="Lifecycle")
 _Method = TypeVar("_Method", bound=Callable[..., Any])
@@ -65,6 +66,13 @@ def _close_at_exit() -> None:
             b.close()
         except Exception as err:  # noqa: BLE001 - exit: report, never raise
             logger.error("e2fastio: closing %s at exit failed: %s", b._where, err)
+    with _lock:
+        watched = list(_exit_watch)
+    for b in watched:
+        try:
+            b._after_exit_close()
+        except Exception:  # noqa: BLE001 - libraries may already be finalising
+            pass
     for t in list(_reapers):
         t.join()
 
@@ -177,6 +185,14 @@ class Lifecycle:
         self._finalizer = weakref.finalize(self, _reap, type(self).__name__, where, engine, uploader,
                                            self._unflushed, timeout, release)
         self._finalizer.atexit = False  # at exit the backend is closed by _close_at_exit while still alive
+
+    def _watch_at_exit(self) -> None:
+        """Have :meth:`_after_exit_close` called at exit, closed or not (while the backend is alive)."""
+        with _lock:
+            _exit_watch.add(self)
+
+    def _after_exit_close(self) -> None:
+        """At exit, after every open backend was closed: report what closing cannot finish."""
 
     def _mark_written(self) -> None:
         """A non-blocking write was staged: until the next flush its fate is unknown to the user."""

@@ -14,11 +14,8 @@ backend is created, so ``import e2fastio`` never needs it.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
-import threading
-import weakref
 from typing import TYPE_CHECKING, Any
 
 import zarr
@@ -36,8 +33,6 @@ logger = logging.getLogger(__name__)
 _UPLOAD_RETRIES = 0
 _UPLOAD_TIMEOUT = 600.0  # seconds one chunk may take to enter the session store
 
-_live: weakref.WeakSet[IceChunkBackend] = weakref.WeakSet()
-_live_lock = threading.Lock()
 
 
 def _import_icechunk() -> Any:
@@ -49,27 +44,6 @@ def _import_icechunk() -> Any:
             "pip install 'e2fastio[icechunk]'"
         ) from err
     return icechunk
-
-
-@atexit.register
-def _close_at_exit() -> None:
-    # Registered after ZarrBackend's exit drain, so it runs before it: pending
-    # chunks are stored into the session here, and the warning says what
-    # matters for a repository (the writes were never committed).
-    with _live_lock:
-        backends = list(_live)
-    for b in backends:
-        if b._pid != os.getpid():
-            continue  # a forked child's copy
-        try:
-            if not b.closed:
-                b.close()
-        except Exception as err:  # noqa: BLE001 - exit: report, never raise
-            logger.error("e2fastio: closing an IceChunkBackend at exit failed: %s", err)
-        try:
-            b._warn_if_uncommitted("at interpreter exit")
-        except Exception:  # noqa: BLE001 - icechunk may already be finalising
-            pass
 
 
 class IceChunkBackend(ZarrBackend):
@@ -184,8 +158,10 @@ class IceChunkBackend(ZarrBackend):
             blocking=blocking,
             process_group=False,  # one session per backend; see Notes
         )
-        with _live_lock:
-            _live.add(self)
+        # Closed at exit like any backend, then told if its writes were never committed: that
+        # message says what matters for a repository (not the pending-chunk one of ZarrBackend).
+        self._warn_at_exit = False
+        self._watch_at_exit()
 
     # ------------------------------------------------------------------ transactions
     def commit(self, message: str, **kwargs: Any) -> str:
@@ -249,6 +225,10 @@ class IceChunkBackend(ZarrBackend):
         super().close()
 
     # ------------------------------------------------------------------ uncommitted writes
+    def _after_exit_close(self) -> None:
+        if self._pid == os.getpid():  # not a forked child's copy
+            self._warn_if_uncommitted("at interpreter exit")
+
     def _warn_if_uncommitted(self, when: str) -> None:
         if self._warned or not self._members:
             return  # nothing to lose: at most the root group of a new repository

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 from collections import OrderedDict, deque
@@ -127,6 +128,22 @@ class _Target:
             logger.info("array %r is written through zarr-python (%s)", array.path, reason)
 
 
+def _fsync_path(path: str, *, directory: bool = False, missing_ok: bool = False) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    except FileNotFoundError:
+        if missing_ok:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        if not directory or err.errno not in (errno.EINVAL, errno.EROFS):  # some file systems cannot sync a directory
+            raise
+    finally:
+        os.close(fd)
+
+
 class ZarrBackend(Lifecycle):
     """A Zarr v3 backend with Earth2Studio's ``ZarrBackend`` interface.
 
@@ -163,7 +180,10 @@ class ZarrBackend(Lifecycle):
         then its directory, and each directory of the store the first time it
         is used (with its parent), so that a chunk survives a crash once its
         write is reported (a blocking ``write`` or a ``flush`` returned).
-        zarr-python's metadata files (``zarr.json``) are not fsynced.
+        The metadata and coordinate arrays zarr-python writes are fsynced
+        too: the root group when the store is opened, each new array (its
+        ``zarr.json`` and, for coordinates, its data) before ``add_array``
+        returns, consolidated metadata at ``close``.
     direct_io : bool, optional
         Write large chunks (>= 1 MiB) with O_DIRECT, bypassing the page cache
         (local stores). ``None`` (default) uses it where the file system
@@ -245,6 +265,7 @@ class ZarrBackend(Lifecycle):
         self._sink = loc.sink
         self._uploader = loc.uploader
         self.consolidate_metadata = bool(consolidate_metadata)
+        self._durable_root = loc.local_path if fsync else None  # metadata fsynced here too
         try:
             group = _distributed.resolve_group(process_group)
             self._coord = _distributed.Coordinator(group, distributed_timeout) if group is not None else None
@@ -259,6 +280,7 @@ class ZarrBackend(Lifecycle):
                 self._uploader.close()
             raise
         self.zarr_codecs = zarr_codecs
+        self._sync_metadata([""])
         # Closed at exit when still open (collective steps of an opted-in multi-rank run are not
         # attempted at exit for blocking backends: the other ranks may be gone); finished by a
         # finalizer if collected while open.
@@ -395,13 +417,43 @@ class ZarrBackend(Lifecycle):
             if not failures:
                 if self._coord.is_root and self.consolidate_metadata:
                     zarr.consolidate_metadata(self.store)
+                    self._sync_metadata([""])
                 self._coord.barrier("close (after consolidation)")
             if local_error is None and caller_error is None:
                 self._coord.raise_for_others(failures)
         elif self.consolidate_metadata and local_error is None and caller_error is None:
             zarr.consolidate_metadata(self.store)
+            self._sync_metadata([""])
         if local_error is not None:
             raise local_error
+
+    def _sync_metadata(self, nodes: list[str], whole: Sequence[str] = ()) -> None:
+        """With ``fsync=True`` on a local store: make what zarr-python wrote for `nodes` durable.
+
+        Each node's ``zarr.json``, those of the groups on its way from the root
+        and the directories holding their entries;
+        for the nodes in `whole` (coordinate arrays, written by zarr-python)
+        every file under them. Data chunks are made durable by the native sink.
+        """
+        if self._durable_root is None:
+            return
+        root = os.path.abspath(self._durable_root)
+        dirs = {os.path.dirname(root), root}
+        for node in nodes:
+            path = os.path.join(root, node) if node else root
+            if node in whole:
+                for d, _, files in os.walk(path):
+                    dirs.add(d)
+                    for f in files:
+                        _fsync_path(os.path.join(d, f))
+            while True:  # the node and the groups its name implies
+                _fsync_path(os.path.join(path, "zarr.json"), missing_ok=True)
+                if path == root:
+                    break
+                dirs.add(path)
+                path = os.path.dirname(path)
+        for d in sorted(dirs, key=len, reverse=True):  # a directory's entry is in its parent: innermost first
+            _fsync_path(d, directory=True)
 
     def _failed_so_far(self) -> int:
         failed = int(self._engine.stats().get("failed_chunks", 0))
@@ -514,6 +566,7 @@ class ZarrBackend(Lifecycle):
         self._members.update(nodes)
         for name in nodes:  # the groups a nested name implies
             self._members.update("/".join(name.split("/")[:i]) for i in range(1, name.count("/") + 1))
+        self._sync_metadata(list(nodes), whole=list(values))
         for d in new_dims:
             self.coords[d] = known[d]
             self._selector.forget(d)

@@ -81,7 +81,9 @@ class Engine {
   // Wait until more than `seen` chunks have finished, nothing is pending, or
   // the timeout passes; returns finished_chunks().
   std::uint64_t wait_progress(std::uint64_t seen, double timeout_seconds);
-  void check();           // rethrow the first background error, if any
+  // Rethrow the first background error, if any (its type kept), naming the
+  // chunks that failed after it; then forget them.
+  void check();
   std::size_t pending_chunks() const;
   std::uint64_t failed_chunks() const noexcept { return failed_chunks_.load(); }
   bool has_ring() const noexcept { return ring_ != nullptr; }
@@ -129,7 +131,10 @@ class Engine {
   std::size_t pending_ = 0;
   std::uint64_t finished_ = 0;
   std::condition_variable progress_cv_;
-  std::exception_ptr bg_error_;
+  std::exception_ptr bg_error_;  // the first background error since the last check()
+  static constexpr std::size_t kLaterErrorsNamed = 8;
+  std::size_t bg_later_ = 0;                // errors after it
+  std::vector<std::string> bg_later_what_;  // the first kLaterErrorsNamed of them (each names its chunk)
   std::unordered_map<std::string, std::deque<std::function<void()>>> key_waiters_;
   DeviceStager stager_;  // device-to-host copies and their fences
   // Fork: the process that created the engine, and whether it was abandoned.

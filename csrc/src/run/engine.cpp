@@ -76,6 +76,8 @@ void Engine::abandon_after_fork() noexcept {
   leak_in_place(key_waiters_);
   stager_.abandon_after_fork();
   leak_in_place(bg_error_);
+  leak_in_place(bg_later_what_);
+  bg_later_ = 0;
   leak_in_place(async_mu_);
   leak_in_place(async_cv_);
   pending_ = 0;
@@ -240,8 +242,21 @@ void Engine::write_batch(const std::vector<Request>& requests) {
 // ------------------------------------------------------------------ non-blocking
 
 void Engine::record_error(std::exception_ptr e) {
+  std::string what;  // kept if it is not the first (built outside the lock; errors are rare)
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& x) {
+    what = x.what();
+  } catch (...) {
+    what = "unknown error";
+  }
   std::lock_guard<std::mutex> lk(async_mu_);
-  if (!bg_error_) bg_error_ = e;
+  if (!bg_error_) {
+    bg_error_ = e;
+  } else {
+    ++bg_later_;
+    if (bg_later_what_.size() < kLaterErrorsNamed) bg_later_what_.push_back(std::move(what));
+  }
 }
 
 std::shared_ptr<Engine::Batch> Engine::stage(const std::vector<Request>& requests, bool copy_host) {
@@ -392,12 +407,30 @@ void Engine::job_finished(const std::string& order_key) {
 void Engine::check() {
   if (inherited()) return;  // the parent's errors are the parent's to report
   std::exception_ptr e;
+  std::size_t later = 0;
+  std::vector<std::string> named;
   {
     std::lock_guard<std::mutex> lk(async_mu_);
     e = bg_error_;
     bg_error_ = nullptr;
+    std::swap(later, bg_later_);
+    named.swap(bg_later_what_);
   }
-  if (e) std::rethrow_exception(e);
+  if (!e) return;
+  if (later == 0) std::rethrow_exception(e);
+  // The first error, of its own type, naming the chunks that failed after it.
+  std::string more = " (and " + std::to_string(later) + " more chunk(s) failed since: ";
+  for (std::size_t i = 0; i < named.size(); ++i) more += (i ? "; " : "") + named[i];
+  more += later > named.size() ? "; ...)" : ")";
+  try {
+    std::rethrow_exception(e);
+  } catch (const IOError& x) {
+    throw IOError(x.context() + more, x.error_code());
+  } catch (const std::invalid_argument& x) {
+    throw std::invalid_argument(x.what() + more);
+  } catch (const std::exception& x) {
+    throw std::runtime_error(x.what() + more);
+  }
 }
 
 void Engine::flush() {
