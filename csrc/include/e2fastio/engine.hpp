@@ -115,7 +115,7 @@ class Engine {
   void validate_requests(const std::vector<Request>& requests) const;
   void dispatch_ordered(const std::shared_ptr<Batch>& batch, std::size_t j);
   void job_finished(const std::string& order_key);
-  void record_error(std::exception_ptr e);
+  void record_error(std::exception_ptr& e);  // takes it (leaves `e` empty) under the lock
   std::shared_ptr<Batch> stage(const std::vector<Request>& requests, bool copy_host);
   void dispatch_batch(const std::shared_ptr<Batch>& batch);
   void ensure_usable() const;  // refuse new work on an inherited engine

@@ -53,7 +53,10 @@ class TaskGroup {
   std::size_t pending() const;
 
  private:
-  void finish(std::exception_ptr err);
+  // Takes `err` under the lock and leaves it empty: the pool thread keeps no
+  // reference that it would drop after the waiter was woken (libstdc++'s
+  // exception reference counts are invisible to ThreadSanitizer).
+  void finish(std::exception_ptr& err);
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::size_t pending_ = 0;

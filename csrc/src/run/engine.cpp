@@ -241,7 +241,7 @@ void Engine::write_batch(const std::vector<Request>& requests) {
 
 // ------------------------------------------------------------------ non-blocking
 
-void Engine::record_error(std::exception_ptr e) {
+void Engine::record_error(std::exception_ptr& e) {
   std::string what;  // kept if it is not the first (built outside the lock; errors are rare)
   try {
     std::rethrow_exception(e);
@@ -252,11 +252,12 @@ void Engine::record_error(std::exception_ptr e) {
   }
   std::lock_guard<std::mutex> lk(async_mu_);
   if (!bg_error_) {
-    bg_error_ = e;
+    bg_error_ = std::move(e);  // no reference left with this thread once the lock is released
   } else {
     ++bg_later_;
     if (bg_later_what_.size() < kLaterErrorsNamed) bg_later_what_.push_back(std::move(what));
   }
+  e = nullptr;
 }
 
 std::shared_ptr<Engine::Batch> Engine::stage(const std::vector<Request>& requests, bool copy_host) {
@@ -370,12 +371,14 @@ void Engine::dispatch_ordered(const std::shared_ptr<Batch>& batch, std::size_t j
   std::string order_key = std::to_string(reinterpret_cast<std::uintptr_t>(job.req->sink.get())) + ":" +
                           job.req->array->chunk_key(job.coords);
   auto task = [this, batch, j, order_key]() noexcept {
+    std::exception_ptr err;
     try {
       if (batch->fence) batch->fence->wait();
       run_job(batch->jobs[j], nullptr, batch->blosc_threads);
     } catch (...) {
-      record_error(std::current_exception());
-    }
+      err = std::current_exception();
+    }  // the handler's reference is dropped here, before the error is handed over
+    if (err) record_error(err);
     job_finished(order_key);
   };
   std::lock_guard<std::mutex> lk(async_mu_);

@@ -86,14 +86,15 @@ std::function<void()> TaskGroup::wrap(std::function<void()> fn) {
       fn();
     } catch (...) {
       err = std::current_exception();
-    }
+    }  // the handler's own reference is dropped here, before finish() wakes the waiter
     finish(err);
   };
 }
 
-void TaskGroup::finish(std::exception_ptr err) {
+void TaskGroup::finish(std::exception_ptr& err) {
   std::lock_guard<std::mutex> lk(mu_);
-  if (err && !first_error_) first_error_ = err;
+  if (err && !first_error_) first_error_ = std::move(err);
+  err = nullptr;
   if (--pending_ == 0) cv_.notify_all();
 }
 
