@@ -225,12 +225,12 @@ class ModelRun:
     def describe(self) -> str:
         if self.gpulike is not None:
             how = ("measured on the CPU while precomputing" if self.step_seconds is None else "declared")
-            return (f"gpu-like: the stand-in's fields, precomputed; each step sleeps "
+            return (f"gpu-like: the demo model's fields, precomputed; each step sleeps "
                     f"{self.gpulike.step_seconds:.3f} s ({how}), leaving the CPU to the IO as a GPU model would")
         extra = f", plus {self.step_seconds:g} s sleep per step" if self.step_seconds else ""
         if self.mode == "gpu":
-            return f"gpu: the stand-in model computes on {self.device}{extra}"
-        return (f"cpu: the stand-in model computes on the CPU{extra}, competing with the encoder threads "
+            return f"gpu: the demo model computes on {self.device}{extra}"
+        return (f"cpu: the demo model computes on the CPU{extra}, competing with the encoder threads "
                 "(a GPU model would not)")
 
     def outputs(self, nsteps: int) -> Iterator[torch.Tensor]:
