@@ -452,9 +452,9 @@ def _measure(member: Member, ctx: Context, run: ModelRun, nsteps: int, members: 
     target = member.target(ctx.out)
     _remove(target)
     io = member.make(ctx, member.s3_name or str(target))
-    gc.collect()  # untimed: a full collection due from the previous backend's garbage would land in this one
-    with contextlib.suppress(AttributeError):
-        os.sync()  # untimed: the previous backend's dirty pages are not this one's to write
+    # Untimed: a full collection due from the previous backend's garbage would land in this one. (No
+    # os.sync() here: every store's files were fsynced inside its own timing, so none of ours are dirty.)
+    gc.collect()
     rss_before = _rss()
     reset = _reset_peak_rss()
     t0 = time.perf_counter()
