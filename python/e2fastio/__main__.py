@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(info(), indent=2))
         return 0
 
-    from e2fastio.demo.workflow import DemoError, S3Target, run_demo
+    from e2fastio.demo.s3 import S3Target
+    from e2fastio.demo.workflow import DemoError, run_demo
 
     grid = args.grid if args.grid is not None else 0.5 if args.quick else 0.25
     if args.full:

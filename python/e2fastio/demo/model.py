@@ -11,8 +11,8 @@ is rounded to 2^-8 of the unit, the precision real model output carries
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 
 import numpy as np

@@ -120,16 +120,19 @@ def build_cases(e2s: Any | None, e2s_name: str = "Earth2Studio") -> list[Case]:
         label, make = theirs if e2s is not None else standin
         role = "earth2studio" if e2s is not None else "stand-in"
         tkey = ("e2s-" if e2s is not None else "standin-") + name
-        loc = lambda who: f"{who}-{local}" if local else None  # noqa: E731
+
+        def loc(who: str) -> str | None:
+            return f"{who}-{local}" if local else None
+
         return Case(name, title,
                     Member(tkey, label, role, make, loc(tkey.split("-")[0]), f"{tkey}" if s3 else None),
                     Member(name, ours[0], "e2fastio", ours[1], loc("e2fastio"), f"e2fastio-{name}" if s3 else None),
                     s3=s3)
 
     e = e2s_name
-    e2s_zarr = getattr(e2s, "ZarrBackend", None)
-    e2s_nc = getattr(e2s, "NetCDF4Backend", None)
-    e2s_async = getattr(e2s, "AsyncZarrBackend", None)
+    e2s_zarr: Any = getattr(e2s, "ZarrBackend", None)
+    e2s_nc: Any = getattr(e2s, "NetCDF4Backend", None)
+    e2s_async: Any = getattr(e2s, "AsyncZarrBackend", None)
     ow = {"overwrite": True}
     cases = [
         pair("zarr", "Zarr, uncompressed",
@@ -363,7 +366,7 @@ def _remove(target: Path | None) -> None:
         shutil.rmtree(target) if target.is_dir() else target.unlink()
 
 
-def _open_zarr(member: Member, ctx: Context, io: Any) -> zarr.Group | None:
+def _open_zarr(member: Member, ctx: Context, io: Any) -> zarr.Group:
     target = member.target(ctx.out)
     if member.s3_name is not None:
         return zarr.open_group(zarr.storage.ObjectStore(_s3(ctx).obstore(member.s3_name), read_only=True), mode="r")
@@ -404,25 +407,19 @@ def _read_back(member: Member, ctx: Context, io: Any, plot_lead: int | None) -> 
     target = member.target(ctx.out)
     rb = ReadBack()
     with contextlib.ExitStack() as stack:
-        getters: dict[str, Callable[[int], np.ndarray]] = {}
-        nlead: int
+        sources: dict[str, Any]  # netCDF variables or zarr arrays, (ensemble, time, lead_time, lat, lon)
         if target is not None and target.suffix == ".nc":
             ds = stack.enter_context(_open_netcdf(target))
-            for v in SAVED:
-                getters[v] = lambda k, var=ds[v]: np.asarray(var[:, :, k])
-            nlead = len(ds.dimensions["lead_time"])
+            sources = {v: ds[v] for v in SAVED}
         else:
             root = _open_zarr(member, ctx, io)
-            assert root is not None
-            arrays = {v: get_array(root, v) for v in SAVED}
-            for v in SAVED:
-                getters[v] = lambda k, a=arrays[v]: np.asarray(a[:, :, k])
-            nlead = int(arrays[SAVED[0]].shape[2])
+            sources = {v: get_array(root, v) for v in SAVED}
+        nlead = int(sources[SAVED[0]].shape[2])
         for v in SAVED:
             rb.digests[v] = []
             for k in range(nlead):
-                field_ = np.ascontiguousarray(getters[v](k), dtype=np.float32)
-                rb.digests[v].append(hashlib.blake2b(memoryview(field_).cast("B"), digest_size=16).hexdigest())
+                field_ = np.ascontiguousarray(sources[v][:, :, k], dtype=np.float32)
+                rb.digests[v].append(hashlib.blake2b(field_.data, digest_size=16).hexdigest())
                 if v == "t2m" and k == plot_lead:
                     f64 = field_[:, 0].astype(np.float64)
                     rb.mean, rb.spread = f64.mean(axis=0), f64.std(axis=0)
@@ -705,15 +702,16 @@ def print_report(record: dict[str, Any], cases: dict[str, Case]) -> None:
         for m in (case.theirs, case.ours):
             r = record["results"][m.key]
             sp = f"{r['speedup']:.2f}x" if r.get("speedup") else ""
-            rss = (f"{(r['peak_rss_bytes'] - r['rss_before_bytes']) / 1e6:.0f}"
+            rss = (f"{max(r['peak_rss_bytes'] - r['rss_before_bytes'], 0) / 1e6:.0f}"
                    if r["peak_rss_bytes"] and r["rss_before_bytes"] and r["peak_rss_reset"] else "?")
             files = str(r["files"]) if r["files"] or m.local or m.s3_name else "-"
             print(f"  {r['label']:<{w - 2}s}{r['seconds']:>10.2f}{r['io_seconds']:>8.2f}{r['mb_per_s']:>8.0f}"
                   f"{r['bytes'] / 1e6:>9.1f}{(r['ratio'] or 0):>7.2f}{rss:>13s}{files:>7s}{sp:>10s}")
     for name, why in record["skipped"].items():
         print(f"{cases[name].title}: skipped: {why}")
-    print("IO s: durable s minus the model alone; speed-up: the counterpart's durable s / e2fastio's; peak RSS +MB: "
-          "this process's RSS high-water mark during the run above its RSS before it; files: S3 objects for S3, '-' in memory")
+    print("IO s: durable s minus the model alone; speed-up: the counterpart's durable s / e2fastio's;\n"
+          "peak RSS +MB: this process's RSS high-water mark during the run above its RSS before it; "
+          "files: S3 objects for S3, '-' in memory")
     if record["identical"]:
         print(f"outputs identical across all {record['compared']} stores: yes (every t2m and tcwv field compared)")
     else:
@@ -727,21 +725,22 @@ def plot_report(record: dict[str, Any], cases: dict[str, Case], fields: ReadBack
 
     names = record["options"]["cases"]
     rows = [(cases[n], m) for n in names for m in (cases[n].theirs, cases[n].ours)]
-    fig = Figure(figsize=(13, 4.6 + 0.32 * len(rows)), layout="constrained")
-    gs = fig.add_gridspec(2, 2, height_ratios=[4.0, 0.9 + 0.32 * len(rows)])
+    fig = Figure(figsize=(13, 4.4 + 0.3 * len(rows)), layout="constrained")
+    gs = fig.add_gridspec(2, 2, height_ratios=[3.4, 0.9 + 0.3 * len(rows)])
     extent = (float(lon[0]), float(lon[-1]), float(lat[-1]), float(lat[0]))
     lead = record["options"]["lead_hours_plotted"]
     if fields is not None and fields.mean is not None and fields.spread is not None:
         src = record["results"][record["figure_from"]]["label"]
-        for col, (data, title, cmap, unit) in enumerate((
-                (fields.mean, f"ensemble mean t2m, +{lead} h", "Spectral_r", "K"),
-                (fields.spread, f"ensemble spread (std) of t2m, +{lead} h", "magma", "K"))):
+        for col, (data, title, cmap, vmax) in enumerate((
+                (fields.mean, f"ensemble mean t2m, +{lead} h", "Spectral_r", None),
+                (fields.spread, f"ensemble spread (standard deviation) of t2m, +{lead} h", "magma",
+                 float(np.percentile(fields.spread, 99.5))))):
             ax = fig.add_subplot(gs[0, col])
-            im = ax.imshow(data, extent=extent, cmap=cmap, aspect="equal", origin="upper")
+            im = ax.imshow(data, extent=extent, cmap=cmap, aspect="auto", origin="upper", vmax=vmax)
             ax.set_title(title, fontsize=11)
             ax.set_xlabel("longitude (deg E)")
             ax.set_ylabel("latitude (deg N)")
-            fig.colorbar(im, ax=ax, shrink=0.85, label=unit)
+            fig.colorbar(im, ax=ax, label="K", extend="max" if vmax is not None else "neither")
         same = (f"all {record['compared']} stores read back identical (every field compared)" if record["identical"]
                 else f"STORES DIFFER: {', '.join(record['mismatches'][:4])}")
         fig.suptitle(f"{record['options']['members']}-member forecast from 2022-12-20 00 UTC, maps read from "
