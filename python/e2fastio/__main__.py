@@ -27,11 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--steps", type=int, default=20, help="6 h steps (default 20 = 5 days)")
     d.add_argument("--grid", type=float, default=None, help="grid spacing in degrees (default 0.25 = 721 x 1440)")
     size = d.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="0.5 degree grid (361 x 720): about a minute on 2 cores")
+    size.add_argument("--quick", action="store_true", help="0.5 degree grid (361 x 720): a minute or two on 2 cores")
     size.add_argument("--full", action="store_true",
-                      help="the seed's shape: 8 members, 20 steps, 0.25 degree grid (721 x 1440), 1.33 GB per store")
+                      help="the example's shape: 8 members, 20 steps, 0.25 degree grid (721 x 1440), 1.40 GB per store")
     d.add_argument("--model", default="auto", choices=["auto", "gpu", "cpu", "gpu-like"],
-                   help="where the stand-in model runs: auto = gpu when CUDA is available, else gpu-like "
+                   help="where the demo model runs: auto = gpu when CUDA is available, else gpu-like "
                         "(precomputed fields, each step's time spent sleeping, off the CPU, as a GPU model would); "
                         "cpu computes on the CPU, competing with the IO threads")
     d.add_argument("--device", default=None, help="torch device for the model (cpu or cuda[:N]); implies --model")
