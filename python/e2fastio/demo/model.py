@@ -11,6 +11,7 @@ is rounded to 2^-8 of the unit, the precision real model output carries
 from __future__ import annotations
 
 import math
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 
@@ -108,4 +109,59 @@ class AdvectionDiffusionModel:
         yield x
         while True:
             x = self.step(x)
+            yield x
+
+
+def ensemble_start(x0: torch.Tensor, nensemble: int, seed: int) -> torch.Tensor:
+    """The perturbed ensemble's initial states, shape (ensemble, variable, lat, lon), on x0's device.
+
+    A Gaussian perturbation, spatially smooth (white noise would be diffused
+    away in the first steps anyway), the same for every device and seed.
+    """
+    g = torch.Generator().manual_seed(seed)
+    noise = _smooth_noise((nensemble, 4), x0.shape[-2], x0.shape[-1], g, scale=8)
+    amp = torch.tensor([0.5, 0.5, 0.3, 0.3])[:, None, None]
+    return x0.unsqueeze(0).repeat(nensemble, 1, 1, 1) + (amp * noise).to(x0.device)
+
+
+class GpuLikeModel:
+    """The stand-in model as a GPU runs it, on a machine without one.
+
+    The states are computed once, before anything is timed (on the CPU, with
+    :class:`AdvectionDiffusionModel`); iterating then hands out the same fields
+    and spends each step's time off the CPU (a sleep), as a model busy on a GPU
+    leaves the CPU to the IO backend. The step time is the one measured while
+    precomputing, unless `step_seconds` declares it.
+
+    Parameters
+    ----------
+    model : AdvectionDiffusionModel
+        A CPU model.
+    start : torch.Tensor
+        The ensemble's initial states (see :func:`ensemble_start`).
+    nsteps : int
+        Steps after the initial state.
+    keep : int
+        How many leading variables to keep of each state (the saved ones).
+    step_seconds : float | None
+        Declared time per step; ``None`` uses the measured one.
+    """
+
+    def __init__(self, model: AdvectionDiffusionModel, start: torch.Tensor, nsteps: int, keep: int,
+                 step_seconds: float | None = None) -> None:
+        self.lat, self.lon = model.lat, model.lon
+        self.states: list[torch.Tensor] = []
+        it = model.create_iterator(start)
+        self.states.append(next(it)[:, :keep].clone())
+        t0 = time.perf_counter()
+        for _ in range(nsteps):
+            self.states.append(next(it)[:, :keep].clone())
+        self.measured_step_seconds = (time.perf_counter() - t0) / max(nsteps, 1)
+        self.step_seconds = self.measured_step_seconds if step_seconds is None else float(step_seconds)
+
+    def create_iterator(self) -> Iterator[torch.Tensor]:
+        """Yields the initial state at once, then one precomputed state per step after the step's time."""
+        yield self.states[0]
+        for x in self.states[1:]:
+            time.sleep(self.step_seconds)
             yield x
