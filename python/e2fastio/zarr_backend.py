@@ -56,6 +56,23 @@ def _open_root(store: Any, backend_kwargs: dict[str, Any]) -> tuple[zarr.Group, 
     return zarr.group(store, **backend_kwargs), False
 
 
+def _as_slices(index: Sequence[np.ndarray]) -> tuple[Any, ...]:
+    """An orthogonal selection with each run of consecutive indices as a slice.
+
+    zarr-python writes slices of sharded arrays correctly where integer arrays
+    fail (3.1: a shape mismatch inside the sharding codec); slices are also
+    faster, as in Earth2Studio 0.19's ZarrBackend.
+    """
+    out: list[Any] = []
+    for idx in index:
+        i = np.asarray(idx)
+        if i.size and i.ndim == 1 and np.array_equal(i, np.arange(int(i[0]), int(i[0]) + i.size)):
+            out.append(slice(int(i[0]), int(i[0]) + i.size))
+        else:
+            out.append(i)
+    return tuple(out)
+
+
 def _sync(coro: Any) -> Any:
     """Run a coroutine on zarr-python's own event loop (where its stores live)."""
     from zarr.core.sync import sync
@@ -679,7 +696,7 @@ class ZarrBackend(Lifecycle):
             if spec is not None and sink is not None:
                 batch.append((spec, sink, arr, index))
             else:
-                t.array.set_orthogonal_selection(tuple(index), arr)
+                t.array.set_orthogonal_selection(_as_slices(index), arr)
         if not batch and not device_batch:
             return
         if self._uploader is not None:
