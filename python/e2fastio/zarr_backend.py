@@ -300,6 +300,8 @@ class ZarrBackend(Lifecycle):
         self._shards_each_write = True  # blocking: a write's shards are in the store when it returns
         self._warn_on_merge = False
         self._merge_warned: set[str] = set()
+        # Multi-rank: the shards this rank wrote, per array (dims, shard shape, shard positions, index ranges).
+        self._shards_written: dict[str, tuple[list[str], list[int], set[tuple[int, ...]], list[tuple[int, int]]]] = {}
         self._device_refs: deque[tuple[int, list[Any]]] = deque()
 
         # Rebuild coordinates and chunks of an existing store (as Earth2Studio does).
@@ -424,10 +426,16 @@ class ZarrBackend(Lifecycle):
         if self._uploader is not None and self._uploader.pid != os.getpid():
             return  # a forked child's copy: the parent stores its own pending chunks
         local_error: Exception | None = None
+        if self._coord is not None and self._shards_written is not None:
+            try:  # collective, before incomplete shards are written
+                every = self._coord.gather(self._shards_written, "close (shard owners)")
+                _distributed.check_shard_owners(self._coord.rank, every)
+            except Exception as err:
+                local_error = err
         try:
             self._drain()
         except Exception as err:
-            local_error = err
+            local_error = local_error or err
         finally:
             try:
                 if self._uploader is not None:
@@ -618,6 +626,14 @@ class ZarrBackend(Lifecycle):
                     "back to a read-modify-write of the entire shard. This happens when `close()` / `flush()` is "
                     "called mid run or when restarting into an existing store with shards left incomplete.", name)
 
+    def _note_shards(self, name: str, t: _Target, index: Sequence[np.ndarray]) -> None:
+        shards = tuple(int(s) for s in (t.array.shards or ()))
+        entry = self._shards_written.setdefault(name, (list(t.dims), list(shards), set(), []))
+        entry[2].update(_distributed.shards_touched(index, shards))
+        ranges = [(int(np.min(i)), int(np.max(i))) for i in index]
+        entry[3][:] = ranges if not entry[3] else [(min(a[0], b[0]), max(a[1], b[1]))
+                                                   for a, b in zip(entry[3], ranges, strict=True)]
+
     def _target(self, name: str) -> _Target:
         t = self._targets.get(name)
         if t is None:
@@ -670,6 +686,10 @@ class ZarrBackend(Lifecycle):
             for name, _ in planned:
                 t = self._target(name)
                 _distributed.check_whole_chunks(self._coord.rank, name, t.dims, t.array.shape, t.array.chunks, index)
+            for name, _ in planned:  # shards: which ranks wrote which is compared at close
+                t = self._target(name)
+                if t.array.shards is not None:
+                    self._note_shards(name, t, index)
         self._write_arrays([(name, arr, index) for name, arr in planned])
 
     def _write_arrays(self, items: list[tuple[str, Any, list[np.ndarray]]]) -> None:
