@@ -170,9 +170,9 @@ class AsyncZarrBackend:
         distributed_timeout: float = 600.0,
         consolidate_metadata: bool = False,
     ) -> None:
-        for key, value in dict(shard_coords).items():
-            if value <= 0:
-                raise ValueError(f"Shard size for coordinate '{key}' must be positive but got {value}")
+        for dim, shard_size in dict(shard_coords).items():
+            if shard_size <= 0:
+                raise ValueError(f"Shard size for coordinate '{dim}' must be positive but got {shard_size}")
         if fs_factory is not None:
             _stores.deprecated_fs_factory()
         if not isinstance(pool_size, int) or isinstance(pool_size, bool) or pool_size < 1:
