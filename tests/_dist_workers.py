@@ -128,6 +128,23 @@ def main(rank: int, world: int, init_file: str, scenario: str, out: str, args: d
             io.close()
 
         info = _catch(run)
+    elif scenario == "shards":
+        from e2fastio import AsyncZarrBackend
+
+        def run_shards() -> None:
+            c = coords()
+            pc = OrderedDict(ensemble=c["ensemble"], time=c["time"], lead_time=c["lead_time"])
+            io = AsyncZarrBackend(args["location"], parallel_coords=pc, blocking=False,
+                                  shard_coords=args["shard_coords"], process_group="world", distributed_timeout=30)
+            io.add_array(c, VARS)
+            for k in range(STEPS):
+                step = OrderedDict(c)
+                step["ensemble"] = c["ensemble"][members]
+                step["lead_time"] = c["lead_time"][k : k + 1]
+                io.write([field(members, k, v) for v in range(len(VARS))], step, VARS)
+            io.close()
+
+        info = _catch(run_shards)
     elif scenario == "netcdf":
         netcdf(rank, world, out, args["directory"])
         dist.destroy_process_group()

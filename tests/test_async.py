@@ -213,7 +213,7 @@ def test_memory_store_nonblocking():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"shard_coords": {"time": 4}}, "shard_coords"),
+        ({"shard_coords": {"time": -1}}, "Shard size for coordinate .time. must be positive"),
         ({"store": "s3://bucket/x.zarr", "store_kwargs": {"no_such_option": 1}}, "store="),
         ({"store": "s3://bucket/x.zarr", "store_kwargs": {"secret_access_key": "hunter2-s3cr3t", "bad": 1}},
          "could not open"),

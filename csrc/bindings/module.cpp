@@ -26,4 +26,5 @@ PYBIND11_MODULE(_core, m) {
   e2fastio::py_bindings::register_codec(m);
   e2fastio::py_bindings::register_sink(m);
   e2fastio::py_bindings::register_engine(m);
+  e2fastio::py_bindings::register_shard(m);
 }

@@ -5,4 +5,5 @@ namespace e2fastio::py_bindings {
 void register_codec(pybind11::module_& m);
 void register_sink(pybind11::module_& m);
 void register_engine(pybind11::module_& m);
+void register_shard(pybind11::module_& m);
 }  // namespace e2fastio::py_bindings

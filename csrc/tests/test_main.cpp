@@ -25,20 +25,22 @@
 
 #include "e2fastio/buffer_pool.hpp"
 #include "e2fastio/codec.hpp"
-#include "e2fastio/cuda.hpp"
-#include "e2fastio/engine.hpp"
-#include "e2fastio/error.hpp"
-#include "e2fastio/host_memory.hpp"
 #include "e2fastio/collect_sink.hpp"
+#include "e2fastio/crc32c.hpp"
+#include "e2fastio/cuda.hpp"
 #include "e2fastio/direct_io.hpp"
 #include "e2fastio/directory_sink.hpp"
+#include "e2fastio/engine.hpp"
+#include "e2fastio/error.hpp"
 #include "e2fastio/file_region_sink.hpp"
+#include "e2fastio/host_memory.hpp"
 #include "e2fastio/memory_sink.hpp"
 #include "e2fastio/plan.hpp"
+#include "e2fastio/shard_sink.hpp"
 #include "e2fastio/sink.hpp"
-#include "e2fastio/upload_sink.hpp"
 #include "e2fastio/staging_ring.hpp"
 #include "e2fastio/thread_pool.hpp"
+#include "e2fastio/upload_sink.hpp"
 
 using namespace e2fastio;
 
@@ -1577,6 +1579,192 @@ TEST(plan_blosc_threads_share_one_budget) {
   CHECK(!c_contiguous(strided));
   Slab contiguous{nullptr, {2, 3}, {12, 4}, 4};
   CHECK(c_contiguous(contiguous));
+}
+
+// ------------------------------------------------------------------ sharding
+
+TEST(crc32c_matches_the_standard_check_value_on_both_paths) {
+  const std::string check = "123456789";
+  const auto* p = reinterpret_cast<const std::uint8_t*>(check.data());
+  CHECK(crc32c(p, check.size()) == 0xE3069283u);  // the CRC-32C check value
+  CHECK(detail::crc32c_portable(p, check.size(), 0) == 0xE3069283u);
+  CHECK(detail::crc32c_hardware(p, check.size(), 0) == 0xE3069283u);
+  CHECK(crc32c(nullptr, 0) == 0);
+  std::vector<std::uint8_t> buf(4099);
+  for (std::size_t i = 0; i < buf.size(); ++i) buf[i] = static_cast<std::uint8_t>((i * 2654435761u) >> 13);
+  for (std::size_t off : {0, 1, 3, 7}) {
+    for (std::size_t n : {0, 1, 7, 8, 9, 63, 64, 1000, 4090}) {
+      const std::uint32_t a = detail::crc32c_portable(buf.data() + off, n, 0);
+      CHECK(detail::crc32c_hardware(buf.data() + off, n, 0) == a);
+      // Continuing from a partial CRC equals one pass.
+      const std::size_t h = n / 3;
+      CHECK(crc32c(buf.data() + off + h, n - h, crc32c(buf.data() + off, h)) == a);
+    }
+  }
+}
+
+TEST(shard_format_roundtrips_index_at_either_end_and_refuses_damage) {
+  std::vector<std::uint8_t> a{1, 2, 3}, c{9, 9, 9, 9, 9};
+  std::vector<shard_format::Piece> pieces{{a.data(), a.size(), true}, {}, {c.data(), c.size(), true}, {}};
+  for (bool start : {false, true}) {
+    auto obj = shard_format::assemble(pieces, start);
+    CHECK(obj.size() == 3 + 5 + 16 * 4 + 4);
+    auto idx = shard_format::parse_index(obj.data(), obj.size(), 4, start);
+    CHECK(idx[0].present() && idx[0].nbytes == 3 && !idx[1].present() && idx[2].nbytes == 5 && !idx[3].present());
+    CHECK(idx[0].offset == (start ? 68u : 0u) && idx[2].offset == idx[0].offset + 3);
+    CHECK(std::memcmp(obj.data() + idx[2].offset, c.data(), 5) == 0);
+    // The absent entries are 2^64-1 twice (all 0xFF bytes).
+    const std::uint8_t* index = start ? obj.data() : obj.data() + 8;
+    CHECK(std::all_of(index + 16, index + 32, [](std::uint8_t b) { return b == 0xFF; }));
+    auto bad = obj;
+    bad[start ? 1 : 9] ^= 1;  // inside the first index entry
+    CHECK(throws<std::runtime_error>([&] { shard_format::parse_index(bad.data(), bad.size(), 4, start); },
+                                     "checksum"));
+    CHECK(throws<std::runtime_error>([&] { shard_format::parse_index(obj.data(), 10, 4, start); }, "fewer"));
+  }
+  // An entry pointing past the object, with a valid checksum, is refused too.
+  std::vector<shard_format::Piece> one{{a.data(), a.size(), true}};
+  auto obj = shard_format::assemble(one, false);
+  obj[3 + 8] = 200;  // nbytes of entry 0
+  const std::uint32_t crc = crc32c(obj.data() + 3, 16);
+  for (int b = 0; b < 4; ++b) obj[3 + 16 + static_cast<std::size_t>(b)] = static_cast<std::uint8_t>(crc >> (8 * b));
+  CHECK(throws<std::runtime_error>([&] { shard_format::parse_index(obj.data(), obj.size(), 1, false); }, "outside"));
+}
+
+TEST(shard_layout_maps_inner_keys_to_shards) {
+  ShardLayout l;
+  l.path = "arr";
+  l.shape = {10, 6};
+  l.chunks = {1, 3};
+  l.shards = {4, 6};
+  l.validate();
+  CHECK(l.chunks_per_shard() == 8 && l.index_nbytes() == 132);
+  std::vector<int64_t> shard;
+  std::size_t pos = 0;
+  CHECK(l.locate("arr/c/5/1", shard, pos) && shard == (std::vector<int64_t>{1, 0}) && pos == 3);
+  CHECK(l.locate("arr/c/9/0", shard, pos) && shard == (std::vector<int64_t>{2, 0}) && pos == 2);
+  CHECK(!l.locate("arr/c/5", shard, pos) && !l.locate("arrx/c/5/1", shard, pos) && !l.locate("arr/zarr.json", shard, pos));
+  CHECK(!l.locate("arr/c/5/1/2", shard, pos));
+  CHECK(throws<std::invalid_argument>([&] { l.locate("arr/c/10/0", shard, pos); }, "outside"));
+  CHECK(l.shard_key({2, 0}) == "arr/c/2/0");
+  CHECK(l.chunks_in_bounds({0, 0}) == 8 && l.chunks_in_bounds({2, 0}) == 4);
+  l.shards = {4, 4};
+  CHECK(throws<std::invalid_argument>([&] { l.validate(); }, "multiple of the chunk size"));
+}
+
+namespace {
+
+struct ShardFixture {
+  ArraySpec spec;
+  ShardLayout layout;
+  std::shared_ptr<MemorySink> store = std::make_shared<MemorySink>();
+
+  ShardFixture(std::vector<int64_t> shape, std::vector<int64_t> chunks, std::vector<int64_t> shards, bool start) {
+    spec = make_array(shape, chunks, true);
+    layout.path = spec.path;
+    layout.shape = shape;
+    layout.chunks = chunks;
+    layout.shards = shards;
+    layout.index_at_start = start;
+  }
+  std::shared_ptr<ShardSink> sink(std::size_t capacity, std::size_t inflight) {
+    auto s = std::make_shared<ShardSink>(store, capacity, inflight);
+    s->add_array(layout);
+    return s;
+  }
+  // Element (i, j) of a 2-D array as stored, or the fill value (-1) where nothing is.
+  float at(int64_t i, int64_t j) {
+    const int64_t ci = i / spec.chunks[0], cj = j / spec.chunks[1];
+    std::vector<int64_t> shard{ci * spec.chunks[0] / layout.shards[0], cj * spec.chunks[1] / layout.shards[1]};
+    auto v = store->get(layout.shard_key(shard));
+    if (!v) return -1.0f;
+    const int64_t pi = layout.shards[0] / spec.chunks[0], pj = layout.shards[1] / spec.chunks[1];
+    const std::size_t pos = static_cast<std::size_t>((ci % pi) * pj + (cj % pj));
+    auto idx = shard_format::parse_index(v->data(), v->size(), layout.chunks_per_shard(), layout.index_at_start);
+    if (!idx[pos].present()) return -1.0f;
+    std::vector<float> raw(static_cast<std::size_t>(spec.chunks[0] * spec.chunks[1]));
+    decode_chunk(spec.codec, v->data() + idx[pos].offset, idx[pos].nbytes, reinterpret_cast<uint8_t*>(raw.data()),
+                 raw.size() * 4, 1);
+    return raw[static_cast<std::size_t>((i % spec.chunks[0]) * spec.chunks[1] + j % spec.chunks[1])];
+  }
+};
+
+}  // namespace
+
+TEST(shard_sink_writes_each_complete_shard_once_and_flushes_the_rest) {
+  for (bool start : {false, true}) {
+    // 10 x 6 array, chunks 1 x 3, shards 4 x 6: shard rows [0,4) [4,8) [8,10) (the last one cut by the array).
+    ShardFixture f({10, 6}, {1, 3}, {4, 6}, start);
+    auto sink = f.sink(64 << 20, 2);
+    Engine engine(2, 16 << 20);
+    std::vector<float> row(6);
+    for (int64_t i = 0; i < 9; ++i) {  // rows 0..8: shards 0 and 1 complete, shard 2 half
+      for (int j = 0; j < 6; ++j) row[static_cast<std::size_t>(j)] = static_cast<float>(i * 10 + j);
+      Slab s{reinterpret_cast<const uint8_t*>(row.data()), {1, 6}, {24, 4}, 4};
+      engine.write(f.spec, sink, s, {{i}, iota(0, 6)});
+    }
+    auto st = sink->stats();
+    CHECK(st.shards_written == 2 && st.shards_merged == 0 && st.open_shards == 1 && f.store->size() == 2);
+    std::vector<uint8_t> chunk;
+    CHECK(sink->read("arr/c/8/1", chunk) && !chunk.empty());  // from the shard under assembly
+    CHECK(sink->read("arr/c/2/0", chunk) && !chunk.empty());  // from the stored shard
+    CHECK(!sink->read("arr/c/9/0", chunk));                   // never written
+    sink->flush();
+    CHECK(sink->stats().shards_written == 3 && sink->stats().held_bytes == 0 && f.store->size() == 3);
+    for (int64_t i = 0; i < 10; ++i)
+      for (int64_t j = 0; j < 6; ++j) CHECK(f.at(i, j) == (i < 9 ? static_cast<float>(i * 10 + j) : -1.0f));
+    // Row 9 later, plus a partial rewrite of row 8: both merge with the stored shard.
+    for (int j = 0; j < 6; ++j) row[static_cast<std::size_t>(j)] = 900.0f + static_cast<float>(j);
+    Slab s{reinterpret_cast<const uint8_t*>(row.data()), {1, 6}, {24, 4}, 4};
+    engine.write(f.spec, sink, s, {{9}, iota(0, 6)});  // completes the shard's seen set? no: a new session of it
+    Slab two{reinterpret_cast<const uint8_t*>(row.data()), {1, 2}, {8, 4}, 4};
+    engine.write(f.spec, sink, two, {{8}, {4, 5}});
+    sink->flush();
+    CHECK(sink->stats().shards_merged >= 1);
+    for (int64_t j = 0; j < 6; ++j) CHECK(f.at(9, j) == 900.0f + static_cast<float>(j));
+    for (int64_t j = 0; j < 6; ++j)
+      CHECK(f.at(8, j) == (j < 4 ? static_cast<float>(80 + j) : 900.0f + static_cast<float>(j - 4)));
+    // A key of another array passes straight through.
+    const uint8_t b = 7;
+    sink->write("other/c/0", &b, 1);
+    CHECK(f.store->contains("other/c/0"));
+  }
+}
+
+TEST(shard_sink_stays_within_its_bound_without_deadlock) {
+  for (std::size_t inflight : {1, 3}) {
+    ShardFixture f({64, 16}, {1, 8}, {8, 16}, false);
+    auto sink = f.sink(1, inflight);  // smaller than any chunk: every chunk spills
+    Engine engine(4, 16 << 20, 8 << 20);
+    std::vector<float> all(64 * 16);
+    std::iota(all.begin(), all.end(), 0.0f);
+    for (int64_t i = 0; i < 64; i += 2) {  // non-blocking submits of two rows each
+      Slab s{reinterpret_cast<const uint8_t*>(all.data() + i * 16), {2, 16}, {64, 4}, 4};
+      engine.submit({Engine::Request{&f.spec, sink, s, {{i, i + 1}, iota(0, 16)}}});
+    }
+    engine.flush();
+    sink->flush();
+    auto st = sink->stats();
+    CHECK(st.shards_spilled > 0 && st.held_bytes == 0);
+    CHECK(st.peak_held_bytes < 64 * 1024);  // a few chunks and shards, never everything
+    bool ok = true;
+    for (int64_t i = 0; i < 64; ++i)
+      for (int64_t j = 0; j < 16; ++j) ok = ok && f.at(i, j) == static_cast<float>(i * 16 + j);
+    CHECK(ok);
+  }
+}
+
+TEST(shard_sink_reports_a_damaged_stored_shard_by_key) {
+  ShardFixture f({4, 4}, {1, 4}, {4, 4}, false);
+  const uint8_t junk[200] = {};
+  f.store->write("arr/c/0/0", junk, sizeof(junk));
+  auto sink = f.sink(1 << 20, 1);
+  Engine engine(1, 16 << 20);
+  std::vector<float> row(4, 1.0f);
+  Slab s{reinterpret_cast<const uint8_t*>(row.data()), {1, 4}, {16, 4}, 4};
+  engine.write(f.spec, sink, s, {{0}, iota(0, 4)});
+  CHECK(throws<std::runtime_error>([&] { sink->flush(); }, "shard 'arr/c/0/0'"));
+  CHECK(sink->stats().held_bytes == 0);
 }
 
 int main(int argc, char** argv) {

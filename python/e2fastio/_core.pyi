@@ -198,6 +198,54 @@ class MemorySink(Sink):
     def nbytes(self) -> int: ...
     def clear(self) -> None: ...
 
+# ---------------------------------------------------------------- sharding (register_shard.cpp)
+
+def crc32c(data: _Bytes, crc: _Int = 0) -> int:
+    """CRC-32C (Castagnoli) of a bytes-like object, continuing from `crc`."""
+
+def _crc32c_portable(data: _Bytes, crc: _Int = 0) -> int: ...
+def _crc32c_hardware(data: _Bytes, crc: _Int = 0) -> int | None:
+    """The CPU instruction's result, or None where the CPU has none."""
+
+def crc32c_implementation() -> str: ...
+
+class ShardStats(TypedDict):
+    capacity: int
+    max_inflight: int
+    held_bytes: int
+    peak_held_bytes: int
+    open_shards: int
+    chunks_gathered: int
+    shards_written: int
+    shards_merged: int
+    shards_spilled: int
+    writer_waits: int
+    writer_wait_seconds: float
+    merged_by_array: dict[str, int]
+
+class ShardSink(Sink):
+    def __init__(self, inner: Sink, capacity_bytes: _Int, max_inflight: _Int) -> None: ...
+    def add_array(
+        self,
+        path: str,
+        shape: Sequence[_Int],
+        chunks: Sequence[_Int],
+        shards: Sequence[_Int],
+        separator: str = "/",
+        index_at_start: bool = False,
+    ) -> None:
+        """Register a sharded array: its inner chunk keys are gathered into shard objects."""
+
+    def read(self, key: str) -> bytes | None:
+        """The stored bytes of an (inner chunk) key, or None."""
+
+    def flush(self) -> None:
+        """Write out every shard under assembly (merging with stored ones) and wait for shard writes in flight."""
+
+    @property
+    def inner(self) -> Sink: ...
+    def stats(self) -> ShardStats: ...
+
 # ---------------------------------------------------------------- engine (register_engine.cpp)
 
 class ArraySpec:

@@ -244,3 +244,44 @@ def check_whole_chunks(
         f"the two would be lost. Use chunks={{{dim!r}: {suggest}}} (a size that divides every rank's block along "
         f"{dim!r}) so that each rank writes whole chunks. Nothing was written."
     )
+
+
+def shards_touched(index: Sequence[np.ndarray], shards: Sequence[int]) -> set[tuple[int, ...]]:
+    """The shard grid positions a write at orthogonal selection `index` touches."""
+    import itertools
+
+    per_dim = [sorted({int(i) // int(s) for i in np.asarray(idx).ravel()})
+               for idx, s in zip(index, shards, strict=True)]
+    return set(itertools.product(*per_dim))
+
+
+def check_shard_owners(rank: int, every: Sequence[Mapping[str, Any]]) -> None:
+    """Refuse shards that more than one rank wrote (each rank's ``{array: (dims, shards, touched, ranges)}``).
+
+    A shard is one object: two ranks that each hold part of it both write it
+    whole, and the later write wins. Raises ``ChunkOwnershipError`` naming the
+    array, the shard, the ranks and a shard size that divides every rank's
+    block along the dimension where their blocks differ.
+    """
+    arrays = sorted({name for mine in every for name in mine})
+    for name in arrays:
+        owner: dict[tuple[int, ...], int] = {}
+        for r, mine in enumerate(every):
+            if name not in mine:
+                continue
+            dims, shards, touched, _ = mine[name]
+            for shard in touched:
+                other = owner.setdefault(tuple(shard), r)
+                if other == r:
+                    continue
+                ranges = {q: m[name][3] for q, m in enumerate(every) if name in m}
+                d = next((k for k in range(len(dims)) if ranges[other][k] != ranges[r][k]), 0)
+                bounds = [b for lo, hi in (rg[d] for rg in ranges.values()) for b in (lo, hi + 1)]
+                suggest = math.gcd(*bounds) or 1
+                raise ChunkOwnershipError(
+                    f"rank {rank}: ranks {other} and {r} both wrote shard {tuple(shard)} of {name!r} (shard size "
+                    f"{shards[d]} along {dims[d]!r}); a shard is one object, so one rank's part of it was lost. "
+                    f"Use a shard size along {dims[d]!r} that divides every rank's block, e.g. "
+                    f"shard_coords={{{dims[d]!r}: {suggest}}} (or shards with {suggest} along {dims[d]!r}), or shard "
+                    "along a coordinate that each rank writes whole."
+                )

@@ -17,7 +17,7 @@ import zarr
 import zarr.storage
 
 from e2fastio import _data, _stores
-from e2fastio._zarr_native import dimension_names
+from e2fastio._zarr_native import dimension_names, engine_kwargs
 from e2fastio.errors import CoordinateError
 from e2fastio.zarr_backend import ZarrBackend, _read_whole
 
@@ -113,9 +113,20 @@ class AsyncZarrBackend:
     chunked_coords : dict[str, int]
         Chunk sizes of other dimensions (default: one chunk).
     shard_coords : dict[str, int]
-        Not supported yet (sharding): a non-empty value raises.
+        Zarr v3 sharding, as in Earth2Studio: elements per shard along the
+        named coordinates (each a multiple of that coordinate's chunk size; a
+        non-parallel coordinate's must cover its whole length); coordinates not
+        named get shards of their chunk size (parallel coordinates) or their
+        full length. Shard sizes need not divide a coordinate. The core
+        gathers the encoded inner chunks of each shard and writes the shard as
+        one object once every chunk of it was written; ``flush``/``close``
+        write incomplete shards (unwritten chunks read back as the fill value).
+        Writing into a shard already in the store merges with it
+        (read-modify-write, with a warning). Shards under assembly are held
+        in a quarter of ``max_buffer_bytes``; when that is full the oldest
+        incomplete shard is written out early (later chunks of it merge).
     max_inflight_shards : int
-        Accepted for compatibility (sharding).
+        Shard objects written at once (at least 1); writes of one shard never overlap.
     store : str | obstore store | zarr Store, optional
         Takes precedence over `file_name`: a local path or ``file://`` URL,
         ``"memory://"``, an object-store URL (``"s3://bucket/x.zarr"``,
@@ -159,11 +170,9 @@ class AsyncZarrBackend:
         distributed_timeout: float = 600.0,
         consolidate_metadata: bool = False,
     ) -> None:
-        if shard_coords:
-            raise ValueError(
-                "shard_coords: sharded arrays are not supported by e2fastio yet; "
-                "leave shard_coords empty (plain chunks) or use earth2studio.io.AsyncZarrBackend"
-            )
+        for dim, shard_size in dict(shard_coords).items():
+            if shard_size <= 0:
+                raise ValueError(f"Shard size for coordinate '{dim}' must be positive but got {shard_size}")
         if fs_factory is not None:
             _stores.deprecated_fs_factory()
         if not isinstance(pool_size, int) or isinstance(pool_size, bool) or pool_size < 1:
@@ -208,18 +217,28 @@ class AsyncZarrBackend:
             if not isinstance(size, (int, np.integer)) or size < 1:
                 raise ValueError(f"chunked_coords[{key!r}] must be a positive int, got {size!r}")
         self.chunked_coords = dict(chunked_coords)
-        self.shard_coords: dict[str, int] = {}
+        self.shard_coords: dict[str, int] = dict(shard_coords)
         self.max_inflight_shards = max_inflight_shards
         self.pool_size = pool_size
         self.async_timeout = float(async_timeout)
         self.blocking = blocking
         self.zarr_codecs = zarr_codecs
         chunks = {k: 1 for k in self.parallel_coords} | self.chunked_coords
+        # Sharding: a quarter of max_buffer_bytes holds shards under assembly, the rest stages and encodes.
+        budget = engine_kwargs(threads, max_buffer_bytes)["max_buffer_bytes"]
+        shard_bytes = budget // 4 if self.shard_coords else 0
         self._z = ZarrBackend(location, chunks=chunks, backend_kwargs={"overwrite": mode == "w"},
-                              zarr_codecs=zarr_codecs, threads=threads, max_buffer_bytes=max_buffer_bytes,
+                              zarr_codecs=zarr_codecs, threads=threads, max_buffer_bytes=budget - shard_bytes,
                               blocking=blocking, process_group=process_group,
                               distributed_timeout=distributed_timeout, consolidate_metadata=consolidate_metadata)
         self._z.flush_timeout = self.async_timeout
+        # Shards accumulate until complete (not one write each, as ZarrBackend's blocking writes do);
+        # incomplete ones are written at flush/close.
+        self._z._shards_each_write = False
+        self._z._warn_on_merge = True
+        self._z.max_inflight_shards = max_inflight_shards
+        if shard_bytes:
+            self._z._shard_capacity = shard_bytes
         # Serialises this backend's writes (sync calls from several threads and
         # async_write tasks alike); the chunks of one write still encode in parallel.
         self._lock = threading.RLock()
@@ -323,8 +342,66 @@ class AsyncZarrBackend:
                     )
         missing = [n for n in names if _data.check_array_name(n) and n not in self._z]
         if missing or not names:  # no names: the coordinates alone (a store other ranks validate against)
-            self._sync_chunks()
-            self._z.add_array(full, missing, dtype=np.dtype(dtype))
+            self._create(full, missing, np.dtype(dtype))
+
+    def _create(self, full: OrderedDict[str, np.ndarray], names: list[str], dtype: np.dtype[Any]) -> None:
+        """Create arrays `names` (and missing coordinates) with the chunks and shards of this backend."""
+        self._sync_chunks()
+        chunked = {k: min(int(self._z.chunks.get(k, len(v))), max(1, len(v))) for k, v in full.items()}
+        groups: dict[tuple[int, ...] | None, list[str]] = {}
+        for name in names:
+            groups.setdefault(self._compute_shards(name, full, chunked, dtype), []).append(name)
+        if not names:
+            self._z.add_array(full, [], dtype=dtype)
+        for shards, group in groups.items():
+            kw: dict[str, Any] = {} if shards is None else {"shards": shards}
+            self._z.add_array(full, group, dtype=dtype, **kw)
+
+    def _compute_shards(self, name: str, array_coords: Mapping[str, np.ndarray], chunked: Mapping[str, int],
+                        dtype: np.dtype[Any]) -> tuple[int, ...] | None:
+        """The shard shape of a new array from `shard_coords` (Earth2Studio's rules), or None: unsharded.
+
+        Coordinates not named get their chunk size (parallel coordinates) or
+        their full length (the others); a named size must be a multiple of the
+        chunk size, and cover the whole length of a non-parallel coordinate.
+        """
+        if not self.shard_coords:
+            return None
+        unmatched = set(self.shard_coords) - set(array_coords)
+        if unmatched:
+            logger.warning(f"shard_coords keys {sorted(unmatched)} do not appear in array '{name}' and will be "
+                           "ignored. The array will be unsharded along those coordinates.")
+        shards: list[int] = []
+        for key, values in array_coords.items():
+            chunk = int(chunked[key])
+            size = len(values)
+            if key not in self.shard_coords:
+                shards.append(chunk if key in self.parallel_coords else size)
+                continue
+            shard = int(self.shard_coords[key])
+            if shard % chunk != 0:
+                raise ValueError(
+                    f"Shard size {shard} for coordinate '{key}' of array '{name}' must be a multiple of its chunk "
+                    f"size {chunk}. Coordinates in `parallel_coords` have a chunk size of 1, others default to their "
+                    "full length unless set via `chunked_coords`."
+                )
+            if key not in self.parallel_coords and shard < size:
+                raise ValueError(
+                    f"Shard size {shard} for coordinate '{key}' of array '{name}' is smaller than its length {size}. "
+                    "Non-parallel coordinates are always written as a single slice so their shard size must cover "
+                    f"the full dimension. Set the shard size to at least {size} or add '{key}' to `parallel_coords`."
+                )
+            if shard > size:
+                logger.warning(f"Shard size {shard} for coordinate '{key}' of array '{name}' exceeds its length "
+                               f"{size}, the shard will be truncated")
+            shards.append(shard)
+        if tuple(shards) == tuple(int(chunked[k]) for k in array_coords):
+            logger.debug("Shard shape of array %s matches its chunk shape, not sharding", name)
+            return None
+        nbytes = int(np.prod(shards)) * np.dtype(dtype).itemsize
+        logger.info(f"Array {name} sharded with shape {tuple(shards)}, each in flight shard buffer holds "
+                    f"{nbytes / 1e9:.2f} GB of host memory")
+        return tuple(shards)
 
     def _sync_chunks(self) -> None:
         """New arrays take `chunked_coords` as it is now (users may set it after construction)."""
@@ -387,8 +464,7 @@ class AsyncZarrBackend:
         for xi, name in zip(xs, names, strict=True):
             if _data.check_array_name(name) and name not in self._z and self._z._coord is None:
                 # dtype only: a CUDA tensor stays on its device (no host copy here)
-                self._sync_chunks()
-                self._z.add_array(full, name, dtype=_data.to_input(xi, True, "x", "c").dtype)
+                self._create(full, [name], _data.to_input(xi, True, "x", "c").dtype)
         self._z.write(xs, coords, names)
 
     def _check_write_coords(self, adjusted: CoordSystem) -> None:
@@ -454,8 +530,7 @@ class AsyncZarrBackend:
             full = self._array_coords(coords)
             for xi, name in zip(xs, names, strict=True):
                 if _data.check_array_name(name) and name not in self._z:
-                    self._sync_chunks()
-                    self._z.add_array(full, name, dtype=_data.to_input(xi, True, "x", "c").dtype)
+                    self._create(full, [name], _data.to_input(xi, True, "x", "c").dtype)
 
     async def async_write(self, x: Any, coords: CoordSystem, array_name: str | list[str]) -> None:
         """Write and wait (without blocking the event loop) until the data is stored.

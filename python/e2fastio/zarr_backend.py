@@ -17,7 +17,7 @@ from e2fastio import _core, _data, _distributed
 from e2fastio._engine import EngineHandle
 from e2fastio._lifecycle import Lifecycle, serialized
 from e2fastio._stores import Location, RemoteOptions, resolve
-from e2fastio._zarr_native import array_spec, dimension_names, engine_kwargs, get_array
+from e2fastio._zarr_native import ShardGeometry, array_spec, dimension_names, engine_kwargs, get_array, shard_geometry
 from e2fastio.errors import CoordinateError
 
 if TYPE_CHECKING:
@@ -55,6 +55,23 @@ def _open_root(store: Any, backend_kwargs: dict[str, Any]) -> tuple[zarr.Group, 
             except (zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError):
                 pass  # created meanwhile by another writer: open it
     return zarr.group(store, **backend_kwargs), False
+
+
+def _as_slices(index: Sequence[np.ndarray]) -> tuple[Any, ...]:
+    """An orthogonal selection with each run of consecutive indices as a slice.
+
+    zarr-python writes slices of sharded arrays correctly where integer arrays
+    fail (3.1: a shape mismatch inside the sharding codec); slices are also
+    faster, as in Earth2Studio 0.19's ZarrBackend.
+    """
+    out: list[Any] = []
+    for idx in index:
+        i = np.asarray(idx)
+        if i.size and i.ndim == 1 and np.array_equal(i, np.arange(int(i[0]), int(i[0]) + i.size)):
+            out.append(slice(int(i[0]), int(i[0]) + i.size))
+        else:
+            out.append(i)
+    return tuple(out)
 
 
 def _sync(coro: Any) -> Any:
@@ -117,13 +134,20 @@ async def _create_arrays(
 class _Target:
     """What a write needs to know about one stored data array (cached)."""
 
-    __slots__ = ("array", "dims", "dtype", "spec")
+    __slots__ = ("array", "dims", "dtype", "path", "shard", "spec")
 
     def __init__(self, array: zarr.Array[Any]) -> None:
         self.array = array
         self.dims = dimension_names(array)
         self.dtype = np.dtype(array.dtype)
         self.spec, reason = array_spec(array)
+        self.shard: ShardGeometry | None = shard_geometry(array) if self.spec is not None else None
+        if self.spec is None:
+            self.path = f"zarr-python ({reason})"
+        elif self.shard is not None:
+            self.path = f"native, sharded: shards {self.shard.shards} of inner chunks {self.shard.chunks}"
+        else:
+            self.path = "native"
         if self.spec is None:
             logger.info("array %r is written through zarr-python (%s)", array.path, reason)
 
@@ -291,6 +315,15 @@ class ZarrBackend(Lifecycle):
         if not blocking:
             self._engine.get()  # start now: the staging ring faults its pages in while the model runs
         self._targets: dict[str, _Target] = {}
+        # Sharded arrays (``shards=`` of add_array, or AsyncZarrBackend's shard_coords).
+        self.max_inflight_shards = 4  # shard objects written at once
+        self._shard_sink: _core.ShardSink | None = None
+        self._shard_capacity: int | None = None  # None: a quarter of max_buffer_bytes
+        self._shards_each_write = True  # blocking: a write's shards are in the store when it returns
+        self._warn_on_merge = False
+        self._merge_warned: set[str] = set()
+        # Multi-rank: the shards this rank wrote, per array (dims, shard shape, shard positions, index ranges).
+        self._shards_written: dict[str, tuple[list[str], list[int], set[tuple[int, ...]], list[tuple[int, int]]]] = {}
         self._device_refs: deque[tuple[int, list[Any]]] = deque()
 
         # Rebuild coordinates and chunks of an existing store (as Earth2Studio does).
@@ -346,6 +379,11 @@ class ZarrBackend(Lifecycle):
 
     def _drain(self) -> None:
         if self.blocking or not self._engine.started:
+            if self._shard_sink is not None:  # incomplete shards of blocking writes
+                self._flush_shards()
+                if self._uploader is not None:
+                    self._wait_uploads()
+                    self._uploader.raise_failures()
             return
         engine = self._engine.get()
         if not engine.wait_idle(self.flush_timeout):
@@ -354,11 +392,19 @@ class ZarrBackend(Lifecycle):
                 "the store may be slow or unreachable (flush again to keep waiting)"
             )
         self._device_refs.clear()
+        shard_error: Exception | None = None
+        if self._shard_sink is not None:  # every chunk is gathered: write out the incomplete shards
+            try:
+                self._flush_shards()
+            except Exception as err:
+                shard_error = err
         self._wait_uploads()
         self._mark_flushed()  # stored, or failed and raised just below: either way the user learns it now
         self._background(engine.check)
         if self._uploader is not None:
             self._background(self._uploader.raise_failures)
+        if shard_error is not None:
+            raise shard_error
 
     def _wait_uploads(self) -> None:
         if self._uploader is not None and not self._uploader.wait(self.flush_timeout):
@@ -402,10 +448,16 @@ class ZarrBackend(Lifecycle):
         if self._uploader is not None and self._uploader.pid != os.getpid():
             return  # a forked child's copy: the parent stores its own pending chunks
         local_error: Exception | None = None
+        if self._coord is not None and self._shards_written is not None:
+            try:  # collective, before incomplete shards are written
+                every = self._coord.gather(self._shards_written, "close (shard owners)")
+                _distributed.check_shard_owners(self._coord.rank, every)
+            except Exception as err:
+                local_error = err
         try:
             self._drain()
         except Exception as err:
-            local_error = err
+            local_error = local_error or err
         finally:
             try:
                 if self._uploader is not None:
@@ -462,10 +514,19 @@ class ZarrBackend(Lifecycle):
         return failed
 
     def stats(self) -> dict[str, object]:
-        """Counters of the native pipeline (chunks, bytes, staging memory)."""
+        """Counters of the native pipeline (chunks, bytes, staging memory).
+
+        ``write_paths`` says how each array written so far is stored:
+        ``"native"``, ``"native, sharded: ..."`` (shards assembled by the core,
+        counted under ``shards``) or ``"zarr-python (<reason>)"``.
+        """
         out = self._engine.stats()
         if self._uploader is not None:
             out["uploads"] = self._uploader.stats()
+        if self._shard_sink is not None:
+            out["shards"] = self._shard_sink.stats()
+        out["write_paths"] = {name: t.path if self._sink is not None else "zarr-python (store without a native sink)"
+                              for name, t in self._targets.items()}
         return out
 
     def _check_open(self, what: str) -> None:
@@ -534,6 +595,8 @@ class ZarrBackend(Lifecycle):
         new_dims = [d for d in adjusted if d not in self.coords]
         present = frozenset(self._members)  # what the store holds before this call
         create_kwargs = {k: v for k, v in kwargs.items() if k != "overwrite"}
+        # Coordinate arrays are one chunk each: the data arrays' shard shape is not theirs.
+        coord_kwargs = {k: v for k, v in create_kwargs.items() if k != "shards"}
         coord_specs = [(d, known[d], [d]) for d in new_dims if d not in present]
         coord_specs += [(k, np.asarray(coords[k]), list(dims)) for k, dims in mapping.items() if k not in present]
         chunks = tuple(min(int(self.chunks.get(d, len(known[d]))), max(1, len(known[d]))) for d in adjusted)
@@ -554,7 +617,7 @@ class ZarrBackend(Lifecycle):
         values: dict[str, np.ndarray] = {}
         for name, vals, dims in coord_specs:
             nodes[name] = scratch.create_array(name, shape=vals.shape, chunks=vals.shape, dtype=vals.dtype,
-                                               dimension_names=dims, **create_kwargs).metadata
+                                               dimension_names=dims, **coord_kwargs).metadata
             values[name] = vals
         replace = []
         for name, _, kw in data_specs:
@@ -571,14 +634,63 @@ class ZarrBackend(Lifecycle):
             self.coords[d] = known[d]
             self._selector.forget(d)
         for name, h, _ in data_specs:
-            self._targets[name] = _Target(arrays[name])
+            self._targets[name] = self._make_target(arrays[name])
             if h is not None:
                 self._write_arrays([(name, h, [np.arange(s, dtype=np.int64) for s in shape])])
+
+    def _make_target(self, array: zarr.Array[Any]) -> _Target:
+        """Describe a stored array for writes; a sharded one is registered with the shard sink."""
+        t = _Target(array)
+        if t.spec is not None and t.shard is not None and self._sink is not None:
+            self._shards().add_array(t.spec.path, list(t.spec.shape), list(t.shard.chunks), list(t.shard.shards),
+                                     t.spec.separator, t.shard.index_at_start)
+        return t
+
+    def _shards(self) -> _core.ShardSink:
+        """The sink that gathers inner chunks into shards (made with the first sharded array)."""
+        if self._shard_sink is None:
+            assert self._sink is not None
+            capacity = self._shard_capacity
+            if capacity is None:
+                # A quarter of max_buffer_bytes, taken from the engine's share while it has not started.
+                capacity = max(1, self._engine.max_buffer_bytes // 4)
+                if not self._engine.started:
+                    self._engine.max_buffer_bytes -= capacity
+            self._shard_sink = _core.ShardSink(self._sink, capacity, self.max_inflight_shards)
+        return self._shard_sink
+
+    def _flush_shards(self) -> None:
+        """Write out every shard still incomplete (merging with what is stored); warn about merges if asked."""
+        if self._shard_sink is None:
+            return
+        try:
+            self._shard_sink.flush()
+        finally:
+            self._warn_merges()
+
+    def _warn_merges(self) -> None:
+        if not self._warn_on_merge or self._shard_sink is None:
+            return
+        for name in self._shard_sink.stats()["merged_by_array"]:
+            if name not in self._merge_warned:
+                self._merge_warned.add(name)
+                logger.warning(
+                    "Writing into shards of array '%s' that are already present in the store, these writes fall "
+                    "back to a read-modify-write of the entire shard. This happens when `close()` / `flush()` is "
+                    "called mid run or when restarting into an existing store with shards left incomplete.", name)
+
+    def _note_shards(self, name: str, t: _Target, index: Sequence[np.ndarray]) -> None:
+        shards = tuple(int(s) for s in (t.array.shards or ()))
+        entry = self._shards_written.setdefault(name, (list(t.dims), list(shards), set(), []))
+        entry[2].update(_distributed.shards_touched(index, shards))
+        ranges = [(int(np.min(i)), int(np.max(i))) for i in index]
+        entry[3][:] = ranges if not entry[3] else [(min(a[0], b[0]), max(a[1], b[1]))
+                                                   for a, b in zip(entry[3], ranges, strict=True)]
 
     def _target(self, name: str) -> _Target:
         t = self._targets.get(name)
         if t is None:
-            t = self._targets[name] = _Target(get_array(self.root, name))
+            t = self._targets[name] = self._make_target(get_array(self.root, name))
         return t
 
     @serialized
@@ -627,6 +739,10 @@ class ZarrBackend(Lifecycle):
             for name, _ in planned:
                 t = self._target(name)
                 _distributed.check_whole_chunks(self._coord.rank, name, t.dims, t.array.shape, t.array.chunks, index)
+            for name, _ in planned:  # shards: which ranks wrote which is compared at close
+                t = self._target(name)
+                if t.array.shards is not None:
+                    self._note_shards(name, t, index)
         self._write_arrays([(name, arr, index) for name, arr in planned])
 
     def _write_arrays(self, items: list[tuple[str, Any, list[np.ndarray]]]) -> None:
@@ -634,10 +750,14 @@ class ZarrBackend(Lifecycle):
         batch: list[_core.HostRequest] = []
         device_batch: list[_core.DeviceRequest] = []
         device_tensors: list[Any] = []
-        sink = self._sink
+        sharded = False
         for name, arr, index in items:
             t = self._target(name)
             arr = _data.cast_for_array(arr, t.dtype, name)
+            sink: _core.Sink | None = self._sink
+            if sink is not None and t.shard is not None and t.spec is not None:
+                sink = self._shards()
+                sharded = True
             spec = t.spec if sink is not None else None  # None: written through zarr-python
             if isinstance(arr, _data.DeviceTensor):
                 if spec is not None and sink is not None:
@@ -649,14 +769,20 @@ class ZarrBackend(Lifecycle):
             if spec is not None and sink is not None:
                 batch.append((spec, sink, arr, index))
             else:
-                t.array.set_orthogonal_selection(tuple(index), arr)
+                t.array.set_orthogonal_selection(_as_slices(index), arr)
         if not batch and not device_batch:
             return
         if self._uploader is not None:
             self._uploader.start()  # after a suspend (AsyncZarrBackend.close) the thread starts again
         engine = self._engine.get()
         if self.blocking:
-            engine.write_batch(batch)
+            try:
+                engine.write_batch(batch)
+            finally:
+                if sharded and self._shards_each_write:
+                    self._flush_shards()  # as zarr-python: this write's shards are stored when it returns
+            if sharded:
+                self._warn_merges()
             if self._uploader is not None:
                 self._wait_uploads()
                 self._uploader.raise_failures()
