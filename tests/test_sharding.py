@@ -310,3 +310,38 @@ def test_async_shards_to_s3_one_object_per_shard(s3_bucket):
     np.testing.assert_array_equal(zarr.open_array(obs, path="t2m", mode="r")[...], truth["t2m"])
     ds = xr.open_zarr(obs, consolidated=False)
     np.testing.assert_array_equal(ds["t2m"].values, truth["t2m"])
+
+
+def test_a_forked_child_leaves_the_parents_shards_alone(tmp_path):
+    # Shards under assembly belong to the process that gathered them: a forked
+    # child neither writes them out at close nor adds to them (clear error),
+    # and the parent's store is complete once the parent closes.
+    c = _coords(members=2, steps=4)
+    truth = _truth(c, 3)
+    pc = OrderedDict(ensemble=c["ensemble"], lead_time=c["lead_time"])
+    io = AsyncZarrBackend(str(tmp_path / "a.zarr"), parallel_coords=pc, shard_coords={"lead_time": 4},
+                          zarr_codecs=BLOSC, blocking=True)
+    _write_steps(io, c, {"t2m": truth}, steps=range(2))  # two of four steps: the shards are incomplete
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            try:
+                _write_steps(io, c, {"t2m": truth}, steps=[2])
+            except RuntimeError as err:
+                code = 0 if "forked child" in str(err) else 3
+            io.close()  # the parent's incomplete shards are not written from here
+            os.write(w, b"ok")
+        except BaseException:  # noqa: BLE001 - report through the exit code
+            code = 4
+        os._exit(code)
+    os.close(w)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0 and os.read(r, 2) == b"ok"
+    os.close(r)
+    assert _objects(tmp_path / "a.zarr", "t2m") == []  # nothing written by the child
+    _write_steps(io, c, {"t2m": truth}, steps=range(2, 4))
+    io.close()
+    for got in _read_every_way(tmp_path / "a.zarr", "t2m"):
+        np.testing.assert_array_equal(got, truth)

@@ -648,6 +648,12 @@ class ZarrBackend(Lifecycle):
 
     def _shards(self) -> _core.ShardSink:
         """The sink that gathers inner chunks into shards (made with the first sharded array)."""
+        if self._shard_sink is not None and self._shard_pid != os.getpid():
+            # Its lock pairs with a condition variable: a parent's thread may have held it at the fork.
+            raise RuntimeError(
+                f"this backend's sharded arrays were opened in process {self._shard_pid}, and shards under "
+                "assembly stay with it: create a new backend in the forked child to write sharded arrays"
+            )
         if self._shard_sink is None:
             assert self._sink is not None
             capacity = self._shard_capacity
@@ -657,12 +663,13 @@ class ZarrBackend(Lifecycle):
                 if not self._engine.started:
                     self._engine.max_buffer_bytes -= capacity
             self._shard_sink = _core.ShardSink(self._sink, capacity, self.max_inflight_shards)
+            self._shard_pid = os.getpid()
         return self._shard_sink
 
     def _flush_shards(self) -> None:
         """Write out every shard still incomplete (merging with what is stored); warn about merges if asked."""
-        if self._shard_sink is None:
-            return
+        if self._shard_sink is None or self._shard_pid != os.getpid():
+            return  # in a forked child, the parent's incomplete shards are the parent's to write
         try:
             self._shard_sink.flush()
         finally:
