@@ -234,7 +234,8 @@ class ZarrBackend(Lifecycle):
         self.blocking = blocking
         self.flush_timeout = 600.0  # seconds flush()/close() wait for pending chunks
         ekw = engine_kwargs(threads, max_buffer_bytes)
-        self._engine = EngineHandle(**ekw, ring_bytes=0 if blocking else ekw["max_buffer_bytes"] * 3 // 4)
+        self._engine = EngineHandle(**ekw, ring_bytes=0 if blocking else ekw["max_buffer_bytes"] * 3 // 4,
+                                    background=not blocking)
         if isinstance(file_name, Location):  # resolved by AsyncZarrBackend
             loc = file_name
         else:

@@ -141,6 +141,10 @@ class Engine {
   // The writer stage for `sink`'s chunks, started on first use; nullptr when
   // the sink is stored on the encoder thread.
   ThreadPool* writers_for(const Sink& sink);
+  ThreadPool& writers();  // the writer stage, started on first use
+  // Fault the ring's pages in ahead of a slot that ends at `end`, on the
+  // writer threads, so that the caller's copies land in warm memory.
+  void warm_ring_ahead(std::size_t end, std::size_t batch_bytes);
   void validate_requests(const std::vector<Request>& requests) const;
   void dispatch_ordered(const std::shared_ptr<Batch>& batch, std::size_t j);
   void job_finished(const std::string& order_key);
@@ -154,6 +158,7 @@ class Engine {
   std::unique_ptr<ThreadPool> writers_;
   std::unique_ptr<BufferPool> buffers_;  // a pointer, so that a forked child can leak the parent's
   std::unique_ptr<StagingRing> ring_;
+  std::atomic<std::size_t> ring_warm_{0};  // ring bytes [0, ring_warm_) are faulted in (or queued to be)
   std::atomic<std::uint64_t> chunks_written_{0}, chunks_merged_{0}, bytes_in_{0}, bytes_out_{0};
   std::atomic<std::uint64_t> failed_chunks_{0};
   // Non-blocking bookkeeping.
