@@ -43,8 +43,8 @@ class Engine {
   // Threads: `threads` encoder threads ("e2fastio-pool") plan nothing, they
   // gather, encode and, for sinks whose writes wait on a device
   // (Sink::waits_on_device, e.g. local files), hand the encoded chunk to the
-  // writer stage: max(2, threads) writer threads ("e2fastio-write"), started
-  // at the first such chunk, which store it. An encoder thread therefore
+  // writer stage: max(2, threads) writer threads ("e2fastio-write"), which
+  // store it (and fault the staging ring's pages in ahead of the caller). An encoder thread therefore
   // never waits for the disk; the encoded bytes stay in their BufferPool
   // lease until stored, so max_buffer_bytes still bounds them, and encoders
   // wait for a lease (backpressure) when writers fall behind. A chunk counts
@@ -106,7 +106,7 @@ class Engine {
 
   unsigned threads() const noexcept { return pool_.size(); }
   int nice() const noexcept { return pool_.nice(); }
-  unsigned writer_threads() const;  // 0 until the writer stage started
+  unsigned writer_threads() const;  // 0 once shut down
   BufferPool& buffers() noexcept { return *buffers_; }
   EngineStats stats() const;
   void shutdown();
@@ -138,10 +138,10 @@ class Engine {
   void store_job(const ChunkJob& job, const Encoded& enc);
   [[noreturn]] void rethrow_for_chunk(const std::string& key, const Sink& sink);  // inside a catch block
   std::shared_ptr<Lease> lease_for(const ChunkJob& job);  // blocks while the pool is full
-  // The writer stage for `sink`'s chunks, started on first use; nullptr when
-  // the sink is stored on the encoder thread.
+  // The writer stage for `sink`'s chunks; nullptr when the sink is stored on
+  // the encoder thread.
   ThreadPool* writers_for(const Sink& sink);
-  ThreadPool& writers();  // the writer stage, started on first use
+  ThreadPool& writers();  // the writer stage
   // Fault the ring's pages in ahead of a slot that ends at `end`, on the
   // writer threads, so that the caller's copies land in warm memory.
   void warm_ring_ahead(std::size_t end, std::size_t batch_bytes);
@@ -154,8 +154,7 @@ class Engine {
   void ensure_usable() const;  // refuse new work on an inherited engine
 
   ThreadPool pool_;
-  mutable std::mutex writers_mu_;
-  std::unique_ptr<ThreadPool> writers_;
+  std::unique_ptr<ThreadPool> writers_;  // never null; a pointer, so that abandoning leaves it in place
   std::unique_ptr<BufferPool> buffers_;  // a pointer, so that a forked child can leak the parent's
   std::unique_ptr<StagingRing> ring_;
   std::atomic<std::size_t> ring_warm_{0};  // ring bytes [0, ring_warm_) are faulted in (or queued to be)

@@ -32,6 +32,9 @@ void leak_in_place(T& obj) {
 
 Engine::Engine(unsigned threads, std::size_t max_buffer_bytes, std::size_t ring_bytes, int nice)
     : pool_(threads, ThreadPool::kThreadName, nice),
+      // Started here, on the creator's thread, like the encoders: the same
+      // priority, and no thread start inside the first write.
+      writers_(std::make_unique<ThreadPool>(std::max(2u, pool_.size()), "e2fastio-write", nice)),
       buffers_(std::make_unique<BufferPool>(ring_bytes > 0 && ring_bytes < max_buffer_bytes
                                                 ? max_buffer_bytes - ring_bytes
                                                 : max_buffer_bytes)),
@@ -70,24 +73,12 @@ void Engine::shutdown() {
     async_cv_.wait(lk, [this] { return pending_ == 0; });
   }
   pool_.shutdown();
-  std::unique_ptr<ThreadPool> writers;
-  {
-    std::lock_guard<std::mutex> lk(writers_mu_);
-    writers = std::move(writers_);
-  }
-  if (writers) writers->shutdown();
+  writers_->shutdown();  // after the encoders: they queue stores until they stop
 }
 
-unsigned Engine::writer_threads() const {
-  std::lock_guard<std::mutex> lk(writers_mu_);
-  return writers_ ? writers_->size() : 0;
-}
+unsigned Engine::writer_threads() const { return inherited() ? 0 : writers_->size(); }
 
-ThreadPool& Engine::writers() {
-  std::lock_guard<std::mutex> lk(writers_mu_);
-  if (!writers_) writers_ = std::make_unique<ThreadPool>(std::max(2u, pool_.size()), "e2fastio-write", pool_.nice());
-  return *writers_;
-}
+ThreadPool& Engine::writers() { return *writers_; }
 
 ThreadPool* Engine::writers_for(const Sink& sink) { return sink.waits_on_device() ? &writers() : nullptr; }
 
@@ -123,9 +114,7 @@ void Engine::abandon_after_fork() noexcept {
   // these containers, or held the lock guarding them, when fork() copied the
   // memory. Fresh, empty objects take their places.
   pool_.abandon_after_fork();
-  if (writers_) writers_->abandon_after_fork();
-  (void)writers_.release();  // its (stopped, emptied) pool is leaked like the rest
-  leak_in_place(writers_mu_);
+  writers_->abandon_after_fork();
   leak_in_place(key_waiters_);
   stager_.abandon_after_fork();
   leak_in_place(bg_error_);
