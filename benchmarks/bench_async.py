@@ -9,6 +9,13 @@ step (``close()``), and peak RSS growth; interleaved and repeated.
 
     python benchmarks/bench_async.py                    # T = 0.5 s, 3 rounds
     python benchmarks/bench_async.py --quick            # small grid, seconds
+    python benchmarks/bench_async.py --busy 0.2         # the step keeps one core busy 20% of its time
+
+With ``--busy F`` the model step first does a fixed amount of CPU work on the
+calling thread (pure Python, holding the GIL: pre- and post-processing, a
+sampler), calibrated once in the parent to take F x T seconds on an idle
+core, then sleeps the rest of T. Work, not time, is fixed: when IO threads
+slow the caller's thread, the loop takes longer and the overhead shows it.
 """
 
 from __future__ import annotations
@@ -127,8 +134,31 @@ def pinned_d2h_gbps(nbytes: int) -> float:
     return 5 * nbytes / (time.perf_counter() - t) / 1e9
 
 
+def busy_work(iters: int) -> int:
+    """A fixed amount of CPU work on this thread (pure Python, holds the GIL)."""
+    acc = 0
+    for i in range(iters):
+        acc = (acc * 31 + i) & 0xFFFFFFFF
+    return acc
+
+
+def calibrate_busy(seconds: float) -> int:
+    """Iterations of busy_work that take `seconds` here (best of 5 short probes)."""
+    if seconds <= 0:
+        return 0
+    n = 200_000
+    best = min(_timed_busy(n) for _ in range(5))
+    return max(1, int(n * seconds / best))
+
+
+def _timed_busy(n: int) -> float:
+    t = time.perf_counter()
+    busy_work(n)
+    return time.perf_counter() - t
+
+
 def worker(name: str, size: dict, step_s: float, path: str, max_buffer_bytes: int, device: str = "cpu",
-           probe_on_cpu: bool = False) -> dict:
+           probe_on_cpu: bool = False, busy_iters: int = 0, busy_s: float = 0.0) -> dict:
     import numpy as np
     import zarr
 
@@ -173,7 +203,9 @@ def worker(name: str, size: dict, step_s: float, path: str, max_buffer_bytes: in
     write_s = []
     t0 = time.perf_counter()
     for k in range(steps):
-        time.sleep(step_s)  # the model step (GPU compute: the CPU is free)
+        if busy_iters:  # the step's CPU part: fixed work on this thread
+            busy_work(busy_iters)
+        time.sleep(step_s - busy_s)  # the rest of the step (GPU compute: the CPU is free)
         x = fields[k % 2]
         if io is not None:
             c = dict(coords)
@@ -211,6 +243,9 @@ def worker(name: str, size: dict, step_s: float, path: str, max_buffer_bytes: in
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--step-seconds", type=float, default=0.5)
+    ap.add_argument("--busy", type=float, default=0.0,
+                    help="fraction of each model step spent busy on the calling thread's core (e.g. 0.2)")
+    ap.add_argument("--busy-iters", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--max-buffer-bytes", type=int, default=1 << 30)
@@ -221,12 +256,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--path", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if not 0.0 <= args.busy < 1.0:
+        ap.error(f"--busy must be in [0, 1), got {args.busy}")
     size = dict(common.QUICK if args.quick else common.FULL)
     size["steps"] = size.pop("steps") if args.quick else 21
     if args.worker:
         print(json.dumps(worker(args.worker, size, args.step_seconds, args.path, args.max_buffer_bytes, args.device,
-                                args.probe)))
+                                args.probe, args.busy_iters or 0, args.busy * args.step_seconds)))
         return {}
+    busy_iters = calibrate_busy(args.busy * args.step_seconds)
+    if busy_iters:
+        print(f"busy part of each step: {busy_iters} iterations = {args.busy * args.step_seconds:.3f} s on an idle "
+              "core (calibrated here)")
     repeats = args.repeats or (1 if args.quick else 3)
     skip = [s.strip() for s in args.skip.split(",") if s.strip()]
     competitors = [n for n in COMPETITORS if n == "no IO" or not any(s in n for s in skip)]
@@ -248,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict:
                 common.rm(path)
                 cmd = [sys.executable, __file__, "--worker", n, "--path", path, "--step-seconds",
                        str(args.step_seconds), "--max-buffer-bytes", str(args.max_buffer_bytes),
-                       "--device", args.device]
+                       "--device", args.device, "--busy", str(args.busy), "--busy-iters", str(busy_iters)]
                 if args.quick:
                     cmd.append("--quick")
                 if args.probe:
@@ -279,7 +320,9 @@ def main(argv: list[str] | None = None) -> dict:
             "peak_rss_growth_mib": statistics.median(s["peak_rss_growth_bytes"] for s in samples[n]) / 2**20,
             "samples": samples[n],
         }
-    print(f"\nmodel step {args.step_seconds} s x {size['steps']} steps, {samples['no IO'][0]['bytes'] / 1e9:.2f} GB, "
+    busy_txt = f" ({100 * args.busy:.0f}% busy on the caller's core)" if args.busy else ""
+    print(f"\nmodel step {args.step_seconds} s{busy_txt} x {size['steps']} steps, "
+          f"{samples['no IO'][0]['bytes'] / 1e9:.2f} GB, "
           f"blosc zstd-3 + shuffle, max_buffer_bytes {args.max_buffer_bytes / 2**20:.0f} MiB (median of {repeats})")
     print(f"{'backend':<42s}{'loop s':>9s}{'overhead':>10s}{'durable after s':>17s}{'peak RSS +MiB':>15s}"
           f"{'write ms (median/max)':>24s}")
@@ -308,7 +351,8 @@ def main(argv: list[str] | None = None) -> dict:
                 print("\n".join("      " + ln for ln in probes[-1]["profile"].splitlines()[:30] if ln.strip()))
     record = {"benchmark": "bench_async", "machine": common.machine(), "git": common.git_rev(),
               "command": " ".join([os.path.basename(sys.executable)] + sys.argv), "size": size,
-              "step_seconds": args.step_seconds, "max_buffer_bytes": args.max_buffer_bytes, "results": table}
+              "step_seconds": args.step_seconds, "busy": args.busy, "busy_iters": busy_iters,
+              "max_buffer_bytes": args.max_buffer_bytes, "results": table}
     common.save_json(args.json, record)
     print(f"\nJSON record: {args.json}")
     return record

@@ -56,15 +56,17 @@ class Workload:
 
 
 def make_workload(
-    members: int, steps: int, nlat: int, nlon: int, seed: int = 0, distinct: int | None = None
+    members: int, steps: int, nlat: int, nlon: int, seed: int = 0, distinct: int | None = None, noisy: bool = False
 ) -> Workload:
     """Smooth, weather-like fields with ~8 meaningful fraction bits (zstd-3+shuffle ~3x).
 
     With `distinct`, only that many different steps are generated and cycled
     (generation costs ~1 s per step at full size; the bytes written are the same).
+    With `noisy`, the fields keep every mantissa bit and carry a little noise
+    (sd 0.01), as a model's raw float32 output does: zstd-3+shuffle ~1.7x.
     """
     if distinct is not None and 0 < distinct < steps:
-        w = make_workload(members, distinct, nlat, nlon, seed)
+        w = make_workload(members, distinct, nlat, nlon, seed, noisy=noisy)
         w.steps = steps
         w.fields = [w.fields[k % distinct] for k in range(steps)]
         return w
@@ -85,7 +87,10 @@ def make_workload(
                     f += amp * rng.uniform(0.2, 1) * np.sin(kl * lat + ph) * np.cos(kx * lon - ph)
                 if v == 1:
                     f = np.maximum(f, 0)
-                x[m, 0, 0, v] = np.round(f * 256) / 256  # multiples of 2^-8
+                if noisy:
+                    x[m, 0, 0, v] = f + rng.normal(0, 0.01, f.shape)
+                else:
+                    x[m, 0, 0, v] = np.round(f * 256) / 256  # multiples of 2^-8
         w.fields.append(x)
     return w
 

@@ -3,8 +3,11 @@
 // Build with -DE2FASTIO_BUILD_TESTS=ON [-DE2FASTIO_SANITIZE=address,undefined].
 #include <dirent.h>
 #include <dlfcn.h>
+#include <pthread.h>
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -1766,6 +1769,153 @@ TEST(shard_sink_reports_a_damaged_stored_shard_by_key) {
   CHECK(throws<std::runtime_error>([&] { sink->flush(); }, "shard 'arr/c/0/0'"));
   CHECK(sink->stats().held_bytes == 0);
 }
+
+// ----------------------------------------------------------------- writer stage and priorities
+namespace {
+
+std::string this_thread_name() {
+  char name[32] = {0};
+  pthread_getname_np(pthread_self(), name, sizeof(name));
+  return name;
+}
+
+int this_thread_nice() {
+  errno = 0;
+  return getpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)));
+}
+
+// A memory store whose writes wait like a slow disk: the engine hands its
+// chunks to the writer stage. Records who stored what, and fails one key.
+class SlowDeviceSink : public MemorySink {
+ public:
+  std::string fail_key;
+  std::mutex mu;
+  std::vector<std::string> threads;
+  std::atomic<int> in_write{0}, max_in_write{0};
+  bool waits_on_device() const override { return true; }
+  void write(const std::string& key, const uint8_t* data, std::size_t nbytes) override {
+    int now = ++in_write;
+    int seen = max_in_write.load();
+    while (now > seen && !max_in_write.compare_exchange_weak(seen, now)) {
+    }
+    {
+      std::lock_guard<std::mutex> lk(mu);
+      threads.push_back(this_thread_name());
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    --in_write;
+    if (key == fail_key) throw IOError("writing chunk '" + key + "' (test device)", EIO);
+    MemorySink::write(key, data, nbytes);
+  }
+};
+
+}  // namespace
+
+TEST(pool_threads_run_at_the_nice_value_they_were_given) {
+  const int base = this_thread_nice();
+  std::atomic<int> seen{-100};
+  std::string name;
+  {
+    ThreadPool pool(1, "e2f-test-nice", 5);
+    TaskGroup g;
+    pool.submit(g.wrap([&] {
+      seen = this_thread_nice();
+      name = this_thread_name();
+    }));
+    g.wait();
+  }
+  CHECK(seen.load() == std::min(19, base + 5));
+  CHECK(name == "e2f-test-nice");
+  CHECK(this_thread_nice() == base);  // the caller's own priority is untouched
+  Engine bg(2, 8 << 20, 4 << 20, 10);
+  CHECK(bg.nice() == 10);
+  Engine fg(2, 8 << 20);
+  CHECK(fg.nice() == 0);
+}
+
+TEST(writer_stage_stores_every_chunk_off_the_encoders_within_the_buffer_bound) {
+  ArraySpec a = make_array({64, 256}, {4, 256}, true);  // 16 chunks of 4 KiB
+  std::vector<float> data(64 * 256);
+  for (std::size_t i = 0; i < data.size(); ++i) data[i] = static_cast<float>(i % 977) * 0.5f;
+  Slab s{reinterpret_cast<const uint8_t*>(data.data()), {64, 256}, {1024, 4}, 4};
+  // Room for three chunks' staging: encoders wait for leases the writers hold.
+  Engine eng(2, 3 * (std::size_t{64} << 10));  // three leases (the pool hands out 64 KiB granules)
+  auto slow = std::make_shared<SlowDeviceSink>();
+  eng.write_batch({{&a, slow, s, {iota(0, 64), iota(0, 256)}}});
+  // Blocking: every chunk is stored when write_batch returns, exactly.
+  CHECK(slow->size() == 16);
+  CHECK(read_back_2d(*slow, a) == data);
+  CHECK(eng.writer_threads() >= 2);
+  for (const auto& t : slow->threads) CHECK(t == "e2fastio-write");
+  auto st = eng.buffers().stats();
+  CHECK(st.peak_bytes <= st.capacity);
+  CHECK(st.leased_bytes == 0);
+  CHECK(st.waits > 0);  // backpressure did hold encoders back
+
+  // A failing store: write_batch reports it with the key, the others land.
+  auto slow2 = std::make_shared<SlowDeviceSink>();
+  slow2->fail_key = a.chunk_key({5, 0});
+  CHECK(throws<IOError>([&] { eng.write_batch({{&a, slow2, s, {iota(0, 64), iota(0, 256)}}}); }, "arr/c/5/0"));
+  CHECK(slow2->size() == 15);
+  CHECK(eng.buffers().stats().leased_bytes == 0);
+
+  // Non-blocking: reported once at flush(), naming the key; the same key's
+  // writes still land in submission order when stored by the writers.
+  Engine nb(2, 1 << 20, 1 << 19, 10);
+  auto slow3 = std::make_shared<SlowDeviceSink>();
+  slow3->fail_key = a.chunk_key({7, 0});
+  nb.submit({{&a, slow3, s, {iota(0, 64), iota(0, 256)}}});
+  CHECK(throws<IOError>([&] { nb.flush(); }, "arr/c/7/0"));
+  nb.flush();  // once
+  CHECK(nb.failed_chunks() == 1);
+  std::vector<float> row(256);
+  for (int i = 0; i < 24; ++i) {
+    std::fill(row.begin(), row.end(), static_cast<float>(i));
+    Slab r{reinterpret_cast<const uint8_t*>(row.data()), {1, 256}, {1024, 4}, 4};
+    nb.submit({{&a, slow3, r, {{i % 4}, iota(0, 256)}}});  // partial writes of chunk 0: read-modify-write
+  }
+  nb.flush();
+  auto out = read_back_2d(*slow3, a);
+  for (int r = 0; r < 4; ++r) CHECK(out[static_cast<size_t>(r * 256)] == static_cast<float>(20 + r));
+  CHECK(nb.pending_chunks() == 0 && nb.buffers().stats().leased_bytes == 0);
+}
+
+TEST(writer_stage_writes_directory_chunks_exactly_and_fsynced_before_reporting) {
+  char* real = realpath(make_tempdir().c_str(), nullptr);
+  std::string dir = real;
+  std::free(real);
+  ArraySpec a = make_array({64, 512}, {8, 512}, true);  // 8 chunks of 16 KiB
+  std::vector<float> data(64 * 512);
+  for (std::size_t i = 0; i < data.size(); ++i) data[i] = static_cast<float>((i * 7919) % 4093);
+  Slab s{reinterpret_cast<const uint8_t*>(data.data()), {64, 512}, {2048, 4}, 4};
+  auto sink = std::make_shared<DirectorySink>(dir, /*fsync=*/true);
+  Engine eng(2, 8 << 20);
+  take_fsynced();
+  fsync_log::recording = true;
+  eng.write_batch({{&a, sink, s, {iota(0, 64), iota(0, 512)}}});
+  fsync_log::recording = false;
+  auto synced = take_fsynced();
+  // Reported means durable: each chunk's file was fsynced (as its temporary,
+  // before the rename) before write_batch returned.
+  std::size_t chunk_files = 0;
+  for (const auto& p : synced) chunk_files += p.find(".e2fastio-tmp-") != std::string::npos;
+  CHECK(chunk_files == 8);
+  CHECK(eng.writer_threads() >= 2);
+  const std::size_t n = a.chunk_nbytes();
+  std::vector<uint8_t> enc, raw(n);
+  for (int64_t c = 0; c < 8; ++c) {
+    CHECK(sink->read(a.chunk_key({c, 0}), enc));
+    decode_chunk(a.codec, enc.data(), enc.size(), raw.data(), n, 1);
+    CHECK(std::memcmp(raw.data(), data.data() + c * 8 * 512, n) == 0);
+  }
+  std::vector<std::string> files;
+  list_files(dir, files);
+  CHECK(files.size() == 8);  // no temporary left behind
+  eng.shutdown();
+  CHECK(eng.writer_threads() == 0);
+  CHECK(std::system(("rm -rf " + dir).c_str()) == 0);
+}
+
 
 int main(int argc, char** argv) {
   // Every CUDA call in these tests goes to the fake runtime (loaded like the real one).

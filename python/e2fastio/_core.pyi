@@ -304,9 +304,15 @@ class RingStats(TypedDict):
 class Engine:
     """The chunk pipeline: encoder threads, encode buffers and (for non-blocking writes) a staging ring."""
 
-    def __init__(self, threads: _Int, max_buffer_bytes: _Int, ring_bytes: _Int = 0) -> None: ...
+    def __init__(self, threads: _Int, max_buffer_bytes: _Int, ring_bytes: _Int = 0, nice: _Int = 0) -> None: ...
     @property
     def threads(self) -> int: ...
+    @property
+    def nice(self) -> int:
+        """How much lower than their creator's the priority of the engine's threads is (nice value)."""
+    @property
+    def writer_threads(self) -> int:
+        """Threads of the writer stage (storing chunks to local files); 0 until it started."""
     def staging_bytes_per_chunk(self, spec: ArraySpec) -> int: ...
     def write_batch(self, requests: list[HostRequest]) -> None:
         """Write [(ArraySpec, Sink, data, index), ...] as one batch; returns when every chunk is stored."""

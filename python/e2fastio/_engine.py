@@ -12,18 +12,27 @@ from e2fastio import _core
 _live: weakref.WeakSet[EngineHandle] = weakref.WeakSet()
 _live_lock = threading.Lock()
 
+# How much lower than the caller's the scheduling priority of a non-blocking
+# backend's threads is (nice value, per thread): its encoders and writers use
+# the CPU the caller's thread leaves idle, and yield it as soon as the caller
+# needs it. Blocking backends keep the caller's priority (the caller waits).
+BACKGROUND_NICE = 10
+
 
 class EngineHandle:
     """Owns one native ``Engine`` (its encoder threads and staging buffers).
 
     The threads start at the first write, stop at :meth:`close`, and are
     never inherited by a forked child: the child starts its own on demand.
+    With `background` (non-blocking backends) they run at a lower priority
+    than the caller's thread (``BACKGROUND_NICE``).
     """
 
-    def __init__(self, threads: int, max_buffer_bytes: int, ring_bytes: int = 0) -> None:
+    def __init__(self, threads: int, max_buffer_bytes: int, ring_bytes: int = 0, background: bool = False) -> None:
         self.threads = threads
         self.max_buffer_bytes = max_buffer_bytes
         self.ring_bytes = ring_bytes
+        self.nice = BACKGROUND_NICE if background else 0
         self._engine: _core.Engine | None = None
         self._last_stats: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -33,7 +42,7 @@ class EngineHandle:
     def get(self) -> _core.Engine:
         with self._lock:
             if self._engine is None:
-                self._engine = _core.Engine(self.threads, self.max_buffer_bytes, self.ring_bytes)
+                self._engine = _core.Engine(self.threads, self.max_buffer_bytes, self.ring_bytes, self.nice)
             return self._engine
 
     @property
@@ -44,7 +53,8 @@ class EngineHandle:
         e = self._engine
         if e is None:
             return dict(self._last_stats)
-        out: dict[str, Any] = {**e.stats(), "buffers": e.buffer_stats(), "threads": e.threads}
+        out: dict[str, Any] = {**e.stats(), "buffers": e.buffer_stats(), "threads": e.threads,
+                               "writer_threads": e.writer_threads, "nice": e.nice}
         if e.has_ring:
             out["ring"] = e.ring_stats()
             out["pending_chunks"] = e.pending_chunks

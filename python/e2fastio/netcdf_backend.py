@@ -365,7 +365,8 @@ class NetCDF4Backend(Lifecycle):
         # are still encoding), 1/4 encode buffers, 1/8 encoded chunks waiting for HDF5 (the collector).
         total = ekw["max_buffer_bytes"]
         collect = max(total // 8, 1)
-        self._engine = EngineHandle(ekw["threads"], total - collect, ring_bytes=total * 5 // 8)
+        self._engine = EngineHandle(ekw["threads"], total - collect, ring_bytes=total * 5 // 8,
+                                    background=not blocking)
         self.blocking = blocking
         self.flush_timeout = 600.0
         self._collector = _Collector(collect)

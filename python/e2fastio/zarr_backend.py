@@ -211,12 +211,16 @@ class ZarrBackend(Lifecycle):
     direct_io : bool, optional
         Write large chunks (>= 1 MiB) with O_DIRECT, bypassing the page cache
         (local stores). ``None`` (default) uses it where the file system
-        accepts it; ``False`` always writes through the page cache.
+        accepts it; ``False`` always writes through the page cache. Either
+        way chunks are written by the engine's writer threads, so the
+        encoder threads never wait for the disk.
     blocking : bool, optional
         ``True`` (default, Earth2Studio's semantics): ``write`` returns when the
         data is stored. ``False``: ``write`` copies the data into a staging
         ring (3/4 of ``max_buffer_bytes``) and returns; chunks are encoded and
-        stored in the background. The caller may reuse its tensor at once.
+        stored in the background, by threads that run below the caller's
+        priority (nice +10) so that they slow the caller's own work as little
+        as possible. The caller may reuse its tensor at once.
         Errors surface at the next ``write``, ``flush`` or ``close``.
     store_kwargs : dict, optional
         Options of ``obstore.store.from_url`` for a URL `file_name`
@@ -278,7 +282,8 @@ class ZarrBackend(Lifecycle):
         self.blocking = blocking
         self.flush_timeout = 600.0  # seconds flush()/close() wait for pending chunks
         ekw = engine_kwargs(threads, max_buffer_bytes)
-        self._engine = EngineHandle(**ekw, ring_bytes=0 if blocking else ekw["max_buffer_bytes"] * 3 // 4)
+        self._engine = EngineHandle(**ekw, ring_bytes=0 if blocking else ekw["max_buffer_bytes"] * 3 // 4,
+                                    background=not blocking)
         if isinstance(file_name, Location):  # resolved by AsyncZarrBackend
             loc = file_name
         else:

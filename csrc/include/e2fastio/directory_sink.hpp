@@ -37,6 +37,7 @@ class DirectorySink : public Sink {
   bool read(const std::string& key, std::vector<uint8_t>& out) override;
   void write(const std::string& key, const uint8_t* data, std::size_t nbytes) override;
   std::string describe() const override { return "directory " + root_; }
+  bool waits_on_device() const override { return true; }
   const std::string& root() const noexcept { return root_; }
   // Whether O_DIRECT was used for the last eligible object (false once refused).
   bool direct_io_active() const noexcept { return direct_ != DirectIO::off && !direct_refused_.load(); }

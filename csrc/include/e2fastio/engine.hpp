@@ -36,7 +36,21 @@ class Engine {
  public:
   // `ring_bytes` > 0 enables non-blocking submits: that much of
   // `max_buffer_bytes` becomes the staging ring, the rest encode buffers.
-  Engine(unsigned threads, std::size_t max_buffer_bytes, std::size_t ring_bytes = 0);
+  // `nice` > 0 lowers the scheduling priority of the engine's threads
+  // (encoders and writers) by that much, for background work that must not
+  // slow the thread that submits it (see ThreadPool).
+  //
+  // Threads: `threads` encoder threads ("e2fastio-pool") plan nothing, they
+  // gather, encode and, for sinks whose writes wait on a device
+  // (Sink::waits_on_device, e.g. local files), hand the encoded chunk to the
+  // writer stage: max(2, threads) writer threads ("e2fastio-write"), which
+  // store it (and fault the staging ring's pages in ahead of the caller). An encoder thread therefore
+  // never waits for the disk; the encoded bytes stay in their BufferPool
+  // lease until stored, so max_buffer_bytes still bounds them, and encoders
+  // wait for a lease (backpressure) when writers fall behind. A chunk counts
+  // as done (write_batch returns, flush() returns, its same-key successor
+  // starts) only once it is stored.
+  Engine(unsigned threads, std::size_t max_buffer_bytes, std::size_t ring_bytes = 0, int nice = 0);
   ~Engine();
 
   // Write `slab` at the orthogonal selection `index[d]` (one target index per
@@ -93,6 +107,8 @@ class Engine {
   std::size_t staging_bytes_per_chunk(const ArraySpec& array) const;
 
   unsigned threads() const noexcept { return pool_.size(); }
+  int nice() const noexcept { return pool_.nice(); }
+  unsigned writer_threads() const;  // 0 once shut down
   BufferPool& buffers() noexcept { return *buffers_; }
   EngineStats stats() const;
   void shutdown();
@@ -111,7 +127,26 @@ class Engine {
   bool inherited() const noexcept;
 
  private:
-  void run_job(const ChunkJob& job, Lease* lease, int blosc_threads);
+  // One chunk: encode_job gathers and encodes it into `lease` (merging with
+  // the stored chunk when partial); store_job hands the result to the sink.
+  // Errors from either name the chunk key (and count as failed chunks).
+  struct Encoded {
+    std::string key;
+    const uint8_t* data = nullptr;
+    std::size_t nbytes = 0;
+    std::size_t raw_nbytes = 0;
+  };
+  Encoded encode_job(const ChunkJob& job, Lease* lease, int blosc_threads);
+  void store_job(const ChunkJob& job, const Encoded& enc);
+  [[noreturn]] void rethrow_for_chunk(const std::string& key, const Sink& sink);  // inside a catch block
+  std::shared_ptr<Lease> lease_for(const ChunkJob& job);  // blocks while the pool is full
+  // The writer stage for `sink`'s chunks; nullptr when the sink is stored on
+  // the encoder thread.
+  ThreadPool* writers_for(const Sink& sink);
+  ThreadPool& writers();  // the writer stage
+  // Fault the ring's pages in ahead of a slot that ends at `end`, on the
+  // writer threads, so that the caller's copies land in warm memory.
+  void warm_ring_ahead(std::size_t end, std::size_t batch_bytes);
   void validate_requests(const std::vector<Request>& requests) const;
   void dispatch_ordered(const std::shared_ptr<Batch>& batch, std::size_t j);
   void job_finished(const std::string& order_key);
@@ -121,8 +156,10 @@ class Engine {
   void ensure_usable() const;  // refuse new work on an inherited engine
 
   ThreadPool pool_;
+  std::unique_ptr<ThreadPool> writers_;  // never null; a pointer, so that abandoning leaves it in place
   std::unique_ptr<BufferPool> buffers_;  // a pointer, so that a forked child can leak the parent's
   std::unique_ptr<StagingRing> ring_;
+  std::atomic<std::size_t> ring_warm_{0};  // ring bytes [0, ring_warm_) are faulted in (or queued to be)
   std::atomic<std::uint64_t> chunks_written_{0}, chunks_merged_{0}, bytes_in_{0}, bytes_out_{0};
   std::atomic<std::uint64_t> failed_chunks_{0};
   // Non-blocking bookkeeping.

@@ -102,6 +102,9 @@ class ShardSink : public Sink {
   bool read(const std::string& key, std::vector<uint8_t>& out) override;
   void write(const std::string& key, const uint8_t* data, std::size_t nbytes) override;
   std::string describe() const override { return "shards in " + inner_->describe(); }
+  // A completed shard is written to the store from whichever thread stored its
+  // last chunk: on a device-bound store, that is a writer thread, not an encoder.
+  bool waits_on_device() const override { return inner_->waits_on_device(); }
   // Write out every shard under assembly, and wait for every shard write in flight.
   void flush();
   Stats stats() const;

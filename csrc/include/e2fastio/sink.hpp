@@ -18,6 +18,12 @@ class Sink {
   // Store a whole object atomically (a reader never sees a torn object).
   virtual void write(const std::string& key, const uint8_t* data, std::size_t nbytes) = 0;
   virtual std::string describe() const = 0;
+  // True when write() may wait on a device (local files: page-cache
+  // allocation, O_DIRECT transfers, fsync). The engine then stores this
+  // sink's chunks from its writer threads, so that no encoder thread waits
+  // for the device. False (the default): stored on the encoder thread (a
+  // memory copy, or a sink that queues the object for its own threads).
+  virtual bool waits_on_device() const { return false; }
 };
 
 }  // namespace e2fastio

@@ -45,6 +45,7 @@ class StagingRing {
   RingStats stats() const;
   std::size_t capacity() const noexcept { return capacity_; }
   bool pinned() const noexcept { return block_.pinned; }
+  const uint8_t* base() const noexcept { return block_.data; }
   // Fault pages [offset, offset + n) in without writing them (MADV_POPULATE_WRITE):
   // safe while slots are in use; a no-op where unsupported.
   void prefault(std::size_t offset, std::size_t n) noexcept;

@@ -17,7 +17,12 @@ class ThreadPool {
   // The name every worker carries (Linux: /proc/<pid>/task/<tid>/comm); threads
   // that blosc starts from a worker inherit it.
   static constexpr const char* kThreadName = "e2fastio-pool";
-  explicit ThreadPool(unsigned nthreads);
+  // `name`: the workers' thread name (at most 15 characters). `nice` > 0:
+  // each worker lowers its own scheduling priority by that much (Linux: the
+  // nice value is per thread; threads a worker starts inherit it), so that
+  // work queued here yields the CPU to the threads that queued it. It cannot
+  // be raised back later without privileges, hence fixed at construction.
+  explicit ThreadPool(unsigned nthreads, const char* name = kThreadName, int nice = 0);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
@@ -26,6 +31,7 @@ class ThreadPool {
   // Throws std::runtime_error on a pool abandoned after fork (no thread would run it).
   void submit(std::function<void()> task);
   unsigned size() const noexcept { return static_cast<unsigned>(workers_.size()); }
+  int nice() const noexcept { return nice_; }
   // Finish queued work and join all workers. Idempotent.
   void shutdown();
   // In a forked child: forget the parent's worker threads and leak the queued
@@ -36,6 +42,8 @@ class ThreadPool {
 
  private:
   void run();
+  const char* name_;
+  int nice_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::function<void()>> queue_;

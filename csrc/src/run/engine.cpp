@@ -30,8 +30,11 @@ void leak_in_place(T& obj) {
 
 }  // namespace
 
-Engine::Engine(unsigned threads, std::size_t max_buffer_bytes, std::size_t ring_bytes)
-    : pool_(threads),
+Engine::Engine(unsigned threads, std::size_t max_buffer_bytes, std::size_t ring_bytes, int nice)
+    : pool_(threads, ThreadPool::kThreadName, nice),
+      // Started here, on the creator's thread, like the encoders: the same
+      // priority, and no thread start inside the first write.
+      writers_(std::make_unique<ThreadPool>(std::max(2u, pool_.size()), "e2fastio-write", nice)),
       buffers_(std::make_unique<BufferPool>(ring_bytes > 0 && ring_bytes < max_buffer_bytes
                                                 ? max_buffer_bytes - ring_bytes
                                                 : max_buffer_bytes)),
@@ -47,6 +50,7 @@ Engine::Engine(unsigned threads, std::size_t max_buffer_bytes, std::size_t ring_
     const std::size_t warm = std::min<std::size_t>(ring_->capacity(), std::size_t{128} << 20);
     for (std::size_t off = 0; off < warm; off += (32u << 20))
       pool_.submit([r = ring_.get(), off] { r->prefault(off, 32u << 20); });
+    ring_warm_ = warm;  // further pages: ahead of the writer, when it gets that far (warm_ring_ahead)
   }
 }
 
@@ -61,7 +65,44 @@ void Engine::shutdown() {
   // In a forked child nothing of the parent's may be joined, released or
   // locked: leak it all first (a no-op when already abandoned).
   if (!abandoned_ && static_cast<long>(::getpid()) != owner_pid_) abandon_after_fork();
+  if (!abandoned_) {
+    // Every chunk still queued is stored first: a stored chunk may queue its
+    // same-key successor on the encoders, so the encoders stop only once
+    // nothing is pending, and the writers after them.
+    std::unique_lock<std::mutex> lk(async_mu_);
+    async_cv_.wait(lk, [this] { return pending_ == 0; });
+  }
   pool_.shutdown();
+  writers_->shutdown();  // after the encoders: they queue stores until they stop
+}
+
+unsigned Engine::writer_threads() const { return inherited() ? 0 : writers_->size(); }
+
+ThreadPool& Engine::writers() { return *writers_; }
+
+ThreadPool* Engine::writers_for(const Sink& sink) { return sink.waits_on_device() ? &writers() : nullptr; }
+
+void Engine::warm_ring_ahead(std::size_t end, std::size_t batch_bytes) {
+  // A writer that the encoders keep up with reuses the ring's start (warm
+  // since construction); one that runs ahead of them reaches fresh pages,
+  // which fault in at ~0.5 GB/s on the caller's thread. Two batches ahead of
+  // the newest slot are faulted in here, off the caller's thread; pages once
+  // touched stay (the block returns to the process cache warm), so RSS grows
+  // only as far as the backlog ever reached, plus that margin.
+  if (!ring_ || ring_->pinned()) return;
+  constexpr std::size_t kPiece = std::size_t{32} << 20;
+  const std::size_t want = std::min(ring_->capacity(), end + 2 * batch_bytes);
+  std::size_t from = ring_warm_.load();
+  do {
+    if (want <= from) return;
+  } while (!ring_warm_.compare_exchange_weak(from, want));
+  try {
+    ThreadPool& w = writers();
+    for (std::size_t off = from; off < want; off += kPiece)
+      w.submit([r = ring_.get(), off, n = std::min(kPiece, want - off)] { r->prefault(off, n); });
+  } catch (...) {
+    // A preference only: the caller's copy faults the pages in instead.
+  }
 }
 
 void Engine::abandon_after_fork() noexcept {
@@ -73,6 +114,7 @@ void Engine::abandon_after_fork() noexcept {
   // these containers, or held the lock guarding them, when fork() copied the
   // memory. Fresh, empty objects take their places.
   pool_.abandon_after_fork();
+  writers_->abandon_after_fork();
   leak_in_place(key_waiters_);
   stager_.abandon_after_fork();
   leak_in_place(bg_error_);
@@ -143,19 +185,32 @@ std::size_t job_staging_bytes(const ChunkJob& job) {
 
 }  // namespace
 
-void Engine::run_job(const ChunkJob& job, Lease* lease, int blosc_threads) {
+std::shared_ptr<Lease> Engine::lease_for(const ChunkJob& job) {
+  const std::size_t need = job_staging_bytes(job);
+  return std::make_shared<Lease>(need ? buffers_->acquire(need) : Lease());
+}
+
+void Engine::rethrow_for_chunk(const std::string& key, const Sink& sink) {
+  failed_chunks_.fetch_add(1);
+  try {
+    throw;
+  } catch (const IOError&) {
+    throw;  // already names the key and carries errno
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument("chunk '" + key + "': " + e.what());
+  } catch (const std::exception& e) {
+    throw std::runtime_error("chunk '" + key + "' (" + sink.describe() + "): " + e.what());
+  }
+}
+
+Engine::Encoded Engine::encode_job(const ChunkJob& job, Lease* lease, int blosc_threads) {
   const ArraySpec& a = *job.req->array;
   Sink& sink = *job.req->sink;
-  const std::string key = a.chunk_key(job.coords);
+  Encoded res;
+  res.key = a.chunk_key(job.coords);
   const std::size_t raw_n = a.chunk_nbytes();
   const std::size_t enc_cap = a.codec.max_encoded_size(raw_n);
   try {
-    Lease local;
-    const std::size_t need = job_staging_bytes(job);
-    if (!lease && need > 0) {
-      local = buffers_->acquire(need);
-      lease = &local;
-    }
     uint8_t* raw;
     uint8_t* enc;
     if (job.direct) {
@@ -167,7 +222,7 @@ void Engine::run_job(const ChunkJob& job, Lease* lease, int blosc_threads) {
       enc = raw + align_up(raw_n, kEncAlign);
       if (!job.full) {
         std::vector<uint8_t> existing;
-        if (sink.read(key, existing))
+        if (sink.read(res.key, existing))
           decode_chunk(a.codec, existing.data(), existing.size(), raw, raw_n, blosc_threads);
         else
           fill_with(raw, raw_n, a.fill_value);
@@ -177,22 +232,24 @@ void Engine::run_job(const ChunkJob& job, Lease* lease, int blosc_threads) {
       }
       job.scatter.copy(0, job.req->slab.data, raw);
     }
-    const uint8_t* out = nullptr;
-    std::size_t n = encode_chunk(a.codec, raw, raw_n, enc, enc_cap, blosc_threads, &out);
-    sink.write(key, out, n);
-    chunks_written_.fetch_add(1);
-    bytes_in_.fetch_add(raw_n);
-    bytes_out_.fetch_add(n);
-  } catch (const IOError&) {
-    failed_chunks_.fetch_add(1);
-    throw;  // already names the key and carries errno
-  } catch (const std::invalid_argument& e) {
-    failed_chunks_.fetch_add(1);
-    throw std::invalid_argument("chunk '" + key + "': " + e.what());
-  } catch (const std::exception& e) {
-    failed_chunks_.fetch_add(1);
-    throw std::runtime_error("chunk '" + key + "' (" + sink.describe() + "): " + e.what());
+    res.nbytes = encode_chunk(a.codec, raw, raw_n, enc, enc_cap, blosc_threads, &res.data);
+    res.raw_nbytes = raw_n;
+  } catch (...) {
+    rethrow_for_chunk(res.key, sink);
   }
+  return res;
+}
+
+void Engine::store_job(const ChunkJob& job, const Encoded& enc) {
+  Sink& sink = *job.req->sink;
+  try {
+    sink.write(enc.key, enc.data, enc.nbytes);
+  } catch (...) {
+    rethrow_for_chunk(enc.key, sink);
+  }
+  chunks_written_.fetch_add(1);
+  bytes_in_.fetch_add(enc.raw_nbytes);
+  bytes_out_.fetch_add(enc.nbytes);
 }
 
 void Engine::validate_requests(const std::vector<Request>& requests) const {
@@ -222,10 +279,23 @@ void Engine::write_batch(const std::vector<Request>& requests) {
   TaskGroup group;
   try {
     for (const ChunkJob& job : jobs) {
-      const std::size_t need = job_staging_bytes(job);
-      auto lease = std::make_shared<Lease>(need ? buffers_->acquire(need) : Lease());
-      pool_.submit(group.wrap([this, &job, lease, blosc_threads]() {
-        run_job(job, lease->data() ? lease.get() : nullptr, blosc_threads);
+      auto lease = lease_for(job);
+      pool_.submit(group.wrap([this, &job, &group, lease, blosc_threads]() {
+        Encoded enc = encode_job(job, lease->data() ? lease.get() : nullptr, blosc_threads);
+        if (ThreadPool* writers = writers_for(*job.req->sink)) {
+          // Counted in the group before this task ends: wait() covers the store.
+          auto store = group.wrap([this, &job, lease, enc = std::move(enc)]() {
+            store_job(job, enc);
+            lease->release();
+          });
+          try {
+            writers->submit(store);
+          } catch (...) {
+            store();  // could not queue it: store it here (it reports to the group)
+          }
+          return;
+        }
+        store_job(job, enc);
         lease->release();
       }));
     }
@@ -278,6 +348,7 @@ std::shared_ptr<Engine::Batch> Engine::stage(const std::vector<Request>& request
   // Reserve ring space (blocks while the ring is full: backpressure).
   batch->ring = ring_.get();
   batch->slot = ring_->reserve(std::max<std::size_t>(total, 1));
+  warm_ring_ahead(static_cast<std::size_t>(batch->slot.data - ring_->base()) + total, total);
   batch->requests.reserve(requests.size());
   for (std::size_t i = 0; i < requests.size(); ++i) {
     const Request& r = requests[i];
@@ -374,7 +445,31 @@ void Engine::dispatch_ordered(const std::shared_ptr<Batch>& batch, std::size_t j
     std::exception_ptr err;
     try {
       if (batch->fence) batch->fence->wait();
-      run_job(batch->jobs[j], nullptr, batch->blosc_threads);
+      const ChunkJob& job = batch->jobs[j];
+      auto lease = lease_for(job);  // on the encoder: waits while the pool is full
+      Encoded enc = encode_job(job, lease->data() ? lease.get() : nullptr, batch->blosc_threads);
+      if (ThreadPool* writers = writers_for(*job.req->sink)) {
+        // The store finishes the job: the batch (ring slot, spec, sink) and
+        // the lease (encoded bytes) live until then.
+        std::function<void()> store = [this, batch, j, order_key, lease, enc = std::move(enc)]() noexcept {
+          std::exception_ptr err;
+          try {
+            store_job(batch->jobs[j], enc);
+          } catch (...) {
+            err = std::current_exception();
+          }  // as below: no reference left once the error is handed over
+          if (err) record_error(err);
+          lease->release();
+          job_finished(order_key);
+        };
+        try {
+          writers->submit(store);
+        } catch (...) {
+          store();  // could not queue it: store it here
+        }
+        return;
+      }
+      store_job(job, enc);
     } catch (...) {
       err = std::current_exception();
     }  // the handler's reference is dropped here, before the error is handed over

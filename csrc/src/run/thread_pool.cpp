@@ -2,6 +2,12 @@
 
 #ifdef __linux__
 #include <pthread.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
 #endif
 
 #include <new>
@@ -10,7 +16,7 @@
 
 namespace e2fastio {
 
-ThreadPool::ThreadPool(unsigned nthreads) {
+ThreadPool::ThreadPool(unsigned nthreads, const char* name, int nice) : name_(name), nice_(std::max(0, nice)) {
   if (nthreads == 0) nthreads = 1;
   workers_.reserve(nthreads);
   for (unsigned i = 0; i < nthreads; ++i) workers_.emplace_back([this] { run(); });
@@ -32,7 +38,16 @@ void ThreadPool::submit(std::function<void()> task) {
 void ThreadPool::run() {
 #ifdef __linux__
   // Named, so that top -H, py-spy and the tests can tell ours from others'.
-  pthread_setname_np(pthread_self(), kThreadName);
+  pthread_setname_np(pthread_self(), name_);
+  if (nice_ > 0) {
+    // PRIO_PROCESS with a thread id sets that one thread's nice value (Linux).
+    // Relative to what the thread inherited, capped at 19; a refusal leaves
+    // the priority as it was (never an error: it is a preference).
+    const auto tid = static_cast<id_t>(::syscall(SYS_gettid));
+    errno = 0;
+    const int cur = ::getpriority(PRIO_PROCESS, tid);
+    if (errno == 0) (void)::setpriority(PRIO_PROCESS, tid, std::min(19, cur + nice_));
+  }
 #endif
   for (;;) {
     std::function<void()> task;
