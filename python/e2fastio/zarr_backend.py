@@ -323,6 +323,7 @@ class ZarrBackend(Lifecycle):
         # Sharded arrays (``shards=`` of add_array, or AsyncZarrBackend's shard_coords).
         self.max_inflight_shards = 4  # shard objects written at once
         self._shard_sink: _core.ShardSink | None = None
+        self._shard_pid = os.getpid()  # the process that gathers shards (set again when the sink is made)
         self._shard_capacity: int | None = None  # None: a quarter of max_buffer_bytes
         self._shards_each_write = True  # blocking: a write's shards are in the store when it returns
         self._warn_on_merge = False
