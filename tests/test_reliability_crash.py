@@ -21,6 +21,7 @@ Then, with zarr-python alone:
 from __future__ import annotations
 
 import contextlib
+import io as io_
 import os
 import queue
 import random
@@ -38,7 +39,7 @@ import pytest
 import zarr
 
 import e2fastio
-from e2fastio import ZarrBackend
+from e2fastio import ZarrBackend, _core
 
 HERE = Path(__file__).resolve().parent
 
@@ -274,22 +275,37 @@ def test_sigkill_at_random_moments_keeps_confirmed_writes(tmp_path):
     assert totals["confirmed_steps_verified"] > 0
 
 
-def test_leftover_temp_file_is_never_read(tmp_path, capsys):
+def test_leftover_temp_file_is_never_read_and_is_removed_once_its_writer_is_gone(tmp_path):
     """A temporary chunk file as a killed writer leaves it (torn): readers never see
-    it as a chunk, and a writer reopening the store reads and rewrites the real chunk."""
+    it as a chunk, and a writer reopening the store reads and rewrites the real chunk
+    and removes the leftover (its writer's pid is gone); a live writer's is kept."""
     store = tmp_path / "s.zarr"
-    cw.run(str(store))
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[-1] == "DONE"
+    lines = _run_writer_in_process(store)
     chunk = store / "fields" / "c" / "0" / "0" / "0" / "0"
-    stale = chunk.parent / f"{TMP_PREFIX}999999-0-0"
+    dead = _dead_pid()
+    stale = chunk.parent / f"{_core._temp_prefix()}{dead}-0-0"
     stale.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])  # torn, as a kill leaves it
-    assert _verify(store, lines)["temp_files"] == 1
+    live = chunk.parent / f"{_core._temp_prefix()}{os.getppid()}-0-0"  # another live process's, in progress
+    live.write_bytes(b"x")
+    assert _verify(store, lines)["temp_files"] == 2
     with ZarrBackend(str(store), blocking=False) as io:
         sc = cw.coords()
         sc["lead_time"] = sc["lead_time"][:1]
         io.write(np.stack([cw.step_values(0, v) for v in range(cw.VARIABLES)])[None], sc, "fields")
     assert _verify(store, lines)["confirmed_steps_verified"] == cw.STEPS
-    with capsys.disabled():
-        print(f"\nleftover temporary file after reopening the store with overwrite=False: "
-              f"{'kept' if stale.exists() else 'removed'}")
+    assert not stale.exists() and live.exists()
+
+
+def _run_writer_in_process(store: Path) -> list[str]:
+    out = io_.StringIO()
+    with contextlib.redirect_stdout(out):
+        cw.run(str(store))
+    lines = out.getvalue().splitlines()
+    assert lines[-1] == "DONE"
+    return lines
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid

@@ -18,6 +18,8 @@ namespace py = pybind11;
 namespace e2fastio::py_bindings {
 
 void register_sink(py::module_& m) {
+  m.def("_temp_prefix", &e2fastio::detail::temp_prefix,
+        "The start of this process's temporary chunk file names (DirectorySink).");
   py::class_<Sink, std::shared_ptr<Sink>>(m, "Sink")
       .def("describe", &Sink::describe)
       .def(

@@ -588,6 +588,33 @@ TEST(directory_sink_writes_atomically_and_reports_errors) {
   CHECK(std::system(("rm -rf " + dir).c_str()) == 0);
 }
 
+TEST(directory_sink_removes_temporaries_of_dead_writers_on_this_machine_only) {
+  auto dir = make_tempdir();
+  CHECK(::mkdir((dir + "/a").c_str(), 0777) == 0);
+  pid_t child = ::fork();
+  if (child == 0) ::_exit(0);
+  CHECK(child > 0 && ::waitpid(child, nullptr, 0) == child);  // a pid that no longer exists
+  const std::string& mine = detail::temp_prefix();
+  auto touch = [&](const std::string& name) {
+    FILE* f = std::fopen((dir + "/a/" + name).c_str(), "wb");
+    CHECK(f != nullptr);
+    if (f) std::fclose(f);
+  };
+  const std::string dead = mine + std::to_string(child) + "-0-0";
+  const std::string alive = mine + std::to_string(::getpid()) + "-0-1";
+  const std::string other_host = ".e2fastio-tmp-0123456789ab-" + std::to_string(child) + "-0-0";
+  const std::string legacy = ".e2fastio-tmp-" + std::to_string(child) + "-0-0";
+  for (const auto& n : {dead, alive, other_host, legacy}) touch(n);
+  CHECK(mine.rfind(".e2fastio-tmp-", 0) == 0 && mine.size() == std::string(".e2fastio-tmp-").size() + 13);
+  DirectorySink sink(dir);
+  float v = 1.0f;
+  sink.write("a/0", reinterpret_cast<const uint8_t*>(&v), 4);  // first use of directory a
+  auto exists = [&](const std::string& n) { return ::access((dir + "/a/" + n).c_str(), F_OK) == 0; };
+  CHECK(!exists(dead));
+  CHECK(exists(alive) && exists(other_host) && exists(legacy));
+  CHECK(std::system(("rm -rf " + dir).c_str()) == 0);
+}
+
 TEST(directory_sink_direct_io_writes_exact_bytes) {
   auto dir = make_tempdir();
   for (auto mode : {DirectIO::on, DirectIO::automatic, DirectIO::off}) {

@@ -29,6 +29,13 @@ namespace e2fastio {
 // aligned or the file system refuses O_DIRECT (tmpfs, some network FS).
 enum class DirectIO : int { off = 0, on = 1, automatic = 2 };
 
+namespace detail {
+// ".e2fastio-tmp-<tag>-": the start of this process's temporary file names;
+// <tag> names the machine, its boot and the pid namespace, so that a pid in a
+// name is judged only where it means the same process.
+const std::string& temp_prefix();
+}  // namespace detail
+
 class DirectorySink : public Sink {
  public:
   static constexpr std::size_t kDirectMin = 1 << 20;  // automatic: objects of at least 1 MiB

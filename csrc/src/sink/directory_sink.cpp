@@ -4,7 +4,9 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE  // O_DIRECT
 #endif
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -13,6 +15,9 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "e2fastio/error.hpp"
@@ -26,14 +31,37 @@ std::string parent_of(const std::string& path) {
   return pos == std::string::npos ? std::string() : path.substr(0, pos);
 }
 
-// Unique per process and call: pid + counter. Hidden (leading dot) so tools
-// listing chunk directories skip it; same directory so rename() is atomic.
+// Unique per process and call: detail::temp_prefix() + pid + counter. Hidden
+// (leading dot) so tools listing chunk directories skip it; same directory so
+// rename() is atomic.
 std::string temp_name_for(const std::string& path) {
   static std::atomic<unsigned long long> counter{0};
   auto slash = path.rfind('/');
   std::string dir = slash == std::string::npos ? std::string() : path.substr(0, slash + 1);
   std::string base = slash == std::string::npos ? path : path.substr(slash + 1);
-  return dir + ".e2fastio-tmp-" + std::to_string(::getpid()) + "-" + std::to_string(counter.fetch_add(1)) + "-" + base;
+  return dir + detail::temp_prefix() + std::to_string(::getpid()) + "-" + std::to_string(counter.fetch_add(1)) +
+         "-" + base;
+}
+
+// Remove the temporary files in `dir` that writers on this machine (same tag)
+// left behind when they died (a kill -9 between open and rename): their pid no
+// longer exists. Files of live processes, of other machines or containers
+// (another tag: a shared file system), and of older versions (no tag) are kept.
+// Best effort: a failure here never fails a write.
+void remove_stale_temps(const std::string& dir) {
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return;
+  const std::string& mine = detail::temp_prefix();
+  while (const dirent* e = ::readdir(d)) {
+    const char* name = e->d_name;
+    if (std::strncmp(name, mine.c_str(), mine.size()) != 0) continue;
+    char* end = nullptr;
+    const long pid = std::strtol(name + mine.size(), &end, 10);
+    if (end == name + mine.size() || *end != '-' || pid <= 0) continue;
+    if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;  // alive, or not ours to judge
+    (void)::unlinkat(::dirfd(d), name, 0);
+  }
+  ::closedir(d);
 }
 
 // The directory holding the entry `path` ("." or "/" where parent_of says "").
@@ -72,6 +100,35 @@ void write_all(int fd, const uint8_t* data, std::size_t n, const std::string& wh
 }
 
 }  // namespace
+
+namespace detail {
+
+const std::string& temp_prefix() {
+  static const std::string prefix = [] {
+    std::string id;
+    char host[256] = {0};
+    if (::gethostname(host, sizeof(host) - 1) == 0) id += host;
+    if (FILE* f = std::fopen("/proc/sys/kernel/random/boot_id", "r")) {
+      char buf[64];
+      id += "|" + std::string(buf, std::fread(buf, 1, sizeof(buf), f));
+      std::fclose(f);
+    }
+    char ns[128];
+    const ssize_t n = ::readlink("/proc/self/ns/pid", ns, sizeof(ns));
+    if (n > 0) id += "|" + std::string(ns, static_cast<std::size_t>(n));
+    std::uint64_t h = 1469598103934665603ull;  // FNV-1a
+    for (unsigned char c : id) {
+      h ^= c;
+      h *= 1099511628211ull;
+    }
+    char tag[17];
+    std::snprintf(tag, sizeof(tag), "%016llx", static_cast<unsigned long long>(h));
+    return std::string(".e2fastio-tmp-") + std::string(tag, 12) + "-";
+  }();
+  return prefix;
+}
+
+}  // namespace detail
 
 DirectorySink::DirectorySink(std::string root, bool fsync, DirectIO direct)
     : root_(std::move(root)), fsync_(fsync), direct_(direct) {
@@ -130,6 +187,8 @@ void DirectorySink::ensure_dir(const std::string& dir, bool synced_by_caller) {
     const std::string top_parent = containing_dir(chain.front());
     if (int err = fsync_dir(top_parent)) throw IOError("fsync of directory " + top_parent, err);
   }
+  // The first time this sink uses a directory: temporaries of dead writers go.
+  remove_stale_temps(dir);
   std::lock_guard<ForkSafeMutex> lk(dirs_mu_);
   made_dirs_.insert(chain.begin(), chain.end());
 }
