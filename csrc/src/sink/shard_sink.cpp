@@ -1,10 +1,12 @@
 #include "e2fastio/shard_sink.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <exception>
 #include <stdexcept>
+#include <thread>
 
 #include "e2fastio/crc32c.hpp"
 #include "e2fastio/error.hpp"
@@ -259,14 +261,38 @@ void ShardSink::write(const std::string& key, const uint8_t* data, std::size_t n
 }
 
 void ShardSink::emit_all(const std::vector<PendingPtr>& todo) {
+  // Several shards (a flush at close writes every incomplete one): up to
+  // max_inflight of them at once, the calling thread and short-lived helpers
+  // taking the next one in turn, so the tail of a run is not one shard after
+  // another on one thread.
+  std::atomic<std::size_t> next{0};
+  std::mutex err_mu;
   std::exception_ptr first;
-  for (const auto& p : todo) {
-    try {
-      emit(p);
-    } catch (...) {
-      if (!first) first = std::current_exception();
+  auto work = [&]() {
+    for (std::size_t i; (i = next.fetch_add(1)) < todo.size();) {
+      std::exception_ptr err;
+      try {
+        emit(todo[i]);
+      } catch (...) {
+        err = std::current_exception();
+      }
+      if (err) {
+        std::lock_guard<std::mutex> lk(err_mu);
+        if (!first) first = std::move(err);
+        err = nullptr;
+      }
     }
+  };
+  const std::size_t helpers = std::min(max_inflight_, todo.size()) - (todo.empty() ? 0 : 1);
+  std::vector<std::thread> threads;
+  threads.reserve(helpers);
+  try {
+    for (std::size_t h = 0; h < helpers; ++h) threads.emplace_back(work);
+  } catch (...) {
+    // No thread to spare: the ones started and this one finish the list.
   }
+  work();
+  for (auto& th : threads) th.join();
   if (first) std::rethrow_exception(first);
 }
 
