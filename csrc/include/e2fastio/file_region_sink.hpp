@@ -24,6 +24,9 @@ class FileRegionSink : public Sink {
   bool read(const std::string& key, std::vector<uint8_t>& out) override;
   void write(const std::string& key, const uint8_t* data, std::size_t nbytes) override;
   std::string describe() const override { return "file region of " + path_; }
+  // In-place writes wait on the device: stored by the engine's writer threads,
+  // several at once (a deeper queue than the encoders alone keep).
+  bool waits_on_device() const override { return true; }
   bool direct_io_active() const noexcept { return direct_fd_ >= 0; }
   const DirectAlignment& direct_alignment() const noexcept { return align_; }
 
