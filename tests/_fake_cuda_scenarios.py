@@ -63,7 +63,33 @@ def main(tmp: str) -> None:
     else:
         raise AssertionError("a failed device copy was not reported")
     io.close()
+    sharded(tmp)
     print("fake-cuda scenarios passed")
+
+
+def sharded(tmp: str) -> None:
+    """Device copies into a sharded array: the staged inner chunks gather into one shard object."""
+    path = os.path.join(tmp, "s.zarr")
+    io = e2fastio.ZarrBackend(path, chunks={"a": 1}, blocking=False, zarr_codecs=zarr.codecs.BloscCodec(cname="lz4"))
+    io.add_array(OrderedDict(a=np.arange(3), b=np.arange(1000)), "v", shards=(3, 1000))
+    t = io._target("v")
+    assert t.shard is not None, t.path
+    engine = io._engine.get()
+    dev = np.arange(3000, dtype=np.float32).reshape(3, 1000)  # "device" memory of the fake runtime
+    producer = stream()
+    fake.fake_cuda_hold_stream(ctypes.c_void_p(producer), 1)
+    seq = engine.submit_device([(t.spec, io._shards(), (dev.ctypes.data, [3, 1000], 4),
+                                 [np.arange(3), np.arange(1000)])], producer)
+    expected = dev * 2
+    dev *= 2  # the producing kernel finishes only now: the copy must see this
+    fake.fake_cuda_hold_stream(ctypes.c_void_p(producer), 0)
+    io.flush()
+    assert engine.copies_done() == seq
+    io.close()
+    shards = [f for _, _, fs in os.walk(os.path.join(path, "v", "c")) for f in fs]
+    assert shards == ["0"], shards  # one object: the whole array is one shard
+    got = zarr.open_array(os.path.join(path, "v"))[...]
+    assert (got == expected).all(), got[:, :3]
 
 
 if __name__ == "__main__":
