@@ -39,6 +39,7 @@ E2S_ASYNC = "Earth2Studio 0.19 AsyncZarrBackend(blocking=False)"
 STAND_IN = "stand-in: pure Python async (Earth2Studio's way)"
 COMPETITORS = ["no IO", "e2fastio ZarrBackend(blocking=False)", "e2fastio AsyncZarrBackend", E2S_ASYNC, STAND_IN]
 PROBE_WRITES = 12
+NICE_AB = "e2fastio ZarrBackend(blocking=False), threads at nice "
 
 
 def _have_earth2studio() -> bool:
@@ -174,6 +175,12 @@ def worker(name: str, size: dict, step_s: float, path: str, max_buffer_bytes: in
     base_rss = _rss()
     if name == "no IO":
         io = None
+    elif name.startswith(NICE_AB):  # the same backend, its threads at another nice value (--nice-ab)
+        import e2fastio._engine
+
+        e2fastio._engine.BACKGROUND_NICE = int(name[len(NICE_AB):])
+        io = e2fastio.ZarrBackend(path, chunks={"time": 1, "lead_time": 1}, backend_kwargs={"overwrite": True},
+                                  zarr_codecs=codec, blocking=False, max_buffer_bytes=max_buffer_bytes)
     elif name == "e2fastio ZarrBackend(blocking=False)":
         io = e2fastio.ZarrBackend(path, chunks={"time": 1, "lead_time": 1}, backend_kwargs={"overwrite": True},
                                   zarr_codecs=codec, blocking=False, max_buffer_bytes=max_buffer_bytes)
@@ -253,6 +260,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="cpu", help="cpu, or cuda to write CUDA tensors (needs a GPU)")
     ap.add_argument("--skip", default="", help="comma-separated competitors (substrings) to skip")
     ap.add_argument("--probe", action="store_true", help="also run the write-latency probe on the CPU (rehearsal)")
+    ap.add_argument("--nice-ab", default="", help="comma-separated nice values: also run e2fastio ZarrBackend "
+                    "(blocking=False) with its threads at each (an A/B of the priority of background threads)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--path", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -277,6 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
     elif E2S_ASYNC in competitors:
         competitors.remove(E2S_ASYNC)
         print("Earth2Studio is not installed (pip install e2fastio[compare]): comparing with a stand-in")
+    competitors += [f"{NICE_AB}{int(v)}" for v in args.nice_ab.split(",") if v.strip()]
     samples: dict[str, list[dict]] = {n: [] for n in competitors}
     failed: set[str] = set()
     with tempfile.TemporaryDirectory() as tmp:

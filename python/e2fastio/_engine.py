@@ -16,7 +16,11 @@ _live_lock = threading.Lock()
 # backend's threads is (nice value, per thread): its encoders and writers use
 # the CPU the caller's thread leaves idle, and yield it as soon as the caller
 # needs it. Blocking backends keep the caller's priority (the caller waits).
-BACKGROUND_NICE = 10
+# 19 (CFS weight 15 against the caller's 1024) rather than 10 (110): with a
+# model step that keeps the caller's core busy 20% of the time, the loop
+# overhead was 1.7% against 4.2% at 10, lower in each of 5 paired rounds
+# (docs/benchmarks.md); data still lands within 0.2 s of the last step.
+BACKGROUND_NICE = 19
 
 
 class EngineHandle:

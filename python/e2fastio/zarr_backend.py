@@ -219,7 +219,7 @@ class ZarrBackend(Lifecycle):
         data is stored. ``False``: ``write`` copies the data into a staging
         ring (3/4 of ``max_buffer_bytes``) and returns; chunks are encoded and
         stored in the background, by threads that run below the caller's
-        priority (nice +10) so that they slow the caller's own work as little
+        priority (nice 19) so that they slow the caller's own work as little
         as possible. The caller may reuse its tensor at once.
         Errors surface at the next ``write``, ``flush`` or ``close``.
     store_kwargs : dict, optional
