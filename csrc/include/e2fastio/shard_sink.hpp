@@ -11,9 +11,11 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <deque>
 #include <map>
 #include <memory>
+#include <new>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -45,6 +47,26 @@ struct ShardLayout {
 
 namespace shard_format {
 constexpr std::uint64_t kAbsent = ~std::uint64_t{0};
+// Page-aligned bytes: an assembled shard can go to the device with O_DIRECT
+// (DirectorySink takes that path only for aligned buffers).
+template <class T>
+struct PageAligned {
+  using value_type = T;
+  PageAligned() = default;
+  template <class U>
+  PageAligned(const PageAligned<U>&) noexcept {}
+  T* allocate(std::size_t n) {
+    void* p = nullptr;
+    if (::posix_memalign(&p, 4096, n ? n * sizeof(T) : 1) != 0) throw std::bad_alloc();
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, std::size_t) noexcept { std::free(p); }
+  template <class U>
+  bool operator==(const PageAligned<U>&) const noexcept { return true; }
+  template <class U>
+  bool operator!=(const PageAligned<U>&) const noexcept { return false; }
+};
+using Bytes = std::vector<std::uint8_t, PageAligned<std::uint8_t>>;
 struct Piece {
   const std::uint8_t* data = nullptr;
   std::size_t nbytes = 0;
@@ -55,7 +77,7 @@ struct Entry {
   bool present() const noexcept { return !(offset == kAbsent && nbytes == kAbsent); }
 };
 // One shard object from its inner chunks (C order).
-std::vector<std::uint8_t> assemble(const std::vector<Piece>& chunks, bool index_at_start);
+Bytes assemble(const std::vector<Piece>& chunks, bool index_at_start);
 // The index of a stored shard object with `nchunks` inner chunks. Throws
 // std::runtime_error when the checksum does not match or an entry points
 // outside the object.

@@ -96,12 +96,12 @@ std::size_t ShardLayout::chunks_in_bounds(const std::vector<int64_t>& shard) con
 
 namespace shard_format {
 
-std::vector<std::uint8_t> assemble(const std::vector<Piece>& chunks, bool index_at_start) {
+Bytes assemble(const std::vector<Piece>& chunks, bool index_at_start) {
   const std::size_t n = chunks.size(), index_n = 16 * n + 4;
   std::size_t body = 0;
   for (const auto& c : chunks)
     if (c.present) body += c.nbytes;
-  std::vector<std::uint8_t> out(index_n + body);
+  Bytes out(index_n + body);
   std::uint8_t* index = index_at_start ? out.data() : out.data() + body;
   std::size_t off = index_at_start ? index_n : 0;
   for (std::size_t i = 0; i < n; ++i) {
@@ -324,7 +324,7 @@ void ShardSink::emit(const PendingPtr& p) {
           pieces[i] = {stored.data() + index[i].offset, static_cast<std::size_t>(index[i].nbytes), true};
       merged = true;
     }
-    std::vector<std::uint8_t> object = shard_format::assemble(pieces, l.index_at_start);
+    shard_format::Bytes object = shard_format::assemble(pieces, l.index_at_start);
     {
       std::lock_guard<std::mutex> lk(mu_);
       extra = object.size() + stored.size();
