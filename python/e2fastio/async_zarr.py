@@ -234,11 +234,7 @@ class AsyncZarrBackend:
         self._z.flush_timeout = self.async_timeout
         # Shards accumulate until complete (not one write each, as ZarrBackend's blocking writes do);
         # incomplete ones are written at flush/close.
-        self._z._shards_each_write = False
-        self._z._warn_on_merge = True
-        self._z.max_inflight_shards = max_inflight_shards
-        if shard_bytes:
-            self._z._shard_capacity = shard_bytes
+        self._z._gather_shards_until_complete(max_inflight_shards, shard_bytes or None)
         # Serialises this backend's writes (sync calls from several threads and
         # async_write tasks alike); the chunks of one write still encode in parallel.
         self._lock = threading.RLock()

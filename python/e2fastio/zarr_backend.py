@@ -325,8 +325,9 @@ class ZarrBackend(Lifecycle):
         self._shard_sink: _core.ShardSink | None = None
         self._shard_pid = os.getpid()  # the process that gathers shards (set again when the sink is made)
         self._shard_capacity: int | None = None  # None: a quarter of max_buffer_bytes
-        self._shards_each_write = True  # blocking: a write's shards are in the store when it returns
-        self._warn_on_merge = False
+        # False (zarr-python's way): a blocking write's shards are in the store when it returns.
+        # True (Earth2Studio's AsyncZarrBackend): shards gather until complete, merges are warned about.
+        self._gather_shards = False
         self._merge_warned: set[str] = set()
         # Multi-rank: the shards this rank wrote, per array (dims, shard shape, shard positions, index ranges).
         self._shards_written: dict[str, tuple[list[str], list[int], set[tuple[int, ...]], list[tuple[int, int]]]] = {}
@@ -672,6 +673,12 @@ class ZarrBackend(Lifecycle):
             self._shard_pid = os.getpid()
         return self._shard_sink
 
+    def _gather_shards_until_complete(self, max_inflight: int, capacity: int | None) -> None:
+        """Earth2Studio's AsyncZarrBackend semantics for sharded arrays (see ``_gather_shards``)."""
+        self._gather_shards = True
+        self.max_inflight_shards = max_inflight
+        self._shard_capacity = capacity
+
     def _flush_shards(self) -> None:
         """Write out every shard still incomplete (merging with what is stored); warn about merges if asked."""
         if self._shard_sink is None or self._shard_pid != os.getpid():
@@ -682,7 +689,7 @@ class ZarrBackend(Lifecycle):
             self._warn_merges()
 
     def _warn_merges(self) -> None:
-        if not self._warn_on_merge or self._shard_sink is None:
+        if not self._gather_shards or self._shard_sink is None:
             return
         for name in self._shard_sink.stats()["merged_by_array"]:
             if name not in self._merge_warned:
@@ -792,7 +799,7 @@ class ZarrBackend(Lifecycle):
             try:
                 engine.write_batch(batch)
             finally:
-                if sharded and self._shards_each_write:
+                if sharded and not self._gather_shards:
                     self._flush_shards()  # as zarr-python: this write's shards are stored when it returns
             if sharded:
                 self._warn_merges()
