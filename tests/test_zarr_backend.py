@@ -147,6 +147,28 @@ def test_partial_out_of_order_repeated_writes_keep_the_rest(tmp_path, rng):
     io.close()
 
 
+@pytest.mark.parametrize("blocking", [True, False], ids=["blocking", "non-blocking"])
+@pytest.mark.parametrize("layout", ["member-views", "every-other-row", "transposed", "reversed"])
+def test_chunks_that_are_blocks_of_the_data_are_stored_exactly(tmp_path, rng, layout, blocking):
+    """Chunks lying as one C-contiguous block of the caller's data are encoded from it
+    in place; other layouts are gathered. Either way the store holds the data exactly
+    and the caller's array is untouched."""
+    coords = OrderedDict(m=np.arange(4), a=np.arange(6), b=np.arange(8))
+    big = rng.normal(size=(4, 2, 12, 8)).astype("float32")
+    x = {"member-views": big[:, 1, :6],             # (4, 6, 8): each member's (6, 8) is a block
+         "every-other-row": big[:, 0, ::2],         # rows are blocks, chunks of (1, 1, 8) only
+         "transposed": np.ascontiguousarray(big[:, 0, :8, :6]).transpose(0, 2, 1),  # no block
+         "reversed": big[::-1, 1, 6:]}[layout]      # blocks at descending addresses
+    chunks = {"m": 1, "a": 1} if layout == "every-other-row" else {"m": 1}
+    before = big.copy()
+    io = ZarrBackend(str(tmp_path / "s.zarr"), chunks=chunks, zarr_codecs=BLOSC, blocking=blocking)
+    io.add_array(coords, "v")
+    io.write(x, coords, "v")
+    io.close()
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "s.zarr" / "v"))[...], x)
+    np.testing.assert_array_equal(big, before)
+
+
 def test_reopen_rebuilds_coords_and_chunks_and_appends(tmp_path, seed_coords):
     path = str(tmp_path / "r.zarr")
     with ZarrBackend(path, chunks={"time": 1, "lead_time": 2}, zarr_codecs=BLOSC) as io:

@@ -1569,9 +1569,32 @@ TEST(plan_jobs_marks_full_partial_edge_and_direct_chunks) {
   for (const auto& j : jobs) {
     CHECK(j.full);
     CHECK(j.edge == (j.coords[1] == 2));
-    CHECK(!j.direct);  // several chunks per slab: gathered
+    // Each inner chunk is a C-contiguous block of the slab: encoded from it; edges are gathered.
+    CHECK(j.direct == !j.edge);
+    if (j.direct) CHECK(j.src_offset == j.coords[0] * 40 + j.coords[1] * 16);
   }
   CHECK((jobs[0].coords == std::vector<int64_t>{0, 0}) && (jobs[5].coords == std::vector<int64_t>{1, 2}));
+  // Chunks of 2 x 4 in a slab with 10-element rows: a chunk spans two rows, not one block: gathered.
+  ArraySpec tall = a;
+  tall.shape = {2, 8};
+  tall.chunks = {2, 4};
+  std::vector<WriteRequest> rows{WriteRequest{&tall, nullptr, Slab{reinterpret_cast<const uint8_t*>(data.data()), {2, 8}, {40, 4}, 4},
+                                              {{0, 1}, row(8)}}};
+  jobs.clear();
+  plan_jobs(rows, plans, jobs);
+  CHECK(jobs.size() == 2 && jobs[0].full && !jobs[0].direct && !jobs[1].direct);
+  // A strided view whose chunks are blocks (every other row of the data): direct, at each row's offset.
+  std::vector<WriteRequest> every_other{WriteRequest{&a, nullptr, Slab{reinterpret_cast<const uint8_t*>(data.data()), {1, 8}, {80, 4}, 4},
+                                                     {{1}, row(8)}}};
+  jobs.clear();
+  plan_jobs(every_other, plans, jobs);
+  CHECK(jobs.size() == 2 && jobs[0].direct && jobs[1].direct && jobs[1].src_offset == 16);
+  // Reversed positions are never a block.
+  std::vector<WriteRequest> reversed{WriteRequest{&a, nullptr, Slab{reinterpret_cast<const uint8_t*>(data.data()), {1, 4}, {16, 4}, 4},
+                                                  {{0}, {3, 2, 1, 0}}}};
+  jobs.clear();
+  plan_jobs(reversed, plans, jobs);
+  CHECK(jobs.size() == 1 && jobs[0].full && !jobs[0].direct);
   // One chunk exactly, C-contiguous: encoded straight from the data.
   std::vector<WriteRequest> one{WriteRequest{&a, nullptr, Slab{reinterpret_cast<const uint8_t*>(data.data()), {1, 4}, {16, 4}, 4},
                                              {{1}, {4, 5, 6, 7}}}};

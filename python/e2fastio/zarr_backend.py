@@ -99,23 +99,29 @@ def _read_whole(root: zarr.Group, items: Sequence[str | zarr.Array[Any]]) -> lis
 
 async def _create_arrays(
     root: zarr.Group,
-    nodes: dict[str, Any],
+    nodes: dict[str, dict[str, Any]],
     values: dict[str, np.ndarray],
     replace: list[tuple[str, dict[str, Any]]],
 ) -> dict[str, zarr.Array[Any]]:
     """Store new arrays' metadata, coordinate values and replaced arrays, all at once.
 
-    `nodes`: metadata of arrays the store does not hold (one PUT each, no parent
-    group rewrites); `values`: what to write into some of them; `replace`:
-    ``create_array(name, overwrite=True, **kw)`` for arrays that exist. Every
-    request is awaited before the first error is raised, so none is left running.
+    `nodes`: ``create_array`` keywords of arrays the store does not hold; their
+    metadata is built in memory (a scratch group) and stored with one PUT each,
+    no parent group rewrites; `values`: what to write into some of them;
+    `replace`: ``create_array(name, overwrite=True, **kw)`` for arrays that
+    exist. One round on zarr-python's event loop: every request is awaited
+    before the first error is raised, so none is left running.
     """
     group = root._async_group
 
     async def new_arrays() -> list[tuple[str, Any]]:
         if not nodes:
             return []
-        made = [(path, node) async for path, node in group.create_hierarchy(nodes, overwrite=False)]
+        scratch = await zarr.api.asynchronous.group(store=zarr.storage.MemoryStore(),
+                                                    zarr_format=root.metadata.zarr_format)
+        made_scratch = await asyncio.gather(*(scratch.create_array(name, **kw) for name, kw in nodes.items()))
+        metadata = {name: a.metadata for name, a in zip(nodes, made_scratch, strict=True)}
+        made = [(path, node) async for path, node in group.create_hierarchy(metadata, overwrite=False)]
         await asyncio.gather(*(cast("zarr.AsyncArray[Any]", node).setitem(Ellipsis, values[path])
                                for path, node in made if path in values))  # `values` has arrays' paths only
         return made
@@ -618,20 +624,19 @@ class ZarrBackend(Lifecycle):
         if not self.blocking and any(name in present for name, _, _ in data_specs):
             self.flush()  # pending chunks of the old array must not land in the new one
 
-        # Metadata of new arrays is built here, in memory, and stored in one round.
-        scratch = zarr.group(zarr.storage.MemoryStore(), zarr_format=self.root.metadata.zarr_format)
-        nodes: dict[str, Any] = {}
+        # Metadata of new arrays is built in memory and stored, all in one round.
+        nodes: dict[str, dict[str, Any]] = {}
         values: dict[str, np.ndarray] = {}
         for name, vals, dims in coord_specs:
-            nodes[name] = scratch.create_array(name, shape=vals.shape, chunks=vals.shape, dtype=vals.dtype,
-                                               dimension_names=dims, **coord_kwargs).metadata
+            nodes[name] = dict(shape=vals.shape, chunks=vals.shape, dtype=vals.dtype, dimension_names=dims,
+                               **coord_kwargs)
             values[name] = vals
         replace = []
         for name, _, kw in data_specs:
             if name in present:
                 replace.append((name, kw))
             else:
-                nodes[name] = scratch.create_array(name, **kw).metadata
+                nodes[name] = kw
         arrays = _sync(_create_arrays(self.root, nodes, values, replace))
         self._members.update(nodes)
         for name in nodes:  # the groups a nested name implies

@@ -88,7 +88,8 @@ struct ChunkJob {
   Scatter scatter;
   bool full;    // every element of the chunk (within the array) is written
   bool edge;    // the chunk extends past the array's end
-  bool direct;  // the slab is exactly this chunk, C-contiguous: encode from it, no gather
+  bool direct;  // the chunk is one C-contiguous block of the slab: encode from it, no gather
+  int64_t src_offset;  // direct: byte offset of the chunk's first element in the slab
 };
 
 // The chunk jobs of `requests` (which, with `plans`, must outlive the jobs),

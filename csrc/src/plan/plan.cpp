@@ -139,14 +139,18 @@ void plan_jobs(const std::vector<WriteRequest>& requests, std::vector<std::vecto
       dst_strides[d] = st;
       st *= a.chunks[d];
     }
-    const bool slab_contig = c_contiguous(r.slab);
+    const bool swaps = a.codec.big_endian && a.codec.itemsize > 1;
     std::vector<std::size_t> pos(nd, 0);  // odometer over each dim's chunk list
     for (std::size_t i = 0; i < nchunks; ++i) {
       ChunkJob job{&r, std::vector<int64_t>(nd),
                       Scatter{&r.slab, std::vector<const std::vector<Run>*>(nd), dst_strides, a.codec.itemsize},
-                      true, false, false};
-      bool whole = nchunks == 1 && slab_contig;
-      for (std::size_t d = 0; d < nd; ++d) {
+                      true, false, false, 0};
+      // Direct: the chunk is one block of the slab, C-contiguous in memory
+      // (one run per dimension, the chunk's whole extent): encoded from there.
+      bool block = true;
+      int64_t offset = 0;
+      int64_t expect = static_cast<int64_t>(a.codec.itemsize);
+      for (std::size_t d = nd; d-- > 0;) {
         const DimPlan& p = plans[ri][d];
         job.coords[d] = p.chunk_ids[pos[d]];
         job.scatter.runs[d] = &p.runs[pos[d]];
@@ -154,9 +158,16 @@ void plan_jobs(const std::vector<WriteRequest>& requests, std::vector<std::vecto
         if (p.covered[pos[d]] != extent) job.full = false;
         if (extent != a.chunks[d]) job.edge = true;
         const auto& runs = p.runs[pos[d]];
-        whole = whole && r.slab.shape[d] == a.chunks[d] && runs.size() == 1 && runs[0].src == 0 && runs[0].dst == 0;
+        if (runs.size() != 1 || runs[0].dst != 0 || runs[0].len != a.chunks[d]) {
+          block = false;
+          continue;
+        }
+        if (a.chunks[d] != 1 && r.slab.strides[d] != expect) block = false;
+        expect *= a.chunks[d];
+        offset += runs[0].src * r.slab.strides[d];
       }
-      job.direct = whole && job.full && !job.edge && !(a.codec.big_endian && a.codec.itemsize > 1);
+      job.direct = block && job.full && !job.edge && !swaps;
+      if (job.direct) job.src_offset = offset;
       jobs.push_back(std::move(job));
       for (std::size_t d = nd; d-- > 0;) {
         if (++pos[d] < plans[ri][d].chunk_ids.size()) break;

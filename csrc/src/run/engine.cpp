@@ -214,8 +214,8 @@ Engine::Encoded Engine::encode_job(const ChunkJob& job, Lease* lease, int blosc_
     uint8_t* raw;
     uint8_t* enc;
     if (job.direct) {
-      // The staged slab is this chunk: encode from it (never modified: no byte swap here).
-      raw = const_cast<uint8_t*>(job.req->slab.data);
+      // The chunk is a block of the slab: encode from it (never modified: no byte swap here).
+      raw = const_cast<uint8_t*>(job.req->slab.data + job.src_offset);
       enc = lease ? lease->data() : nullptr;
     } else {
       raw = lease->data();
