@@ -8,7 +8,10 @@ sharding along lead_time (``shard_coords={"lead_time": N}``), by
 - e2fastio ``AsyncZarrBackend(blocking=False)`` unsharded (the same chunks as files),
 - Earth2Studio 0.19 ``AsyncZarrBackend(blocking=False, shard_coords=...)``,
 - tensorstore writing the same sharded arrays (data arrays only, no coordinates),
-  one transaction per group of N steps, so that each shard is written once.
+  one transaction per group of N steps, so that each shard is written once,
+- the machine's limit: the same inner chunks compressed by c-blosc (numcodecs)
+  on every core and each shard object (chunks, index, CRC-32C) written once as
+  a plain file, with no metadata and no coordinates.
 
 Each run is a child process (its peak RSS is its own); competitors are
 interleaved, rotating the order every round. Reported: seconds until durable
@@ -42,7 +45,8 @@ SHARDED = "e2fastio sharded"
 UNSHARDED = "e2fastio unsharded"
 E2S = "Earth2Studio 0.19 sharded"
 TS = "tensorstore sharded"
-COMPETITORS = [SHARDED, UNSHARDED, E2S, TS]
+RAW = "raw limit: shard files"
+COMPETITORS = [SHARDED, UNSHARDED, E2S, TS, RAW]
 
 
 def _blosc() -> Any:
@@ -97,6 +101,53 @@ def _run_tensorstore(path: str, w: common.Workload, shard: int) -> None:
             txn = ts.Transaction()
 
 
+def _run_raw(path: str, w: common.Workload, shard: int) -> None:
+    """The machine's limit: inner chunks compressed on every core, each shard written once as a plain file.
+
+    Shards of (1, 1, `shard`, lat, lon): one member, `shard` steps; the index
+    (offset, nbytes per inner chunk, 2^64-1 for an absent one) and its CRC-32C
+    at the end, as Zarr v3's sharding codec lays it out.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numcodecs
+    import numpy as np
+
+    codec = numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.SHUFFLE, typesize=4)
+    crc = numcodecs.CRC32C()
+
+    def write_shard(v: str, m: int, s: int, chunks: list[bytes | None]) -> None:
+        index = np.full((shard, 2), np.iinfo(np.uint64).max, dtype="<u8")
+        offset = 0
+        for i, c in enumerate(chunks):
+            if c is not None:
+                index[i] = (offset, len(c))
+                offset += len(c)
+        d = os.path.join(path, v, "c", str(m), "0", str(s), "0")  # key c/<member>/0/<shard>/0/0
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "0"), "wb") as f:
+            f.write(b"".join(c for c in chunks if c is not None) + bytes(crc.encode(index.tobytes())))
+
+    with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
+        group: list[tuple[int, list[Any]]] = []
+        for k in range(w.steps):
+            xs, _ = w.step(k)
+            group.append((k, [[pool.submit(codec.encode, np.ascontiguousarray(x[m])) for m in range(w.members)]
+                              for x in xs]))
+            if (k + 1) % shard == 0 or k + 1 == w.steps:  # a group of shards is complete: write each once
+                s = k // shard
+                writes = []
+                for vi, v in enumerate(VARS):
+                    for m in range(w.members):
+                        chunks: list[bytes | None] = [None] * shard
+                        for kk, futs in group:
+                            chunks[kk - s * shard] = futs[vi][m].result()
+                        writes.append(pool.submit(write_shard, v, m, s, chunks))
+                for f in writes:
+                    f.result()
+                group = []
+
+
 def child(name: str, shard: int, size: dict[str, int], outdir: str) -> dict[str, Any]:
     """One timed run in this (fresh) process."""
     w = common.make_workload(**size, distinct=min(3, size["steps"]))
@@ -114,10 +165,14 @@ def child(name: str, shard: int, size: dict[str, int], outdir: str) -> dict[str,
         from earth2studio.io import AsyncZarrBackend as E2SAsyncZarrBackend  # type: ignore[import-not-found]
 
         run = lambda: _run_backend(E2SAsyncZarrBackend, target, w, shard)  # noqa: E731
-    else:
+    elif name == TS:
         import tensorstore  # noqa: F401
 
         run = lambda: _run_tensorstore(target, w, shard)  # noqa: E731
+    else:
+        import numcodecs  # noqa: F401
+
+        run = lambda: _run_raw(target, w, shard)  # noqa: E731
     import torch  # noqa: F401
     import zarr  # noqa: F401
 

@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "e2fastio/crc32c.hpp"
@@ -78,7 +79,9 @@ void register_shard(py::module_& m) {
           },
           py::arg("key"), "The stored bytes of an (inner chunk) key, or None.")
       .def("flush", &ShardSink::flush, py::call_guard<py::gil_scoped_release>(),
-           "Write out every shard under assembly (merging with stored ones) and wait for shard writes in flight.")
+           py::arg("hold") = std::vector<std::pair<std::string, std::vector<int64_t>>>{},
+           "Write out every shard under assembly (merging with stored ones) but those in `hold` (array path, "
+           "shard coordinates), and wait for shard writes in flight.")
       .def_property_readonly("inner", &ShardSink::inner)
       .def("stats", [](const ShardSink& s) {
         auto st = s.stats();

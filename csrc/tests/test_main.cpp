@@ -1784,6 +1784,24 @@ TEST(shard_sink_writes_each_complete_shard_once_and_flushes_the_rest) {
   }
 }
 
+TEST(shard_sink_flush_can_hold_shards_back) {
+  // 8 x 6 array, chunks 1 x 3, shards 4 x 6: two shards, both left incomplete.
+  ShardFixture f({8, 6}, {1, 3}, {4, 6}, false);
+  auto sink = f.sink(64 << 20, 2);
+  Engine engine(2, 16 << 20);
+  std::vector<float> row(6, 5.0f);
+  for (int64_t i : {0, 1, 4, 5}) {
+    Slab s{reinterpret_cast<const uint8_t*>(row.data()), {1, 6}, {24, 4}, 4};
+    engine.write(f.spec, sink, s, {{i}, iota(0, 6)});
+  }
+  sink->flush({{"arr", {1, 0}}});  // shard 1 stays under assembly
+  CHECK(f.store->size() == 1 && f.store->contains("arr/c/0/0") && sink->stats().open_shards == 1);
+  CHECK(f.at(0, 0) == 5.0f && f.at(4, 0) == -1.0f);
+  sink->flush();  // now the held one
+  CHECK(f.store->size() == 2 && f.at(5, 5) == 5.0f && sink->stats().open_shards == 0);
+  CHECK(throws<std::invalid_argument>([&] { sink->flush({{"nope", {0, 0}}}); }, "not a sharded array"));
+}
+
 TEST(shard_sink_stays_within_its_bound_without_deadlock) {
   for (std::size_t inflight : {1, 3}) {
     ShardFixture f({64, 16}, {1, 8}, {8, 16}, false);

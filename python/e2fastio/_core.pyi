@@ -241,8 +241,9 @@ class ShardSink(Sink):
     def read(self, key: str) -> bytes | None:
         """The stored bytes of an (inner chunk) key, or None."""
 
-    def flush(self) -> None:
-        """Write out every shard under assembly (merging with stored ones) and wait for shard writes in flight."""
+    def flush(self, hold: Sequence[tuple[str, Sequence[int]]] = ...) -> None:
+        """Write out every shard under assembly (merging with stored ones) but those in `hold` (array path,
+        shard coordinates), and wait for shard writes in flight."""
 
     @property
     def inner(self) -> Sink: ...

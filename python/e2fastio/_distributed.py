@@ -255,33 +255,44 @@ def shards_touched(index: Sequence[np.ndarray], shards: Sequence[int]) -> set[tu
     return set(itertools.product(*per_dim))
 
 
-def check_shard_owners(rank: int, every: Sequence[Mapping[str, Any]]) -> None:
-    """Refuse shards that more than one rank wrote (each rank's ``{array: (dims, shards, touched, ranges)}``).
-
-    A shard is one object: two ranks that each hold part of it both write it
-    whole, and the later write wins. Raises ``ChunkOwnershipError`` naming the
-    array, the shard, the ranks and a shard size that divides every rank's
-    block along the dimension where their blocks differ.
-    """
-    arrays = sorted({name for mine in every for name in mine})
-    for name in arrays:
-        owner: dict[tuple[int, ...], int] = {}
+def shard_clashes(every: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[int, ...]]]:
+    """The shards (by array) that more than one rank wrote to, from every rank's
+    ``{array: (dims, shards, touched, ranges)}``; the same answer on every rank."""
+    out: dict[str, list[tuple[int, ...]]] = {}
+    for name in sorted({name for mine in every for name in mine}):
+        writers: dict[tuple[int, ...], set[int]] = {}
         for r, mine in enumerate(every):
-            if name not in mine:
-                continue
-            dims, shards, touched, _ = mine[name]
-            for shard in touched:
-                other = owner.setdefault(tuple(shard), r)
-                if other == r:
-                    continue
-                ranges = {q: m[name][3] for q, m in enumerate(every) if name in m}
-                d = next((k for k in range(len(dims)) if ranges[other][k] != ranges[r][k]), 0)
-                bounds = [b for lo, hi in (rg[d] for rg in ranges.values()) for b in (lo, hi + 1)]
-                suggest = math.gcd(*bounds) or 1
-                raise ChunkOwnershipError(
-                    f"rank {rank}: ranks {other} and {r} both wrote shard {tuple(shard)} of {name!r} (shard size "
-                    f"{shards[d]} along {dims[d]!r}); a shard is one object, so one rank's part of it was lost. "
-                    f"Use a shard size along {dims[d]!r} that divides every rank's block, e.g. "
-                    f"shard_coords={{{dims[d]!r}: {suggest}}} (or shards with {suggest} along {dims[d]!r}), or shard "
-                    "along a coordinate that each rank writes whole."
-                )
+            for shard in mine.get(name, (None, None, ()))[2]:
+                writers.setdefault(tuple(int(i) for i in shard), set()).add(r)
+        shared = sorted(s for s, ranks in writers.items() if len(ranks) > 1)
+        if shared:
+            out[name] = shared
+    return out
+
+
+def shard_owner_error(rank: int, every: Sequence[Mapping[str, Any]],
+                      clashes: Mapping[str, Sequence[tuple[int, ...]]], merged: bool) -> ChunkOwnershipError:
+    """The error for the first clash: the array, the shard, two of its ranks, and a
+    shard size that divides every rank's block along the dimension where their
+    blocks differ. `merged`: the shards held at close were merged one rank at a time."""
+    name = next(iter(clashes))
+    shard = clashes[name][0]
+    ranks = [r for r, mine in enumerate(every) if name in mine and shard in {tuple(s) for s in mine[name][2]}]
+    first, other = ranks[0], ranks[1]
+    dims, shards = every[other][name][0], every[other][name][1]
+    ranges = {q: m[name][3] for q, m in enumerate(every) if name in m}
+    d = next((k for k in range(len(dims)) if ranges[first][k] != ranges[other][k]), 0)
+    bounds = [b for lo, hi in (rg[d] for rg in ranges.values()) for b in (lo, hi + 1)]
+    suggest = math.gcd(*bounds) or 1
+    n = sum(len(v) for v in clashes.values())
+    what = (f"{n} shard(s) held at close were merged into the store one rank at a time, so their data is whole, "
+            "but a shard written before close (a blocking write's, or one spilled when max_buffer_bytes was "
+            "reached) may have lost one rank's part"
+            if merged else "a shard is one object, so one rank's part of it was lost")
+    return ChunkOwnershipError(
+        f"rank {rank}: ranks {first} and {other} both wrote shard {shard} of {name!r} (shard size "
+        f"{shards[d]} along {dims[d]!r}); {what}. "
+        f"Use a shard size along {dims[d]!r} that divides every rank's block, e.g. "
+        f"shard_coords={{{dims[d]!r}: {suggest}}} (or shards with {suggest} along {dims[d]!r}), or shard "
+        "along a coordinate that each rank writes whole."
+    )

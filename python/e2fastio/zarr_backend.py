@@ -390,10 +390,11 @@ class ZarrBackend(Lifecycle):
         self._check_open("flush")
         self._drain()
 
-    def _drain(self) -> None:
+    def _drain(self, hold: Mapping[str, Sequence[tuple[int, ...]]] | None = None) -> None:
+        """Store everything pending; shards in `hold` (array name -> shard positions) stay under assembly."""
         if self.blocking or not self._engine.started:
             if self._shard_sink is not None:  # incomplete shards of blocking writes
-                self._flush_shards()
+                self._flush_shards(hold)
                 if self._uploader is not None:
                     self._wait_uploads()
                     self._uploader.raise_failures()
@@ -408,7 +409,7 @@ class ZarrBackend(Lifecycle):
         shard_error: Exception | None = None
         if self._shard_sink is not None:  # every chunk is gathered: write out the incomplete shards
             try:
-                self._flush_shards()
+                self._flush_shards(hold)
             except Exception as err:
                 shard_error = err
         self._wait_uploads()
@@ -461,16 +462,22 @@ class ZarrBackend(Lifecycle):
         if self._uploader is not None and self._uploader.pid != os.getpid():
             return  # a forked child's copy: the parent stores its own pending chunks
         local_error: Exception | None = None
+        shared: dict[str, list[tuple[int, ...]]] = {}
         if self._coord is not None and self._shards_written is not None:
             try:  # collective, before incomplete shards are written
                 every = self._coord.gather(self._shards_written, "close (shard owners)")
-                _distributed.check_shard_owners(self._coord.rank, every)
+                shared = _distributed.shard_clashes(every)
+                if shared:
+                    local_error = _distributed.shard_owner_error(self._coord.rank, every, shared, merged=True)
             except Exception as err:
                 local_error = err
         try:
-            self._drain()
+            self._drain(hold=shared)
         except Exception as err:
             local_error = local_error or err
+        try:
+            if shared:  # every rank holds part of these: merged into the store one rank at a time
+                local_error = self._merge_in_turns(shared) or local_error
         finally:
             try:
                 if self._uploader is not None:
@@ -491,6 +498,30 @@ class ZarrBackend(Lifecycle):
             self._sync_metadata([""])
         if local_error is not None:
             raise local_error
+
+    def _merge_in_turns(self, shared: Mapping[str, Sequence[tuple[int, ...]]]) -> Exception | None:
+        """Write the shards several ranks hold part of, rank after rank (collective).
+
+        Each rank's write merges with what the ranks before it stored
+        (read-modify-write), so no rank's part is lost. Every rank takes part in
+        every turn; an error of this rank's turn is returned, not raised, so
+        the others are not left waiting.
+        """
+        assert self._coord is not None
+        error: Exception | None = None
+        for turn in range(self._coord.size):
+            self._coord.barrier(f"close (shared shards, rank {turn}'s turn)")
+            if turn != self._coord.rank or self._shard_sink is None:
+                continue
+            try:
+                self._flush_shards()
+                self._wait_uploads()
+                if self._uploader is not None:
+                    self._uploader.raise_failures()
+            except Exception as err:
+                error = err
+        self._coord.barrier("close (shared shards merged)")
+        return error
 
     def _sync_metadata(self, nodes: list[str], whole: Sequence[str] = ()) -> None:
         """With ``fsync=True`` on a local store: make what zarr-python wrote for `nodes` durable.
@@ -684,12 +715,18 @@ class ZarrBackend(Lifecycle):
         self.max_inflight_shards = max_inflight
         self._shard_capacity = capacity
 
-    def _flush_shards(self) -> None:
-        """Write out every shard still incomplete (merging with what is stored); warn about merges if asked."""
+    def _flush_shards(self, hold: Mapping[str, Sequence[tuple[int, ...]]] | None = None) -> None:
+        """Write out every shard still incomplete (merging with what is stored), but those in `hold`
+        (array name -> shard positions); warn about merges if asked."""
         if self._shard_sink is None or self._shard_pid != os.getpid():
             return  # in a forked child, the parent's incomplete shards are the parent's to write
+        held = []
+        for name, shards in (hold or {}).items():
+            t = self._target(name)
+            if t.spec is not None and t.shard is not None:  # gathered by the sink (else stored by zarr-python)
+                held += [(t.spec.path, list(shard)) for shard in shards]
         try:
-            self._shard_sink.flush()
+            self._shard_sink.flush(held)
         finally:
             self._warn_merges()
 

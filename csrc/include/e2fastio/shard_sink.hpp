@@ -19,6 +19,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "e2fastio/sink.hpp"
@@ -127,8 +128,9 @@ class ShardSink : public Sink {
   // A completed shard is written to the store from whichever thread stored its
   // last chunk: on a device-bound store, that is a writer thread, not an encoder.
   bool waits_on_device() const override { return inner_->waits_on_device(); }
-  // Write out every shard under assembly, and wait for every shard write in flight.
-  void flush();
+  // Write out every shard under assembly, except those in `hold` (array path,
+  // shard coordinates), which stay under assembly; wait for every shard write in flight.
+  void flush(const std::vector<std::pair<std::string, std::vector<int64_t>>>& hold = {});
   Stats stats() const;
   const std::shared_ptr<Sink>& inner() const noexcept { return inner_; }
 

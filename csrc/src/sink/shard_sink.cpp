@@ -7,6 +7,7 @@
 #include <exception>
 #include <stdexcept>
 #include <thread>
+#include <unordered_set>
 
 #include "e2fastio/crc32c.hpp"
 #include "e2fastio/error.hpp"
@@ -399,13 +400,24 @@ bool ShardSink::read(const std::string& key, std::vector<uint8_t>& out) {
   return true;
 }
 
-void ShardSink::flush() {
+void ShardSink::flush(const std::vector<std::pair<std::string, std::vector<int64_t>>>& hold) {
   std::vector<PendingPtr> todo;
   {
     std::lock_guard<std::mutex> lk(mu_);
-    for (auto& kv : open_)
-      if (kv.second.held > 0) todo.push_back(take(kv.first, kv.second, false));
-    open_.clear();
+    std::unordered_set<std::string> keep;
+    for (const auto& [path, shard] : hold) {
+      auto it = layouts_.find(path);
+      E2F_EXPECT(it != layouts_.end(), "flush: '" + path + "' is not a sharded array of this sink");
+      keep.insert(it->second->shard_key(shard));
+    }
+    for (auto it = open_.begin(); it != open_.end();) {
+      if (keep.count(it->first)) {
+        ++it;
+        continue;
+      }
+      if (it->second.held > 0) todo.push_back(take(it->first, it->second, false));
+      it = open_.erase(it);
+    }
   }
   std::exception_ptr first;
   try {
