@@ -256,15 +256,22 @@ def run_matrix(args: argparse.Namespace, skip: set[str]) -> dict:
             ratios = {"e2fastio/raw": t / res[RAW]["synced_s"] if RAW in res else None,
                       "e2fastio/tensorstore": t / res[TS]["synced_s"] if TS in res else None,
                       "e2fastio/baseline": t / res[BASELINE]["synced_s"] if BASELINE in res else None}
-            record["cells"][cell["name"]] = {"cell": cell, "results": res, "ratios_synced": ratios}
-            summary.append((cell["name"], t, ratios))
-    print(f"\nsummary (time until synced, median of {repeats}; targets: e2fastio/raw <= 1.10, "
-          "e2fastio/tensorstore <= 1.00)")
-    print(f"{'cell':<18s}{'e2fastio s':>12s}{'/raw':>8s}{'/tensorstore':>14s}{'/baseline':>11s}")
-    for name, t, r in summary:
+            best = {n: min(r["synced_all_s"]) for n, r in res.items()}  # the issue's own measure: best of N
+            ratios_best = {"e2fastio/raw": best[ours] / best[RAW] if RAW in best else None,
+                           "e2fastio/tensorstore": best[ours] / best[TS] if TS in best else None,
+                           "e2fastio/baseline": best[ours] / best[BASELINE] if BASELINE in best else None}
+            record["cells"][cell["name"]] = {"cell": cell, "results": res, "ratios_synced": ratios,
+                                             "ratios_synced_best": ratios_best}
+            summary.append((cell["name"], t, ratios, ratios_best))
+    print(f"\nsummary (time until synced; ratios of medians of {repeats}, then of bests; targets: "
+          "e2fastio/raw <= 1.10, e2fastio/tensorstore <= 1.00)")
+    print(f"{'cell':<18s}{'e2fastio s':>12s}{'/raw':>8s}{'/tensorstore':>14s}{'/baseline':>11s}"
+          f"{'best: /raw':>12s}{'/tensorstore':>14s}")
+    for name, t, r, b in summary:
         cells_txt = "".join(f"{v:>{wd}.2f}" if v is not None else f"{'-':>{wd}s}"
                             for v, wd in ((r["e2fastio/raw"], 8), (r["e2fastio/tensorstore"], 14),
-                                          (r["e2fastio/baseline"], 11)))
+                                          (r["e2fastio/baseline"], 11), (b["e2fastio/raw"], 12),
+                                          (b["e2fastio/tensorstore"], 14)))
         print(f"{name:<18s}{t:>12.3f}{cells_txt}")
     return record
 
