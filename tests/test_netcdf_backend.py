@@ -182,6 +182,10 @@ def test_bad_input_clear_errors_file_unchanged(tmp_path):
         io.write([torch.ones(3, 1, 1, 19, 36)] * 2, step, ["t2m"])
     assert snapshot() == before and "x" not in io
     io.close()
+    def snapshot_file(p):
+        return p.read_bytes()
+
+    kept = snapshot_file(path)
     with pytest.raises(BackendClosedError):
         io.write(torch.ones(3, 1, 1, 19, 36), step, "t2m")
     with pytest.raises(FileNotFoundError, match="read only"):
@@ -190,6 +194,12 @@ def test_bad_input_clear_errors_file_unchanged(tmp_path):
         NetCDF4Backend(tmp_path / "x.nc", backend_kwargs={"mode": "w"}, compression="zstd")
     with pytest.raises(ValueError, match="complevel"):
         NetCDF4Backend(tmp_path / "x.nc", backend_kwargs={"mode": "w"}, compression="zlib", complevel=0)
+    # Engine options are checked before the file is opened: mode 'w' must not truncate a file on a bad argument.
+    for kw, what in [({"threads": 0}, "threads"), ({"max_buffer_bytes": 0}, "max_buffer_bytes"),
+                     ({"max_buffer_bytes": 1}, r"max_buffer_bytes=1 is too small for NetCDF4Backend")]:
+        with pytest.raises(ValueError, match=what):
+            NetCDF4Backend(path, backend_kwargs={"mode": "w"}, **kw)
+        assert snapshot_file(path) == kept
 
 
 def test_chunked_uncompressed_with_partial_chunks_merges_through_hdf5(tmp_path):

@@ -305,6 +305,16 @@ def test_bad_constructor_options(tmp_path):
         ZarrBackend(str(tmp_path / "t.zarr"), max_buffer_bytes=-1)
     with pytest.raises(ValueError, match=r"chunks\['time'\]"):
         ZarrBackend(str(tmp_path / "t.zarr"), chunks={"time": 0})
+    # Too small to split (staging ring and encode buffers): refused at construction, naming the argument.
+    with pytest.raises(ValueError, match="max_buffer_bytes=1 is too small for a non-blocking ZarrBackend"):
+        ZarrBackend(str(tmp_path / "t.zarr"), max_buffer_bytes=1, blocking=False)
+    with pytest.raises(ValueError, match="max_buffer_bytes=3 is too small for AsyncZarrBackend with shard_coords"):
+        e2fastio.AsyncZarrBackend(str(tmp_path / "s.zarr"), parallel_coords=OrderedDict(a=np.arange(4)),
+                                  shard_coords={"a": 2}, max_buffer_bytes=3)
+    with pytest.raises(ValueError, match="max_buffer_bytes=1 is too small for a non-blocking AsyncZarrBackend"):
+        e2fastio.AsyncZarrBackend(str(tmp_path / "n.zarr"), parallel_coords=OrderedDict(a=np.arange(4)),
+                                  blocking=False, max_buffer_bytes=1)
+    assert not any((tmp_path / n).exists() for n in ("t.zarr", "s.zarr", "n.zarr"))
     # A chunk larger than the staging bound is refused with the knob to turn.
     io = ZarrBackend(str(tmp_path / "t.zarr"), max_buffer_bytes=1 << 16)
     coords = OrderedDict(a=np.arange(100), b=np.arange(200))

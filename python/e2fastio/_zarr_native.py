@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -226,4 +226,28 @@ def engine_kwargs(threads: int | None, max_buffer_bytes: int | None) -> dict[str
     return {"threads": threads, "max_buffer_bytes": max_buffer_bytes}
 
 
+def split_buffer(max_buffer_bytes: int, who: str, shares: Mapping[str, tuple[int, int]]) -> dict[str, int]:
+    """`max_buffer_bytes` split into named parts (each a fraction, numerator and
+    denominator, of it; the last part takes the rest). A part that would get no
+    byte is refused here, at construction, naming the argument, not at the
+    first write in words about the engine."""
+    parts: dict[str, int] = {}
+    names = list(shares)
+    for name in names[:-1]:
+        num, den = shares[name]
+        parts[name] = max_buffer_bytes * num // den
+    parts[names[-1]] = max_buffer_bytes - sum(parts.values())
+    empty = [name for name, n in parts.items() if n < 1]
+    if empty:
+        split = [f"{n} ({shares[n][0]}/{shares[n][1]})" for n in names]
+        raise ValueError(
+            f"max_buffer_bytes={max_buffer_bytes} is too small for {who}: it is split into "
+            f"{', '.join(split[:-1])} and {split[-1]}, so {' and '.join(empty)} would get nothing; give at least "
+            f"a few chunks' worth (the default is {DEFAULT_MAX_BUFFER_BYTES} bytes)"
+        )
+    return parts
+
+
 DEFAULT_MAX_BUFFER_BYTES = 1 << 30
+# How a non-blocking Zarr backend splits max_buffer_bytes (see split_buffer).
+NONBLOCKING_SPLIT = {"the staging ring": (3, 4), "encode buffers": (1, 4)}

@@ -17,7 +17,7 @@ import zarr
 import zarr.storage
 
 from e2fastio import _data, _stores
-from e2fastio._zarr_native import dimension_names, engine_kwargs
+from e2fastio._zarr_native import NONBLOCKING_SPLIT, dimension_names, engine_kwargs, split_buffer
 from e2fastio.errors import CoordinateError
 from e2fastio.zarr_backend import ZarrBackend, _read_whole
 
@@ -196,15 +196,6 @@ class AsyncZarrBackend:
             if mode == "r+" and not os.path.exists(target):
                 raise FileNotFoundError(f"zarr_kwargs mode 'r+': {os.fspath(target)} does not exist; use mode 'a' "
                                         "to create it")
-        options = _stores.RemoteOptions(concurrency=pool_size, retries=upload_retries, timeout=upload_timeout)
-        location = _stores.resolve(
-            store if store is not None else file_name,
-            store_kwargs=store_kwargs,
-            fs_factory=fs_factory if store is None else None,
-            options=options,
-            what="store" if store is not None else "file_name",
-        )
-
         self.parallel_coords: OrderedDict[str, np.ndarray] = OrderedDict()
         for key, value in _scrub(_data.convert_multidim_to_singledim(parallel_coords)[0]).items():
             if len(np.unique(value)) != len(value):
@@ -217,6 +208,22 @@ class AsyncZarrBackend:
             if not isinstance(size, (int, np.integer)) or size < 1:
                 raise ValueError(f"chunked_coords[{key!r}] must be a positive int, got {size!r}")
         self.chunked_coords = dict(chunked_coords)
+        # Sharding: a quarter of max_buffer_bytes holds shards under assembly, the rest stages and encodes.
+        budget = engine_kwargs(threads, max_buffer_bytes)["max_buffer_bytes"]
+        shard_bytes = split_buffer(budget, "AsyncZarrBackend with shard_coords",
+                                   {"shards under assembly": (1, 4), "staging and encode buffers": (3, 4)}
+                                   )["shards under assembly"] if shard_coords else 0
+        if not blocking:  # and the rest as its ZarrBackend splits it
+            split_buffer(budget - shard_bytes, "a non-blocking AsyncZarrBackend", NONBLOCKING_SPLIT)
+        # Every argument is checked: only now is the location opened (a local one is created).
+        options = _stores.RemoteOptions(concurrency=pool_size, retries=upload_retries, timeout=upload_timeout)
+        location = _stores.resolve(
+            store if store is not None else file_name,
+            store_kwargs=store_kwargs,
+            fs_factory=fs_factory if store is None else None,
+            options=options,
+            what="store" if store is not None else "file_name",
+        )
         self.shard_coords: dict[str, int] = dict(shard_coords)
         self.max_inflight_shards = max_inflight_shards
         self.pool_size = pool_size
@@ -224,9 +231,6 @@ class AsyncZarrBackend:
         self.blocking = blocking
         self.zarr_codecs = zarr_codecs
         chunks = {k: 1 for k in self.parallel_coords} | self.chunked_coords
-        # Sharding: a quarter of max_buffer_bytes holds shards under assembly, the rest stages and encodes.
-        budget = engine_kwargs(threads, max_buffer_bytes)["max_buffer_bytes"]
-        shard_bytes = budget // 4 if self.shard_coords else 0
         self._z = ZarrBackend(location, chunks=chunks, backend_kwargs={"overwrite": mode == "w"},
                               zarr_codecs=zarr_codecs, threads=threads, max_buffer_bytes=budget - shard_bytes,
                               blocking=blocking, process_group=process_group,

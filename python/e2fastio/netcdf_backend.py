@@ -25,7 +25,7 @@ from e2fastio import _core, _data
 from e2fastio._engine import EngineHandle
 from e2fastio._lifecycle import Lifecycle, serialized
 from e2fastio._netcdf_root import Dataset, Variable, netcdf_dtype
-from e2fastio._zarr_native import engine_kwargs
+from e2fastio._zarr_native import engine_kwargs, split_buffer
 from e2fastio.errors import (
     ArrayNameError,
     CoordinateError,
@@ -330,6 +330,12 @@ class NetCDF4Backend(Lifecycle):
                 raise ValueError(f"chunks[{dim!r}] must be a positive int, got {size!r}")
         if not isinstance(blocking, bool):
             raise TypeError(f"blocking must be True or False, got {blocking!r}")
+        # Every argument is checked before the file is opened (mode 'w' would truncate it).
+        ekw = engine_kwargs(threads, max_buffer_bytes)
+        # max_buffer_bytes bounds it all: 5/8 the staging ring (HDF5 stores finished chunks while others
+        # are still encoding), 1/4 encode buffers, 1/8 encoded chunks waiting for HDF5 (the collector).
+        budget = split_buffer(ekw["max_buffer_bytes"], "NetCDF4Backend",
+                              {"the staging ring": (5, 8), "encode buffers": (1, 4), "chunks waiting for HDF5": (1, 8)})
         exists = os.path.exists(path)
         if opts.mode == "r" and not exists:
             raise FileNotFoundError(errno.ENOENT, f"{os.strerror(errno.ENOENT)} (backend_kwargs['mode'] is 'r': "
@@ -360,16 +366,12 @@ class NetCDF4Backend(Lifecycle):
         self.complevel = complevel
         self.shuffle = shuffle
         self.chunks = dict(chunks or {})
-        ekw = engine_kwargs(threads, max_buffer_bytes)
-        # max_buffer_bytes bounds it all: 5/8 the staging ring (HDF5 stores finished chunks while others
-        # are still encoding), 1/4 encode buffers, 1/8 encoded chunks waiting for HDF5 (the collector).
-        total = ekw["max_buffer_bytes"]
-        collect = max(total // 8, 1)
-        self._engine = EngineHandle(ekw["threads"], total - collect, ring_bytes=total * 5 // 8,
+        ring = budget["the staging ring"]
+        self._engine = EngineHandle(ekw["threads"], ring + budget["encode buffers"], ring_bytes=ring,
                                     background=not blocking)
         self.blocking = blocking
         self.flush_timeout = 600.0
-        self._collector = _Collector(collect)
+        self._collector = _Collector(budget["chunks waiting for HDF5"])
         self._max_encoded = 0  # the largest encoded chunk any variable written natively can give
         self._regions: dict[str, tuple[_core.ArraySpec, _core.FileRegionSink] | None] = {}
         # Closed at exit when still open (Earth2Studio's workflows never close their backend, and

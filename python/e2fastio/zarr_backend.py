@@ -17,7 +17,16 @@ from e2fastio import _core, _data, _distributed
 from e2fastio._engine import EngineHandle
 from e2fastio._lifecycle import Lifecycle, serialized
 from e2fastio._stores import Location, RemoteOptions, resolve
-from e2fastio._zarr_native import ShardGeometry, array_spec, dimension_names, engine_kwargs, get_array, shard_geometry
+from e2fastio._zarr_native import (
+    NONBLOCKING_SPLIT,
+    ShardGeometry,
+    array_spec,
+    dimension_names,
+    engine_kwargs,
+    get_array,
+    shard_geometry,
+    split_buffer,
+)
 from e2fastio.errors import CoordinateError
 
 if TYPE_CHECKING:
@@ -288,8 +297,11 @@ class ZarrBackend(Lifecycle):
         self.blocking = blocking
         self.flush_timeout = 600.0  # seconds flush()/close() wait for pending chunks
         ekw = engine_kwargs(threads, max_buffer_bytes)
-        self._engine = EngineHandle(**ekw, ring_bytes=0 if blocking else ekw["max_buffer_bytes"] * 3 // 4,
-                                    background=not blocking)
+        ring = 0
+        if not blocking:
+            ring = split_buffer(ekw["max_buffer_bytes"], "a non-blocking ZarrBackend",
+                                NONBLOCKING_SPLIT)["the staging ring"]
+        self._engine = EngineHandle(**ekw, ring_bytes=ring, background=not blocking)
         if isinstance(file_name, Location):  # resolved by AsyncZarrBackend
             loc = file_name
         else:
