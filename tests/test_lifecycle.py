@@ -62,6 +62,21 @@ def test_unclosed_nonblocking_backend_is_finished_when_collected(tmp_path, nativ
     np.testing.assert_array_equal(got[:, 0, 0], np.arange(12))
 
 
+def test_a_refused_nonblocking_write_leaves_nothing_to_warn_about(tmp_path):
+    """A write the core refuses (here: a chunk larger than the encode buffers) stages nothing:
+    collecting the backend afterwards is quiet, there are no pending chunks to speak of."""
+    io = ZarrBackend(str(tmp_path / "r.zarr"), blocking=False, threads=1, max_buffer_bytes=1 << 12)
+    io.add_array(C, "v")
+    with pytest.raises(ValueError, match="max_buffer_bytes"):
+        io.write(np.ones((12, 64, 96), "float32"), C, "v")
+    ref = weakref.ref(io)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del io
+        _collect(ref)
+    assert not [w for w in caught if "garbage-collected" in str(w.message)], [str(w.message) for w in caught]
+
+
 def test_background_error_of_a_collected_backend_is_reported_not_dropped(tmp_path, native_threads):
     gc.collect()
     before = native_threads()

@@ -861,11 +861,12 @@ class ZarrBackend(Lifecycle):
                 self._wait_uploads()
                 self._uploader.raise_failures()
             return
-        self._mark_written()
         if batch:
             engine.submit(batch)
+            self._mark_written()  # only once staged: a refused batch leaves nothing pending
         if device_batch:
             self._submit_device(engine, device_batch, device_tensors)
+            self._mark_written()
         # An earlier write's failure surfaces here; this write is already staged and lands.
         self._background(engine.check)
         if self._uploader is not None:
