@@ -344,6 +344,18 @@ class AsyncZarrBackend:
         if missing or not names:  # no names: the coordinates alone (a store other ranks validate against)
             self._create(full, missing, np.dtype(dtype))
 
+    def _create_missing(self, full: OrderedDict[str, np.ndarray], xs: list[Any], names: list[str]) -> None:
+        """Create the arrays of a write that the store lacks: those of one dtype together, in one round."""
+        by_dtype: dict[np.dtype[Any], list[str]] = {}
+        seen: set[str] = set()
+        for xi, name in zip(xs, names, strict=True):
+            if _data.check_array_name(name) and name not in self._z and name not in seen:
+                seen.add(name)  # the first tensor of a name decides its dtype
+                # dtype only: a CUDA tensor stays on its device (no host copy here)
+                by_dtype.setdefault(np.dtype(_data.to_input(xi, True, "x", "c").dtype), []).append(name)
+        for dtype, group in by_dtype.items():
+            self._create(full, group, dtype)
+
     def _create(self, full: OrderedDict[str, np.ndarray], names: list[str], dtype: np.dtype[Any]) -> None:
         """Create arrays `names` (and missing coordinates) with the chunks and shards of this backend."""
         self._sync_chunks()
@@ -461,10 +473,8 @@ class AsyncZarrBackend:
         adjusted, _ = _data.convert_multidim_to_singledim(coords)
         self._check_write_coords(adjusted)
         full = self._array_coords(coords)
-        for xi, name in zip(xs, names, strict=True):
-            if _data.check_array_name(name) and name not in self._z and self._z._coord is None:
-                # dtype only: a CUDA tensor stays on its device (no host copy here)
-                self._create(full, [name], _data.to_input(xi, True, "x", "c").dtype)
+        if self._z._coord is None:
+            self._create_missing(full, xs, names)
         self._z.write(xs, coords, names)
 
     def _check_write_coords(self, adjusted: CoordSystem) -> None:
@@ -527,10 +537,7 @@ class AsyncZarrBackend:
     def _prepare(self, xs: list[Any], coords: CoordSystem, names: list[str]) -> None:
         with self._lock:
             self._check_write_coords(coords)
-            full = self._array_coords(coords)
-            for xi, name in zip(xs, names, strict=True):
-                if _data.check_array_name(name) and name not in self._z:
-                    self._create(full, [name], _data.to_input(xi, True, "x", "c").dtype)
+            self._create_missing(self._array_coords(coords), xs, names)
 
     async def async_write(self, x: Any, coords: CoordSystem, array_name: str | list[str]) -> None:
         """Write and wait (without blocking the event loop) until the data is stored.
