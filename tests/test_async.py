@@ -161,19 +161,48 @@ def test_unclosed_backend_drains_at_exit_with_a_warning(tmp_path):
         import numpy as np, zarr
         from collections import OrderedDict
         from e2fastio import ZarrBackend
-        io = ZarrBackend({str(tmp_path / 'x.zarr')!r}, chunks={{"a": 1}}, zarr_codecs=zarr.codecs.BloscCodec(),
-                         blocking=False)
-        c = OrderedDict(a=np.arange(50), b=np.arange(20000))
+        # One encoder and zstd over 40 MB of noise: chunks are still pending when the script ends.
+        io = ZarrBackend({str(tmp_path / 'x.zarr')!r}, chunks={{"a": 1}}, blocking=False, threads=1,
+                         zarr_codecs=zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="noshuffle"))
+        c = OrderedDict(a=np.arange(50), b=np.arange(200000))
         io.add_array(c, "v")
+        noise = np.random.default_rng(0).random(200000, dtype="float32")
         for i in range(50):
-            io.write(np.full((1, 20000), i, "float32"), OrderedDict(a=[i], b=c["b"]), "v")
+            io.write((noise + i)[None], OrderedDict(a=[i], b=c["b"]), "v")
         # no close(): Earth2Studio's workflows never call it
     """)
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "was not closed" in r.stderr and "RuntimeWarning" in r.stderr
+    assert "a non-blocking ZarrBackend" in r.stderr and "was not closed" in r.stderr and "RuntimeWarning" in r.stderr
     got = zarr.open_array(str(tmp_path / "x.zarr" / "v"))[...]
-    np.testing.assert_array_equal(got[:, 0], np.arange(50))
+    np.testing.assert_array_equal(np.round(got[:, 0] - got[0, 0]), np.arange(50))
+
+
+def test_closed_at_exit_consolidates_metadata_and_is_quiet_when_nothing_is_pending(tmp_path):
+    """Backends never closed (Earth2Studio's workflows) are closed at exit: consolidated metadata
+    is written then (zarr-python's thread pools have stopped by that time), and a backend with
+    nothing pending says nothing."""
+    script = textwrap.dedent(f"""
+        import time
+        import numpy as np
+        from collections import OrderedDict
+        from e2fastio import AsyncZarrBackend, ZarrBackend
+        c = OrderedDict(a=np.arange(3), b=np.arange(4.0))
+        blocking = ZarrBackend({str(tmp_path / 'b.zarr')!r}, consolidate_metadata=True)
+        blocking.add_array(c, "v")
+        blocking.write(np.ones((3, 4), "float32"), c, "v")
+        quiet = AsyncZarrBackend({str(tmp_path / 'n.zarr')!r}, parallel_coords=OrderedDict(a=c["a"]),
+                                 blocking=False, consolidate_metadata=True)
+        quiet.write(np.full((3, 4), 2, "float32"), c, "v")
+        quiet.flush()  # stored: nothing is pending at exit
+    """)
+    r = subprocess.run([sys.executable, "-W", "always", "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "failed" not in r.stderr and "was not closed" not in r.stderr, r.stderr
+    for name, value in (("b.zarr", 1), ("n.zarr", 2)):
+        root = zarr.open_consolidated(str(tmp_path / name))
+        assert sorted(root.array_keys()) == ["a", "b", "v"]
+        assert (root["v"][...] == value).all()
 
 
 def test_no_thread_left_after_close_nonblocking(tmp_path, native_threads):

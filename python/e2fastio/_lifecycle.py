@@ -26,6 +26,7 @@ closed, and how an error of a background thread reaches the user:
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import functools
 import logging
 import threading
@@ -48,17 +49,19 @@ _L = TypeVar("_L", bound="Lifecycle")
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
 
-@atexit.register
 def _close_at_exit() -> None:
     with _lock:
         backends = list(_exit_strong) + [b for b in _exit_weak if b not in _exit_strong]
+    if any(not b.closed for b in backends):
+        _zarr_io_on_its_loop()
     for b in backends:
         if b.closed:
             continue
-        if b._warn_at_exit and not b._idle():
+        pending = b._pending() if b._warn_at_exit and not b._idle() else 0
+        if pending:  # nothing left to store: nothing to warn about (Earth2Studio's workflows never close)
             warnings.warn(
-                f"e2fastio: a non-blocking {type(b).__name__} for {b._where} was not closed; storing its "
-                f"{b._pending()} pending chunk(s) at exit. Call close() (or use `with`) to control when.",
+                f"e2fastio: a non-blocking {b._kind} for {b._where} was not closed; storing its "
+                f"{pending} pending chunk(s) at exit. Call close() (or use `with`) to control when.",
                 RuntimeWarning,
                 stacklevel=1,
             )
@@ -75,6 +78,44 @@ def _close_at_exit() -> None:
             pass
     for t in list(_reapers):
         t.join()
+
+
+def _zarr_io_on_its_loop() -> None:
+    """Let zarr-python do file I/O at exit, for the closes that need it.
+
+    Once the interpreter begins to exit, Python's thread pools refuse work (their
+    workers quit before atexit handlers run), and zarr-python's local store does
+    each read and write on its event loop's default pool: consolidated metadata,
+    coordinate and fallback writes of a close at exit would fail. From here on
+    that pool runs each call on the loop's own thread instead.
+    """
+    try:
+        from zarr.core import sync as zsync
+
+        loop = zsync.loop[0]
+    except Exception:  # noqa: BLE001 - another zarr-python layout: nothing to adjust
+        return
+    if loop is None or loop.is_closed():
+        return
+
+    class _OnTheLoop(concurrent.futures.ThreadPoolExecutor):  # the loop accepts only this type
+        def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+            done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            try:
+                done.set_result(fn(*args, **kwargs))
+            except BaseException as err:  # noqa: BLE001 - handed to the awaiting coroutine
+                done.set_exception(err)
+            return done
+
+    loop.set_default_executor(_OnTheLoop(max_workers=1))
+
+
+# atexit runs its handlers last-registered first. zarr-python stops its event
+# loop in an atexit handler of its own: ours is registered after it, so that
+# it runs first.
+import zarr.core.sync  # noqa: E402, F401  (registers zarr-python's handler first)
+
+atexit.register(_close_at_exit)
 
 
 def _reap(kind: str, where: str, engine: Any, uploader: Any, unflushed: list[bool], timeout: float,
@@ -177,6 +218,7 @@ class Lifecycle:
         """
         self._closed = False
         self._where = where
+        self._kind = type(self).__name__  # as the user knows it (AsyncZarrBackend names its ZarrBackend so)
         self._warn_at_exit = nonblocking
         self._lifecycle_engine = engine
         self._unflushed = [False]  # shared with the finalizer (which must not hold the backend)

@@ -235,6 +235,7 @@ class AsyncZarrBackend:
                               zarr_codecs=zarr_codecs, threads=threads, max_buffer_bytes=budget - shard_bytes,
                               blocking=blocking, process_group=process_group,
                               distributed_timeout=distributed_timeout, consolidate_metadata=consolidate_metadata)
+        self._z._kind = type(self).__name__  # in what the user is told at exit
         self._z.flush_timeout = self.async_timeout
         # Shards accumulate until complete (not one write each, as ZarrBackend's blocking writes do);
         # incomplete ones are written at flush/close.
