@@ -17,7 +17,7 @@ import xarray as xr
 import zarr
 
 from e2fastio import AsyncZarrBackend, ZarrBackend
-from e2fastio.errors import BackgroundWriteError, CoordinateError
+from e2fastio.errors import BackgroundWriteError, CoordinateError, DataShapeError
 
 BLOSC = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
 LEAD = np.array([timedelta(hours=6 * i) for i in range(5)], dtype="timedelta64[ns]")
@@ -251,6 +251,7 @@ def test_memory_store_nonblocking():
         ({"async_timeout": 0}, "async_timeout"),
         ({"zarr_kwargs": {"mode": "r"}}, "mode"),
         ({"parallel_coords": {"time": np.array([1, 1])}}, "duplicate"),
+        ({"process_group": "bogus"}, "process_group='bogus' is not a known group name"),
     ],
 )
 def test_async_backend_bad_or_unsupported_options_raise(tmp_path, kwargs, match):
@@ -258,8 +259,22 @@ def test_async_backend_bad_or_unsupported_options_raise(tmp_path, kwargs, match)
     with pytest.raises(ValueError, match=match) as info:
         AsyncZarrBackend(**args)
     assert "hunter2-s3cr3t" not in str(info.value)
+    assert not (tmp_path / "u.zarr").exists()  # refused before the location was opened
     with pytest.raises(ValueError, match="output location"):
         AsyncZarrBackend(None, parallel_coords={"time": TIME})
+
+
+def test_a_refused_write_creates_no_array(tmp_path):
+    """As ZarrBackend: every input of a write is checked before its missing arrays are created."""
+    c = OrderedDict(time=TIME, a=np.arange(2), b=np.arange(3))
+    io = AsyncZarrBackend(str(tmp_path / "w.zarr"), parallel_coords={"time": TIME})
+    with pytest.raises(DataShapeError, match="'newB' has shape"):
+        io.write([torch.ones(len(TIME), 2, 3), torch.ones(len(TIME), 2, 4)], c, ["newA", "newB"])
+    assert "newA" not in io and "newB" not in io
+    io.write([torch.ones(len(TIME), 2, 3)] * 2, c, ["newA", "newB"])
+    io.close()
+    assert sorted(zarr.open_group(str(tmp_path / "w.zarr"), mode="r").array_keys()) == ["a", "b", "newA", "newB",
+                                                                                        "time"]
 
 
 def test_fs_factory_is_deprecated_and_checked(tmp_path):

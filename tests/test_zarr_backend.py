@@ -315,6 +315,16 @@ def test_bad_constructor_options(tmp_path):
         e2fastio.AsyncZarrBackend(str(tmp_path / "n.zarr"), parallel_coords=OrderedDict(a=np.arange(4)),
                                   blocking=False, max_buffer_bytes=1)
     assert not any((tmp_path / n).exists() for n in ("t.zarr", "s.zarr", "n.zarr"))
+    # Arguments checked before the store is opened: a mistake leaves no directory behind.
+    for kw, error, match in [({"backend_kwargs": {"bogus": 1}}, TypeError, "backend_kwargs: .*bogus"),
+                             ({"backend_kwargs": ["overwrite"]}, TypeError, "backend_kwargs must be a dict"),
+                             ({"process_group": "bogus"}, ValueError, "process_group"),
+                             ({"process_group": 3}, TypeError, "process_group"),
+                             ({"fsync": "yes"}, TypeError, "fsync must be True or False"),
+                             ({"direct_io": "yes"}, ValueError, "direct_io")]:
+        with pytest.raises(error, match=match):
+            ZarrBackend(str(tmp_path / "k.zarr"), **kw)
+        assert not (tmp_path / "k.zarr").exists(), kw
     # A chunk larger than the staging bound is refused with the knob to turn.
     io = ZarrBackend(str(tmp_path / "t.zarr"), max_buffer_bytes=1 << 16)
     coords = OrderedDict(a=np.arange(100), b=np.arange(200))

@@ -16,7 +16,7 @@ import numpy as np
 import zarr
 import zarr.storage
 
-from e2fastio import _data, _stores
+from e2fastio import _data, _distributed, _stores
 from e2fastio._zarr_native import NONBLOCKING_SPLIT, dimension_names, engine_kwargs, split_buffer
 from e2fastio.errors import CoordinateError
 from e2fastio.zarr_backend import ZarrBackend, _read_whole
@@ -215,6 +215,7 @@ class AsyncZarrBackend:
                                    )["shards under assembly"] if shard_coords else 0
         if not blocking:  # and the rest as its ZarrBackend splits it
             split_buffer(budget - shard_bytes, "a non-blocking AsyncZarrBackend", NONBLOCKING_SPLIT)
+        _distributed.resolve_group(process_group)  # checked here too: ZarrBackend sees it after the location
         # Every argument is checked: only now is the location opened (a local one is created).
         options = _stores.RemoteOptions(concurrency=pool_size, retries=upload_retries, timeout=upload_timeout)
         location = _stores.resolve(
@@ -345,15 +346,24 @@ class AsyncZarrBackend:
         if missing or not names:  # no names: the coordinates alone (a store other ranks validate against)
             self._create(full, missing, np.dtype(dtype))
 
-    def _create_missing(self, full: OrderedDict[str, np.ndarray], xs: list[Any], names: list[str]) -> None:
-        """Create the arrays of a write that the store lacks: those of one dtype together, in one round."""
+    def _create_missing(self, full: OrderedDict[str, np.ndarray], xs: list[Any], names: list[str],
+                        coords: CoordSystem) -> None:
+        """Create the arrays of a write that the store lacks: those of one dtype together, in one round.
+
+        Every input is checked first (shape against `coords`, the write's own):
+        a bad write creates nothing, as ZarrBackend's does not.
+        """
+        dims = list(coords)
+        extent = [np.arange(len(np.asarray(v).reshape(-1))) for v in coords.values()]
         by_dtype: dict[np.dtype[Any], list[str]] = {}
         seen: set[str] = set()
         for xi, name in zip(xs, names, strict=True):
-            if _data.check_array_name(name) and name not in self._z and name not in seen:
-                seen.add(name)  # the first tensor of a name decides its dtype
-                # dtype only: a CUDA tensor stays on its device (no host copy here)
-                by_dtype.setdefault(np.dtype(_data.to_input(xi, True, "x", "c").dtype), []).append(name)
+            if _data.check_array_name(name) and name not in self._z:
+                arr = _data.to_input(xi, True, "x", "c")  # a CUDA tensor stays on its device (no host copy)
+                _data.check_shape(arr, extent, dims, name)
+                if name not in seen:
+                    seen.add(name)  # the first tensor of a name decides its dtype
+                    by_dtype.setdefault(np.dtype(arr.dtype), []).append(name)
         for dtype, group in by_dtype.items():
             self._create(full, group, dtype)
 
@@ -475,7 +485,7 @@ class AsyncZarrBackend:
         self._check_write_coords(adjusted)
         full = self._array_coords(coords)
         if self._z._coord is None:
-            self._create_missing(full, xs, names)
+            self._create_missing(full, xs, names, adjusted)
         self._z.write(xs, coords, names)
 
     def _check_write_coords(self, adjusted: CoordSystem) -> None:
@@ -538,7 +548,7 @@ class AsyncZarrBackend:
     def _prepare(self, xs: list[Any], coords: CoordSystem, names: list[str]) -> None:
         with self._lock:
             self._check_write_coords(coords)
-            self._create_missing(self._array_coords(coords), xs, names)
+            self._create_missing(self._array_coords(coords), xs, names, coords)
 
     async def async_write(self, x: Any, coords: CoordSystem, array_name: str | list[str]) -> None:
         """Write and wait (without blocking the event loop) until the data is stored.

@@ -40,6 +40,19 @@ CoordSystem = Mapping[str, np.ndarray]
 _DEFAULT_CHUNKS = {"ensemble": 1, "time": 1, "lead_time": 1, "variable": 1}
 _COMPLEX = "c"  # Zarr v3 stores complex64/complex128 (Earth2Studio writes what torch gives it)
 
+def _check_group_kwargs(backend_kwargs: Any) -> None:
+    """``backend_kwargs`` as ``zarr.group`` takes them, checked before anything is created."""
+    import inspect
+
+    if not isinstance(backend_kwargs, Mapping):
+        raise TypeError(f"backend_kwargs must be a dict of zarr.group keyword arguments (e.g. {{'overwrite': True}}), "
+                        f"got {type(backend_kwargs).__name__}")
+    try:
+        inspect.signature(zarr.group).bind(None, **backend_kwargs)
+    except TypeError as err:
+        raise TypeError(f"backend_kwargs: {err} (they are passed to zarr.group)") from None
+
+
 def _open_root(store: Any, backend_kwargs: dict[str, Any]) -> tuple[zarr.Group, bool]:
     """The root group, and whether it was created here in an empty store.
 
@@ -294,6 +307,11 @@ class ZarrBackend(Lifecycle):
                 raise ValueError(f"chunks[{dim!r}] must be a positive int, got {size!r}")
         if not isinstance(blocking, bool):
             raise TypeError(f"blocking must be True or False, got {blocking!r}")
+        if not isinstance(fsync, bool):
+            raise TypeError(f"fsync must be True or False, got {fsync!r}")
+        _check_group_kwargs(backend_kwargs)
+        # Checked before the store is opened (a local one is created): a bad value leaves nothing behind.
+        group = _distributed.resolve_group(process_group)
         self.blocking = blocking
         self.flush_timeout = 600.0  # seconds flush()/close() wait for pending chunks
         ekw = engine_kwargs(threads, max_buffer_bytes)
@@ -314,7 +332,6 @@ class ZarrBackend(Lifecycle):
         self.consolidate_metadata = bool(consolidate_metadata)
         self._durable_root = loc.local_path if fsync else None  # metadata fsynced here too
         try:
-            group = _distributed.resolve_group(process_group)
             self._coord = _distributed.Coordinator(group, distributed_timeout) if group is not None else None
             created = False
             if self._coord is None:
