@@ -85,3 +85,30 @@ def test_every_backend_is_an_iobackend(tmp_path):
                 NetCDF4Backend(str(tmp_path / "x.nc"), backend_kwargs={"mode": "w"}), KVBackend(), XarrayBackend()]
     assert all(isinstance(b, IOBackend) for b in backends)
     assert not isinstance(object(), IOBackend)
+
+
+@pytest.mark.parametrize("backend", ["zarr", "async", "netcdf", "kv", "xarray"])
+def test_an_array_name_that_is_not_a_str_is_a_type_error_as_in_earth2studio(tmp_path, backend):
+    """Earth2Studio raises TypeError for `array_name=5` in every backend: code catching it keeps working."""
+    c = OrderedDict(a=np.arange(3))
+    io = {"zarr": lambda: ZarrBackend(str(tmp_path / "z.zarr")),
+          "async": lambda: AsyncZarrBackend(str(tmp_path / "a.zarr"), parallel_coords=OrderedDict(a=c["a"])),
+          "netcdf": lambda: NetCDF4Backend(tmp_path / "n.nc", backend_kwargs={"mode": "w"}),
+          "kv": KVBackend, "xarray": XarrayBackend}[backend]()
+    with pytest.raises(TypeError, match="array_name must be a"):
+        io.add_array(c, 5)
+    with pytest.raises(TypeError, match="array_name must be a"):
+        io.write(np.ones(3, "float32"), c, 5)
+    with pytest.raises(ArrayNameError):  # still our error, and a ValueError, as before
+        io.write(np.ones(3, "float32"), c, 5)
+
+
+def test_reading_a_missing_netcdf_variable_is_an_index_error_as_in_earth2studio(tmp_path):
+    c = OrderedDict(a=np.arange(3))
+    io = NetCDF4Backend(tmp_path / "r.nc", backend_kwargs={"mode": "w"})
+    io.add_array(c, "v")
+    with pytest.raises(IndexError, match="'nope' is not a variable"):
+        io.read(c, "nope")
+    with pytest.raises(KeyError):  # what it raised before: both are LookupErrors
+        io.read(c, "nope")
+    io.close()

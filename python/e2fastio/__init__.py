@@ -8,6 +8,8 @@ from e2fastio.async_zarr import AsyncZarrBackend
 from e2fastio.base import IOBackend
 from e2fastio.errors import (
     ArrayNameError,
+    ArrayNameTypeError,
+    ArrayNotFoundError,
     BackendClosedError,
     BackgroundWriteError,
     CoordinateError,
@@ -25,6 +27,8 @@ from e2fastio.zarr_backend import ZarrBackend
 
 __all__ = [
     "ArrayNameError",
+    "ArrayNameTypeError",
+    "ArrayNotFoundError",
     "AsyncZarrBackend",
     "BackendClosedError",
     "BackgroundWriteError",

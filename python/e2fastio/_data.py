@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from e2fastio.errors import ArrayNameError, CoordinateError, UnsupportedDTypeError
+from e2fastio.errors import ArrayNameError, ArrayNameTypeError, CoordinateError, UnsupportedDTypeError
 from e2fastio.errors import DataShapeError as DataShapeError  # also raised by the backends as _data.DataShapeError
 
 # dtypes the chunk pipeline stores (everything numpy can view with itemsize 1/2/4/8).
@@ -71,7 +71,7 @@ def check_array_name(name: Any, argument: str = "array_name") -> str:
     the store or shadow its metadata.
     """
     if not isinstance(name, str):
-        raise ArrayNameError(f"{argument} must be a str, got {type(name).__name__}")
+        raise ArrayNameTypeError(f"{argument} must be a str, got {type(name).__name__}")
     parts = name.split("/")
     for part in parts:
         if part in ("", ".", "..") or not _NAME_RE.match(part) or part.startswith("__") or part == "zarr.json":
@@ -85,7 +85,9 @@ def check_array_name(name: Any, argument: str = "array_name") -> str:
 
 def check_member_name(name: Any, argument: str = "array_name") -> str:
     """A name of an in-memory backend's member: any non-empty str."""
-    if not isinstance(name, str) or not name:
+    if not isinstance(name, str):
+        raise ArrayNameTypeError(f"{argument} must be a non-empty str, got {type(name).__name__}")
+    if not name:
         raise ArrayNameError(f"{argument} must be a non-empty str, got {name!r}")
     return name
 

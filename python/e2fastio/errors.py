@@ -33,6 +33,17 @@ class ArrayNameError(E2FastIOError, ValueError):
     """An array name is not a safe, single-level key inside the store."""
 
 
+class ArrayNameTypeError(ArrayNameError, TypeError):
+    """An array name that is not a str at all (Earth2Studio raises TypeError there)."""
+
+
+class ArrayNotFoundError(E2FastIOError, KeyError, IndexError):
+    """No array of that name to read (Earth2Studio's NetCDF4Backend raises IndexError, zarr KeyError)."""
+
+    def __str__(self) -> str:  # KeyError would show the message quoted
+        return str(self.args[0]) if self.args else ""
+
+
 class BackendClosedError(E2FastIOError, RuntimeError):
     """The backend was closed; open a new one to write again."""
 

@@ -28,6 +28,8 @@ from e2fastio._netcdf_root import Dataset, Variable, netcdf_dtype
 from e2fastio._zarr_native import engine_kwargs, split_buffer
 from e2fastio.errors import (
     ArrayNameError,
+    ArrayNameTypeError,
+    ArrayNotFoundError,
     CoordinateError,
     ReadOnlyError,
 )
@@ -771,6 +773,9 @@ class NetCDF4Backend(Lifecycle):
         self._check_open("read")
         self._drain()
         _, index = self._selector.select(coords, "reading")
+        if array_name not in self._nc.variables:
+            raise ArrayNotFoundError(f"array_name={array_name!r} is not a variable of {self.file_name} "
+                                     f"(it has {sorted(self._nc.variables)})")
         var = self._nc.variables[array_name]
         box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in index)
         values = np.asarray(var[box])[np.ix_(*[i - i.min() for i in index])]
@@ -782,7 +787,7 @@ class NetCDF4Backend(Lifecycle):
 def _check_name(name: Any, argument: str = "array_name") -> str:
     """A NetCDF variable name in the root group (netCDF-C's rules), or ArrayNameError."""
     if not isinstance(name, str):
-        raise ArrayNameError(f"{argument} must be a str, got {type(name).__name__}")
+        raise ArrayNameTypeError(f"{argument} must be a str, got {type(name).__name__}")
     if "/" in name:
         raise ArrayNameError(
             f"{argument}={name!r} contains '/', which NetCDF reads as a group path (netCDF4-python would create "
