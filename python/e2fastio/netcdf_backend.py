@@ -728,6 +728,10 @@ class NetCDF4Backend(Lifecycle):
                     failure.__cause__ = err
         return failure
 
+    def _pending(self) -> int:
+        """Chunks not in the file yet: being encoded, or encoded and waiting for HDF5 (the caller's thread)."""
+        return super()._pending() + int(self._collector.stats().get("held_chunks", 0))
+
     def _drain(self) -> None:
         """Non-blocking: store everything pending; raise a background error (once)."""
         if self.blocking or not self._engine.started:
