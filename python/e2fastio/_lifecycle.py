@@ -35,6 +35,8 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+import zarr.core.sync  # noqa: F401 - registers zarr-python's atexit handler before ours (below)
+
 from e2fastio.errors import BackendClosedError, surface_background_error
 
 logger = logging.getLogger(__name__)
@@ -111,10 +113,8 @@ def _zarr_io_on_its_loop() -> None:
 
 
 # atexit runs its handlers last-registered first. zarr-python stops its event
-# loop in an atexit handler of its own: ours is registered after it, so that
-# it runs first.
-import zarr.core.sync  # noqa: E402, F401  (registers zarr-python's handler first)
-
+# loop in an atexit handler of its own, registered when zarr.core.sync is first
+# imported (above): ours comes after it, so it runs first.
 atexit.register(_close_at_exit)
 
 
