@@ -182,10 +182,7 @@ def test_bad_input_clear_errors_file_unchanged(tmp_path):
         io.write([torch.ones(3, 1, 1, 19, 36)] * 2, step, ["t2m"])
     assert snapshot() == before and "x" not in io
     io.close()
-    def snapshot_file(p):
-        return p.read_bytes()
-
-    kept = snapshot_file(path)
+    kept = path.read_bytes()
     with pytest.raises(BackendClosedError):
         io.write(torch.ones(3, 1, 1, 19, 36), step, "t2m")
     with pytest.raises(FileNotFoundError, match="read only"):
@@ -199,7 +196,7 @@ def test_bad_input_clear_errors_file_unchanged(tmp_path):
                      ({"max_buffer_bytes": 1}, r"max_buffer_bytes=1 is too small for NetCDF4Backend")]:
         with pytest.raises(ValueError, match=what):
             NetCDF4Backend(path, backend_kwargs={"mode": "w"}, **kw)
-        assert snapshot_file(path) == kept
+        assert path.read_bytes() == kept
 
 
 def test_chunked_uncompressed_with_partial_chunks_merges_through_hdf5(tmp_path):

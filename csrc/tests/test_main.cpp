@@ -1628,10 +1628,6 @@ TEST(plan_blosc_threads_share_one_budget) {
   CHECK(blosc_threads_for(s, 8, 8) == 1);   // small chunks: one thread each
   CHECK(blosc_threads_for(b, 2, 8) == 8);   // two large chunks on 8 threads: up to 8 each
   CHECK(blosc_threads_for(b, 16, 8) == 1);  // more chunks than threads
-  Slab strided{nullptr, {2, 3}, {4, 8}, 4};
-  CHECK(!c_contiguous(strided));
-  Slab contiguous{nullptr, {2, 3}, {12, 4}, 4};
-  CHECK(c_contiguous(contiguous));
 }
 
 // ------------------------------------------------------------------ sharding

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import inspect
 import logging
 import os
 from collections import OrderedDict, deque
@@ -42,8 +43,6 @@ _COMPLEX = "c"  # Zarr v3 stores complex64/complex128 (Earth2Studio writes what 
 
 def _check_group_kwargs(backend_kwargs: Any) -> None:
     """``backend_kwargs`` as ``zarr.group`` takes them, checked before anything is created."""
-    import inspect
-
     if not isinstance(backend_kwargs, Mapping):
         raise TypeError(f"backend_kwargs must be a dict of zarr.group keyword arguments (e.g. {{'overwrite': True}}), "
                         f"got {type(backend_kwargs).__name__}")

@@ -97,8 +97,6 @@ struct ChunkJob {
 void plan_jobs(const std::vector<WriteRequest>& requests, std::vector<std::vector<DimPlan>>& plans,
                std::vector<ChunkJob>& jobs);
 
-bool c_contiguous(const Slab& s);
-
 // Fill `nbytes` of `raw` with repeated copies of the one-element `fill`.
 void fill_with(uint8_t* raw, std::size_t nbytes, const std::vector<uint8_t>& fill);
 

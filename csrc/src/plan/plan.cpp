@@ -100,15 +100,6 @@ void Scatter::copy(std::size_t d, const uint8_t* src, uint8_t* dst) const {
   }
 }
 
-bool c_contiguous(const Slab& s) {
-  int64_t st = static_cast<int64_t>(s.itemsize);
-  for (std::size_t d = s.shape.size(); d-- > 0;) {
-    if (s.shape[d] != 1 && s.strides[d] != st) return false;
-    st *= s.shape[d];
-  }
-  return true;
-}
-
 void fill_with(uint8_t* raw, std::size_t nbytes, const std::vector<uint8_t>& fill) {
   const std::size_t is = fill.size();
   if (std::all_of(fill.begin(), fill.end(), [](uint8_t b) { return b == 0; })) {
