@@ -170,9 +170,18 @@ struct Engine::Batch {
   std::atomic<std::size_t> remaining{0};
   int blosc_threads = 1;
   std::shared_ptr<CopyFence> fence;  // device submits: chunks wait for the copy
-  ~Batch() {
-    if (ring && slot.id) ring->release(slot.id);
+  // Called as each job ends (stored or failed), before it counts as finished:
+  // the last one gives the ring slot back, so that once flush() has seen
+  // every job finish, every slot of that work is free again (the tasks'
+  // closures, which also hold the batch, may be destroyed later).
+  void job_done() {
+    if (remaining.fetch_sub(1) == 1) release_slot();
   }
+  void release_slot() {
+    if (ring && slot.id) ring->release(slot.id);
+    slot.id = 0;
+  }
+  ~Batch() { release_slot(); }
 };
 
 namespace {
@@ -460,6 +469,7 @@ void Engine::dispatch_ordered(const std::shared_ptr<Batch>& batch, std::size_t j
           }  // as below: no reference left once the error is handed over
           if (err) record_error(err);
           lease->release();
+          batch->job_done();
           job_finished(order_key);
         };
         try {
@@ -474,6 +484,7 @@ void Engine::dispatch_ordered(const std::shared_ptr<Batch>& batch, std::size_t j
       err = std::current_exception();
     }  // the handler's reference is dropped here, before the error is handed over
     if (err) record_error(err);
+    batch->job_done();
     job_finished(order_key);
   };
   std::lock_guard<std::mutex> lk(async_mu_);
