@@ -255,6 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--busy-iters", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--quick", action="store_true")
+    common.add_size_arg(ap)
     ap.add_argument("--max-buffer-bytes", type=int, default=1 << 30)
     ap.add_argument("--json", default="bench-out/bench_async.json")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda to write CUDA tensors (needs a GPU)")
@@ -267,8 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     if not 0.0 <= args.busy < 1.0:
         ap.error(f"--busy must be in [0, 1), got {args.busy}")
-    size = dict(common.QUICK if args.quick else common.FULL)
-    size["steps"] = size.pop("steps") if args.quick else 21
+    size = common.size_from(args, common.QUICK if args.quick else common.FULL)
     if args.worker:
         print(json.dumps(worker(args.worker, size, args.step_seconds, args.path, args.max_buffer_bytes, args.device,
                                 args.probe, args.busy_iters or 0, args.busy * args.step_seconds)))
@@ -300,8 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
                 cmd = [sys.executable, __file__, "--worker", n, "--path", path, "--step-seconds",
                        str(args.step_seconds), "--max-buffer-bytes", str(args.max_buffer_bytes),
                        "--device", args.device, "--busy", str(args.busy), "--busy-iters", str(busy_iters)]
-                if args.quick:
-                    cmd.append("--quick")
+                cmd += common.size_argv(size)
                 if args.probe:
                     cmd.append("--probe")
                 out = subprocess.run(cmd, capture_output=True, text=True)

@@ -80,12 +80,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=None)
+    common.add_size_arg(ap)
     ap.add_argument("--levels", default="none,1,4", help="comma-separated: none and/or zlib levels")
     ap.add_argument("--fields", choices=common.FIELDS, default="smooth",
                     help="smooth: seed-like, ~3x compressible; noisy: unquantised noise added, ~1.5x")
     ap.add_argument("--json", default="bench-out/bench_netcdf.json")
     args = ap.parse_args(argv)
-    size = common.QUICK if args.quick else common.FULL
+    size = common.size_from(args, common.QUICK if args.quick else common.FULL)
     repeats = args.repeats or (1 if args.quick else 3)
     levels = [None if s.strip() == "none" else int(s) for s in args.levels.split(",") if s.strip()]
     t0 = time.perf_counter()

@@ -266,6 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small grid, one repeat (smoke run)")
     ap.add_argument("--repeats", type=int, default=None, help="rounds per competitor (default 3, quick 1)")
+    common.add_size_arg(ap)
     ap.add_argument("--endpoint", default=None, help="an S3 endpoint to use instead of a local moto server "
                     "(credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
     ap.add_argument("--latency-ms", default="0",
@@ -285,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"--latency-ms values must be >= 0, got {args.latency_ms!r}")
     if args.endpoint is not None and latencies != [0.0]:
         ap.error("--latency-ms applies to the local server only; leave it out with --endpoint")
-    size = QUICK if args.quick else SIZE
+    size = common.size_from(args, QUICK if args.quick else SIZE)
     repeats = args.repeats or (1 if args.quick else 3)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     comps = {n: f for n, f in COMPETITORS.items() if not any(s in n for s in skip)}

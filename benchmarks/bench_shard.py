@@ -190,20 +190,21 @@ def child(name: str, shard: int, size: dict[str, int], outdir: str) -> dict[str,
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small grid (seconds)")
     ap.add_argument("--repeats", type=int, default=None, help="rounds (default 3, --quick 1)")
+    common.add_size_arg(ap)
     ap.add_argument("--shards", type=int, nargs="+", default=[4, 8], help="shard sizes along lead_time")
     ap.add_argument("--outdir", default=None, help="where stores are written (default: a temporary directory)")
     ap.add_argument("--json", default="docs/results/bench_shard.json", help="where the JSON record goes")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--shard", type=int, default=4, help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    size = dict(common.QUICK if args.quick else common.FULL)
+    args = ap.parse_args(argv)
+    size = common.size_from(args, common.QUICK if args.quick else common.FULL)
     if args.child:
         print(json.dumps(child(args.child, args.shard, size, args.outdir)))
-        return
+        return {}
     repeats = args.repeats or (1 if args.quick else 3)
     outdir = args.outdir or tempfile.mkdtemp(prefix="bench_shard_", dir=os.environ.get("TMPDIR"))
     record: dict[str, Any] = {"bench": "bench_shard", "git": common.git_rev(), "machine": common.machine(),
@@ -214,8 +215,7 @@ def main() -> None:
             order = COMPETITORS[r % len(COMPETITORS):] + COMPETITORS[: r % len(COMPETITORS)]
             for name in order:
                 cmd = [sys.executable, __file__, "--child", name, "--shard", str(shard), "--outdir", outdir]
-                if args.quick:
-                    cmd.append("--quick")
+                cmd += common.size_argv(size)
                 p = subprocess.run(cmd, capture_output=True, text=True, check=False)
                 if p.returncode != 0:
                     print(f"  {name}: failed\n{p.stderr[-2000:]}")
@@ -249,6 +249,7 @@ def main() -> None:
     print(json.dumps(record))
     if args.json:
         common.save_json(args.json if not args.quick else args.json.replace(".json", "_quick.json"), record)
+    return record
 
 
 if __name__ == "__main__":

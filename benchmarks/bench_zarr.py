@@ -280,6 +280,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny grid, one repeat (CI smoke run)")
     ap.add_argument("--repeats", type=int, default=None, help="rounds per competitor (default 5, quick 1)")
+    common.add_size_arg(ap)
     ap.add_argument("--modes", default="compressed,uncompressed")
     ap.add_argument("--dir", default=None, help="where stores are written (default: a temp dir)")
     ap.add_argument("--json", default="bench-out/bench_zarr.json")
@@ -298,7 +299,7 @@ def main(argv: list[str] | None = None) -> dict:
         common.save_json(args.json, record)
         print(f"\nJSON record: {args.json}")
         return record
-    size = common.QUICK if args.quick else common.FULL
+    size = common.size_from(args, common.QUICK if args.quick else common.FULL)
     repeats = args.repeats or (1 if args.quick else 5)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for m in modes:

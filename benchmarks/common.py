@@ -110,12 +110,43 @@ def rm(path: str | Path) -> None:
         p.unlink()
 
 
+def add_size_arg(ap: Any) -> None:
+    """`--size MEMBERSxSTEPSxNLATxNLON`: the grid of a run, instead of the full or --quick one."""
+    ap.add_argument("--size", default=None, metavar="MxSxLATxLON",
+                    help="members x steps x lat x lon, e.g. 4x6x721x1440 (instead of the default grid or --quick's)")
+
+
+def size_from(args: Any, default: dict[str, int]) -> dict[str, int]:
+    """The grid `--size` names, else `default` (a copy)."""
+    if not getattr(args, "size", None):
+        return dict(default)
+    try:
+        members, steps, nlat, nlon = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"--size takes MEMBERSxSTEPSxNLATxNLON (four positive integers), got {args.size!r}") from None
+    if min(members, steps, nlat, nlon) < 1:
+        raise SystemExit(f"--size: every extent must be positive, got {args.size!r}")
+    return dict(members=members, steps=steps, nlat=nlat, nlon=nlon)
+
+
+def size_argv(size: dict[str, int]) -> list[str]:
+    """`--size ...` for a child process of a benchmark (the inverse of size_from)."""
+    return ["--size", f"{size['members']}x{size['steps']}x{size['nlat']}x{size['nlon']}"]
+
+
 def machine() -> dict[str, Any]:
+    """The machine a record comes from: CPU model (lscpu's name), cores, kernel, memory, Python."""
     cpu = ""
     try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
-    except (OSError, StopIteration):
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        cpu = next(ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name"))
+    except (OSError, StopIteration, subprocess.SubprocessError):
         pass
+    if not cpu:
+        try:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
     mem = 0
     try:
         mem = int(next(ln.split()[1] for ln in open("/proc/meminfo") if ln.startswith("MemTotal"))) * 1024
@@ -125,6 +156,7 @@ def machine() -> dict[str, Any]:
         "host": platform.node(),
         "cpu": cpu,
         "cores": len(os.sched_getaffinity(0)),
+        "kernel": platform.release(),
         "memory_gib": round(mem / 2**30, 1),
         "python": platform.python_version(),
     }
