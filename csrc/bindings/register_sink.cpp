@@ -138,6 +138,8 @@ void register_sink(py::module_& m) {
       .def("wait_idle", &UploadSink::wait_idle, py::arg("timeout"), py::call_guard<py::gil_scoped_release>())
       .def("take_errors", &UploadSink::take_errors)
       .def("close", &UploadSink::close, py::call_guard<py::gil_scoped_release>())
+      .def("wake", &UploadSink::wake, py::call_guard<py::gil_scoped_release>(),
+           "Make the pending next() (or else the next one) return None at once.")
       .def("stats", [](const UploadSink& s) {
         auto st = s.stats();
         py::dict d;

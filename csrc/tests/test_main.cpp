@@ -1254,6 +1254,29 @@ TEST(upload_sink_orders_keys_coalesces_and_bounds_memory) {
   CHECK(throws<std::runtime_error>([&] { sink.write("k9", a.data(), a.size()); }, "closed"));
 }
 
+TEST(upload_sink_wake_ends_a_consumers_wait_once) {
+  // A consumer stopping its feeder thread wakes it instead of waiting for its
+  // poll timeout. The wake is kept until a next() takes it: one that comes
+  // while the consumer is busy ends its following wait. (If wake() did
+  // nothing, the first next() below would wait an hour: the test's own
+  // timeout fails it.)
+  UploadSink sink(1 << 20, "test");
+  UploadSink::Item item;
+  sink.wake();
+  CHECK(!sink.next(3600, item));
+  std::vector<uint8_t> v(16, 1);
+  sink.write("a/c/0", v.data(), v.size());
+  CHECK(sink.next(3600, item) && item.key == "a/c/0");  // the wake was taken: work is handed out again
+  sink.done(item.id, "");
+  std::thread waiter([&] {
+    UploadSink::Item it;
+    CHECK(!sink.next(3600, it));
+  });
+  sink.wake();  // before or during the waiter's next(): either way it returns
+  waiter.join();
+  CHECK(sink.stats().objects_uploaded == 1);
+}
+
 TEST(engine_stores_through_an_upload_sink_with_concurrent_uploaders) {
   auto sink = std::make_shared<UploadSink>(1 << 16, "test");
   std::mutex mu;

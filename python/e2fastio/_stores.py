@@ -617,6 +617,7 @@ class Uploader:
         """Stop the feeder thread while idle (call wait() first); the next start() runs a new one."""
         with self._thread_lock:
             t, self._stopping = self._thread, True
+        self.sink.wake()  # its wait for work ends now, not at its poll timeout (which cost every close)
         try:
             if t is not None and t is not threading.current_thread():
                 t.join()

@@ -95,9 +95,11 @@ class AsyncZarrBackend:
     pool_size : int
         Earth2Studio's number of writes in flight. Here: non-blocking writes
         in flight at once (a ``write`` waits while `pool_size` earlier writes
-        are still being stored), and uploads in flight at once for object
-        stores. The native encoder threads are set by ``threads``; staging
-        memory is bounded by ``max_buffer_bytes`` in any case.
+        are still being stored). Uploads to object stores are bounded by
+        ``upload_concurrency`` instead (in Earth2Studio each of the
+        `pool_size` event loops has many uploads in flight). The native
+        encoder threads are set by ``threads``; staging memory is bounded by
+        ``max_buffer_bytes`` in any case.
     async_timeout : float
         Seconds ``flush``/``close`` wait for pending writes before raising
         ``TimeoutError``.
@@ -137,6 +139,9 @@ class AsyncZarrBackend:
         ``region``, credentials, ``client_options``, ``retry_config``).
     threads, max_buffer_bytes : optional, keyword-only
         As for :class:`e2fastio.ZarrBackend`.
+    upload_concurrency : int, optional, keyword-only
+        Object stores: chunk uploads in flight at once; by default 16 (as
+        :class:`e2fastio.ZarrBackend`), or `pool_size` when that is more.
     upload_retries, upload_timeout : optional, keyword-only
         Object stores: further attempts of a failed chunk upload (exponential
         backoff) and seconds one attempt may take, as for
@@ -164,6 +169,7 @@ class AsyncZarrBackend:
         *,
         threads: int | None = None,
         max_buffer_bytes: int | None = None,
+        upload_concurrency: int | None = None,
         upload_retries: int = 6,
         upload_timeout: float = 60.0,
         process_group: Any = None,
@@ -217,7 +223,10 @@ class AsyncZarrBackend:
             split_buffer(budget - shard_bytes, "a non-blocking AsyncZarrBackend", NONBLOCKING_SPLIT)
         _distributed.resolve_group(process_group)  # checked here too: ZarrBackend sees it after the location
         # Every argument is checked: only now is the location opened (a local one is created).
-        options = _stores.RemoteOptions(concurrency=pool_size, retries=upload_retries, timeout=upload_timeout)
+        if upload_concurrency is None:  # as many as ZarrBackend's default, or pool_size when that is more
+            upload_concurrency = max(_stores.RemoteOptions.concurrency, pool_size)
+        options = _stores.RemoteOptions(concurrency=upload_concurrency, retries=upload_retries,
+                                        timeout=upload_timeout)
         location = _stores.resolve(
             store if store is not None else file_name,
             store_kwargs=store_kwargs,

@@ -58,6 +58,9 @@ class UploadSink : public Sink {
   std::vector<std::pair<std::string, std::string>> take_errors();  // (key, reason), oldest first
   // No more writes: writers fail, next() drains what is queued, then returns false.
   void close();
+  // Make the pending next() (or else the next one) return false at once, so
+  // that a consumer stopping its feeder thread need not wait for a timeout.
+  void wake();
   Stats stats() const;
   std::size_t capacity() const noexcept { return capacity_; }
 
@@ -78,6 +81,7 @@ class UploadSink : public Sink {
   std::vector<std::pair<std::string, std::string>> errors_;
   std::uint64_t next_id_ = 1;
   bool closed_ = false;
+  bool woken_ = false;
   Stats stats_;
   std::mutex fetch_mu_;
   Fetch fetch_;

@@ -96,6 +96,10 @@ bool UploadSink::next(double timeout_seconds, Item& out) {
       return true;
     }
     if (closed_ && queue_.empty()) return false;
+    if (woken_) {
+      woken_ = false;
+      return false;
+    }
     if (work_cv_.wait_until(lk, deadline) == std::cv_status::timeout) return false;
   }
 }
@@ -145,6 +149,14 @@ void UploadSink::close() {
   space_cv_.notify_all();
   work_cv_.notify_all();
   idle_cv_.notify_all();
+}
+
+void UploadSink::wake() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    woken_ = true;
+  }
+  work_cv_.notify_all();
 }
 
 UploadSink::Stats UploadSink::stats() const {
