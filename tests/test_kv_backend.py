@@ -7,7 +7,6 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
-import torch
 import xarray as xr
 from _memory_grids import DEVICES, TIMES
 from _memory_grids import grid as _grid
@@ -16,7 +15,13 @@ from _memory_grids import shape as _shape
 from e2fastio import KVBackend
 from e2fastio.errors import CoordinateError, DataShapeError, UnknownDimensionError, UnsupportedDTypeError
 
+try:
+    import torch
+except ImportError:  # KVBackend keeps torch tensors: its tests are marked `torch` and skip (conftest)
+    torch = None
 
+
+@pytest.mark.torch
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("times", TIMES)
 def test_arrays_coords_and_mapping(device, times):
@@ -39,6 +44,7 @@ def test_arrays_coords_and_mapping(device, times):
         io["nothing"]
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("times", TIMES)
 def test_writes_land_at_their_labels_and_read_back(device, times):
@@ -69,6 +75,7 @@ def test_writes_land_at_their_labels_and_read_back(device, times):
     assert back.device == torch.device("cpu") and torch.equal(back, y.cpu())
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("device", DEVICES)
 def test_add_array_keeps_a_copy_of_its_data_on_the_device(device):
     c = _grid(TIMES[1])
@@ -82,6 +89,7 @@ def test_add_array_keeps_a_copy_of_its_data_on_the_device(device):
     assert data.abs().sum() > 0  # the caller's tensor is not the store's
 
 
+@pytest.mark.torch
 def test_read_returns_a_new_tensor():
     c = _grid(TIMES[1])
     io = KVBackend()
@@ -91,6 +99,7 @@ def test_read_returns_a_new_tensor():
     assert torch.equal(io["fields"], torch.ones(_shape(c)))
 
 
+@pytest.mark.torch
 def test_variables_as_separate_arrays():
     c = _grid(TIMES[1], variables=("t2m", "msl", "tcwv"))
     per_var = OrderedDict((d, v) for d, v in c.items() if d != "variable")
@@ -108,6 +117,7 @@ def test_variables_as_separate_arrays():
     np.testing.assert_array_equal(ds["msl"].values, x[:, 1].numpy())
 
 
+@pytest.mark.torch
 def test_to_xarray():
     c = _grid(TIMES[1])
     io = KVBackend()
@@ -123,6 +133,7 @@ def test_to_xarray():
     assert ds["time"].dtype.kind == "M"
 
 
+@pytest.mark.torch
 def test_write_to_a_missing_array_creates_it_over_the_stored_coordinates():
     lat, lon = np.arange(4.0), np.arange(10.0)
     io = KVBackend()
@@ -138,6 +149,7 @@ def test_write_to_a_missing_array_creates_it_over_the_stored_coordinates():
     assert io.to_xarray()["tail"].shape == (4, 10)
 
 
+@pytest.mark.torch
 def test_add_array_with_data_over_some_stored_values():
     lat, lon = np.arange(4.0), np.arange(10.0)
     io = KVBackend()
@@ -153,6 +165,7 @@ def test_add_array_with_data_over_some_stored_values():
     assert "outside" not in io and "wrong" not in io
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("device", DEVICES)
 def test_errors(device, caplog):
     c = _grid(TIMES[1])
@@ -193,6 +206,7 @@ def test_errors(device, caplog):
     assert torch.equal(io["kept"], x) and "other" not in io
 
 
+@pytest.mark.torch
 def test_dtypes_cast_within_their_kind_and_complex_data():
     c = OrderedDict(lead_time=np.array([0, 6, 12], dtype="timedelta64[h]"), k=np.arange(5))
     io = KVBackend()
@@ -212,6 +226,7 @@ def test_dtypes_cast_within_their_kind_and_complex_data():
     np.testing.assert_array_equal(io.to_xarray()["spectrum"].values, back.numpy())
 
 
+@pytest.mark.torch
 def test_time_coordinates_in_other_units():
     c = OrderedDict(
         time=np.array(["2020-01-01", "2020-01-02"], dtype="datetime64[D]"),
@@ -228,6 +243,7 @@ def test_time_coordinates_in_other_units():
         io.write(torch.ones(1, 1), OrderedDict(at, time=np.array(["2020-01-02T06"], dtype="datetime64[ns]")), "v")
 
 
+@pytest.mark.torch
 def test_names_are_any_string():
     io = KVBackend()
     c = OrderedDict(k=np.arange(3))
@@ -238,6 +254,7 @@ def test_names_are_any_string():
         io.write(torch.ones(3), c, "")
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("times", TIMES)
 def test_multidimensional_coordinates(times):
     lat, lon = np.linspace(-60, 60, 5), np.linspace(0, 350, 8)

@@ -122,7 +122,7 @@ def test_unclosed_s3_backend_releases_threads_store_and_client(s3_bucket, native
 def test_nonblocking_netcdf_backend_is_kept_until_exit_and_closed_then(tmp_path):
     """Its chunks reach HDF5 through the backend itself: it must not be collected before they did."""
     script = textwrap.dedent(f"""
-        import gc, numpy as np, torch
+        import gc, numpy as np
         from collections import OrderedDict
         from e2fastio import NetCDF4Backend
         c = OrderedDict(step=np.arange(6), lat=np.arange(32), lon=np.arange(48))
@@ -130,7 +130,7 @@ def test_nonblocking_netcdf_backend_is_kept_until_exit_and_closed_then(tmp_path)
                             compression="zlib")
         io.add_array(c, "v")
         for k in range(6):
-            io.write(torch.full((1, 32, 48), float(k)), OrderedDict(c, step=c["step"][k:k+1]), "v")
+            io.write(np.full((1, 32, 48), float(k), "float32"), OrderedDict(c, step=c["step"][k:k+1]), "v")
         del io
         gc.collect()  # not collected: kept for the exit close
     """)
@@ -155,8 +155,6 @@ def test_lifecycle_is_shared(tmp_path):
 @pytest.mark.parametrize("kind", ["zarr-blocking", "zarr-nonblocking", "netcdf-blocking", "netcdf-nonblocking"])
 def test_writes_from_several_threads_all_land(tmp_path, kind):
     """Documented: calls from several threads on one backend are taken one at a time, and all land."""
-    import torch
-
     if kind.startswith("zarr"):
         io = ZarrBackend(str(tmp_path / "t.zarr"), chunks={"step": 1}, zarr_codecs=BLOSC,
                          blocking=kind.endswith("-blocking"), threads=2)
@@ -169,8 +167,7 @@ def test_writes_from_several_threads_all_land(tmp_path, kind):
     def run(first: int) -> None:
         try:
             for k in range(first, 12, 3):
-                # torch: what Earth2Studio hands over (NetCDF4Backend takes tensors, as Earth2Studio's)
-                io.write(torch.full((1, 64, 96), float(k)), OrderedDict(C, step=C["step"][k : k + 1]), "v")
+                io.write(np.full((1, 64, 96), float(k), "float32"), OrderedDict(C, step=C["step"][k : k + 1]), "v")
                 if k % 2 and kind.startswith("zarr"):  # metadata changes interleaved with the writes
                     io.add_array(C, f"extra{k}")
         except BaseException as e:  # noqa: BLE001

@@ -14,7 +14,6 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import s3_support as S
-import torch
 import xarray as xr
 import zarr
 import zarr.storage
@@ -41,11 +40,11 @@ def _data(c: OrderedDict[str, np.ndarray], seed: int) -> np.ndarray:
 
 
 def _write_steps(io, c, names, truth) -> None:
-    """The forecast loop: one write per lead time (torch tensors, as models produce them)."""
+    """The forecast loop: one write per lead time."""
     for k in range(len(c["lead_time"])):
         step = OrderedDict(c)
         step["lead_time"] = c["lead_time"][k : k + 1]
-        io.write([torch.from_numpy(truth[n][:, :, k : k + 1].copy()) for n in names], step, names)
+        io.write([truth[n][:, :, k : k + 1].copy() for n in names], step, names)
 
 
 def _read_both_ways(endpoint: str, bucket: str, prefix: str) -> list[xr.Dataset]:
@@ -447,3 +446,24 @@ def test_errors_are_told_apart_by_type_and_status():
                  OSError("network is unreachable"), RuntimeError("anything else")]
     assert [e for e in permanent if not _permanent(e)] == []
     assert [e for e in transient if _permanent(e)] == []
+
+
+def test_async_backend_uploads_are_not_bounded_by_pool_size(s3_bucket):
+    """pool_size is Earth2Studio's count of writes in flight (each of its event loops has many uploads in
+    flight); uploads in flight are bounded by upload_concurrency: 16 by default (as ZarrBackend), pool_size
+    when that is more, or what is given. Each backend still writes and closes (its feeder thread woken)."""
+    endpoint, bucket = s3_bucket
+    c = _coords()
+    truth = {"t2m": _data(c, 5)}
+    for i, (kw, want) in enumerate((({}, 16), ({"pool_size": 32}, 32), ({"upload_concurrency": 3}, 3))):
+        io = AsyncZarrBackend(None, parallel_coords={"lead_time": c["lead_time"]}, blocking=False,
+                              store=f"s3://{bucket}/pool{i}.zarr", store_kwargs=S.store_kwargs(endpoint), **kw)
+        io.add_array(c, "t2m")
+        _write_steps(io, c, ["t2m"], truth)
+        assert io.stats()["uploads"]["concurrency"] == want
+        io.close()
+        assert io.closed
+        _check(endpoint, bucket, f"pool{i}.zarr", c, truth)
+    with pytest.raises(ValueError, match="concurrency"):
+        AsyncZarrBackend(None, parallel_coords={"lead_time": c["lead_time"]}, store=f"s3://{bucket}/bad.zarr",
+                         store_kwargs=S.store_kwargs(endpoint), upload_concurrency=0)

@@ -8,7 +8,6 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
-import torch
 import xarray as xr
 import zarr
 import zarr.storage
@@ -24,15 +23,21 @@ from e2fastio.errors import (
     UnsupportedDTypeError,
 )
 
+try:
+    import torch
+except ImportError:  # tests marked `torch` skip (conftest)
+    torch = None
+
 BLOSC = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
 
 
-def _split(x: torch.Tensor, coords, dim="variable"):
-    """Earth2Studio's split_coords: list of views along `dim` (non-contiguous)."""
+def _split(x, coords, dim="variable"):
+    """Earth2Studio's split_coords: list of views along `dim` (non-contiguous), numpy or torch."""
     c = OrderedDict(coords)
     i = list(c).index(dim)
     values = c.pop(dim)
-    return [xi.squeeze(i) for xi in x.split(1, dim=i)], c, values
+    parts = x.split(1, dim=i) if torch is not None and isinstance(x, torch.Tensor) else np.split(x, x.shape[i], axis=i)
+    return [xi.squeeze(i) for xi in parts], c, values
 
 
 def _plain_zarr_run(path, coords, steps, codec, chunks):
@@ -49,16 +54,17 @@ def _plain_zarr_run(path, coords, steps, codec, chunks):
     for xs, sc in steps:
         for xi, name in zip(xs, ("t2m", "tcwv"), strict=True):
             idx = [np.where(np.isin(coords[d], v))[0] for d, v in sc.items()]
-            root[name].set_orthogonal_selection(tuple(idx), xi.numpy())
+            root[name].set_orthogonal_selection(tuple(idx), np.asarray(xi))
 
 
-def _steps(coords, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    full = torch.randn(len(coords["ensemble"]), 1, 2, 9, 16, generator=g)
+def _steps(coords, seed=0, kind="numpy"):
+    full = np.random.default_rng(seed).standard_normal((len(coords["ensemble"]), 1, 2, 9, 16), dtype=np.float32)
+    if kind == "torch":  # tensors, as models hand them over
+        full = torch.from_numpy(full)
     out = []
     for k in range(len(coords["lead_time"])):
         x = full + k  # (ensemble, time, variable, lat, lon)
-        x = x.unsqueeze(2)  # lead_time axis
+        x = x[:, :, None]  # lead_time axis
         sc = OrderedDict(coords)
         sc["lead_time"] = coords["lead_time"][k:k + 1]
         sc = OrderedDict(list(sc.items())[:3] + [("variable", np.array(["t2m", "tcwv"]))] + list(sc.items())[3:])
@@ -67,15 +73,19 @@ def _steps(coords, seed=0):
     return out
 
 
+ARRAY_KINDS = ["numpy", pytest.param("torch", marks=pytest.mark.torch)]
+
+
 @pytest.mark.parametrize("codec", [None, BLOSC], ids=["raw", "blosc"])
-def test_xarray_matches_plain_zarr(tmp_path, seed_coords, codec):
+@pytest.mark.parametrize("kind", ARRAY_KINDS)
+def test_xarray_matches_plain_zarr(tmp_path, seed_coords, codec, kind):
     chunks = {"time": 1, "lead_time": 1}
-    steps = _steps(seed_coords)
+    steps = _steps(seed_coords, kind=kind)
     io = ZarrBackend(str(tmp_path / "ours.zarr"), chunks=chunks, backend_kwargs={"overwrite": True},
                      zarr_codecs=codec)
     io.add_array(seed_coords, ["t2m", "tcwv"])
     for xs, c in steps:
-        assert not xs[0].is_contiguous()
+        assert not (xs[0].is_contiguous() if kind == "torch" else xs[0].flags.c_contiguous)
         io.write(xs, c, ["t2m", "tcwv"])
     io.close()
     _plain_zarr_run(tmp_path / "ref.zarr", seed_coords, steps, codec, chunks)
@@ -107,11 +117,31 @@ def test_earth2studio_surface_memory_store():
     assert "fields" in z and len(z) == 5
     assert set(z) == {"fields", "time", "variable", "lat", "lon"}
     shape = tuple(len(v) for v in coords.values())
-    z.add_array(coords, "dummy_1", data=torch.randn(shape))
-    z.add_array(coords, ["dummy_1"], data=[torch.randn(shape)], overwrite=True)
-    x = torch.randn(shape)
+    rng = np.random.default_rng(0)
+    z.add_array(coords, "dummy_1", data=rng.standard_normal(shape, dtype=np.float32))
+    z.add_array(coords, ["dummy_1"], data=[rng.standard_normal(shape, dtype=np.float32)], overwrite=True)
+    x = rng.standard_normal(shape, dtype=np.float32)
     z.write(x, coords, "fields_1")  # created on first write
-    np.testing.assert_array_equal(z["fields_1"][...], x.numpy())
+    np.testing.assert_array_equal(z["fields_1"][...], x)
+    partial = OrderedDict(time=coords["time"][:1], variable=coords["variable"][:1], lat=coords["lat"],
+                          lon=coords["lon"][:18])
+    p = rng.standard_normal((1, 1, 18, 18), dtype=np.float32)
+    z.write(p, partial, "fields")
+    np.testing.assert_array_equal(z["fields"][0, 0, :, :18], p[0, 0])
+    assert z.chunks["lat"] == 18
+    # The in-memory store is readable by zarr-python and xarray.
+    ds = xr.open_zarr(z.store, consolidated=False)
+    np.testing.assert_array_equal(ds["fields_1"].values, x)
+    assert z.stats()["chunks_written"] > 0
+
+
+@pytest.mark.torch
+def test_read_returns_what_was_written_as_a_tensor():
+    coords = OrderedDict(time=np.array([np.datetime64("1971-06-01T06:00:00"), np.datetime64("2021-11-23T12:00:00")]),
+                         variable=np.array(["t2m", "tcwv"]), lat=np.linspace(-90, 90, 18),
+                         lon=np.linspace(0, 360, 36, endpoint=False))
+    z = ZarrBackend(chunks=OrderedDict(time=1, variable=1, lat=18, lon=18))
+    z.add_array(coords, "fields")
     partial = OrderedDict(time=coords["time"][:1], variable=coords["variable"][:1], lat=coords["lat"],
                           lon=coords["lon"][:18])
     p = torch.randn(1, 1, 18, 18)
@@ -119,11 +149,6 @@ def test_earth2studio_surface_memory_store():
     np.testing.assert_array_equal(z["fields"][0, 0, :, :18], p.numpy()[0, 0])
     xx, c = z.read(partial, "fields")
     assert torch.equal(xx, p) and c is partial
-    assert z.chunks["lat"] == 18
-    # The in-memory store is readable by zarr-python and xarray.
-    ds = xr.open_zarr(z.store, consolidated=False)
-    np.testing.assert_array_equal(ds["fields_1"].values, x.numpy())
-    assert z.stats()["chunks_written"] > 0
 
 
 def test_partial_out_of_order_repeated_writes_keep_the_rest(tmp_path, rng):
@@ -173,13 +198,14 @@ def test_reopen_rebuilds_coords_and_chunks_and_appends(tmp_path, seed_coords):
     path = str(tmp_path / "r.zarr")
     with ZarrBackend(path, chunks={"time": 1, "lead_time": 2}, zarr_codecs=BLOSC) as io:
         io.add_array(seed_coords, "t2m")
-        io.write(torch.ones(3, 1, 1, 9, 16), OrderedDict(seed_coords, lead_time=seed_coords["lead_time"][:1]), "t2m")
+        io.write(np.ones((3, 1, 1, 9, 16), "float32"), OrderedDict(seed_coords, lead_time=seed_coords["lead_time"][:1]),
+                 "t2m")
     io2 = ZarrBackend(path)
     assert list(io2.coords) == list(seed_coords)
     for k in seed_coords:
         np.testing.assert_array_equal(io2.coords[k], seed_coords[k])
     assert io2.chunks["lead_time"] == 2 and io2.chunks["lat"] == 9
-    io2.write(torch.full((3, 1, 1, 9, 16), 2.0),
+    io2.write(np.full((3, 1, 1, 9, 16), 2.0, "float32"),
               OrderedDict(seed_coords, lead_time=seed_coords["lead_time"][1:2]), "t2m")
     io2.close()
     v = xr.open_zarr(path, consolidated=False)["t2m"].values
@@ -190,8 +216,8 @@ def test_overwrite_array_and_store(tmp_path, seed_coords):
     path = str(tmp_path / "o.zarr")
     io = ZarrBackend(path, chunks={"time": 1, "lead_time": 1})
     shape = tuple(len(v) for v in seed_coords.values())
-    io.add_array(seed_coords, "t2m", data=torch.ones(shape))
-    io.add_array(seed_coords, "t2m", data=torch.full(shape, 3.0), overwrite=True)
+    io.add_array(seed_coords, "t2m", data=np.ones(shape, "float32"))
+    io.add_array(seed_coords, "t2m", data=np.full(shape, 3.0, "float32"), overwrite=True)
     np.testing.assert_array_equal(zarr.open_array(path + "/t2m")[...], 3.0)
     io.close()
     io = ZarrBackend(path, backend_kwargs={"overwrite": True})
@@ -202,12 +228,12 @@ def test_multidimensional_coordinates(tmp_path):
     lat2d, lon2d = np.meshgrid(np.linspace(-10, 10, 6), np.linspace(0, 20, 8), indexing="ij")
     coords = OrderedDict(time=np.arange(2), lat=lat2d, lon=lon2d)
     io = ZarrBackend(str(tmp_path / "m.zarr"), chunks={"time": 1})
-    x = torch.randn(2, 6, 8)
+    x = np.random.default_rng(0).standard_normal((2, 6, 8), dtype=np.float32)
     io.add_array(coords, "v")
     io.write(x, coords, "v")
     assert set(io.coords) == {"time", "ilat", "ilon"}
     ds = xr.open_zarr(tmp_path / "m.zarr", consolidated=False)
-    np.testing.assert_array_equal(ds["v"].values, x.numpy())
+    np.testing.assert_array_equal(ds["v"].values, x)
     np.testing.assert_array_equal(ds["lat"].values, lat2d)
     assert ds["lat"].dims == ("ilat", "ilon")
     # Writing with the multidimensional coordinate only partly given is refused.
@@ -237,7 +263,7 @@ def test_bad_input_clear_errors_store_unchanged(tmp_path, seed_coords):
     path = tmp_path / "bad.zarr"
     io = ZarrBackend(str(path), chunks={"time": 1, "lead_time": 1}, zarr_codecs=BLOSC)
     io.add_array(seed_coords, ["t2m", "tcwv"])
-    good = torch.ones(3, 1, 1, 9, 16)
+    good = np.ones((3, 1, 1, 9, 16), "float32")
     step = OrderedDict(seed_coords, lead_time=seed_coords["lead_time"][:1])
     io.write([good, good], step, ["t2m", "tcwv"])
 
@@ -252,13 +278,11 @@ def test_bad_input_clear_errors_store_unchanged(tmp_path, seed_coords):
     with pytest.raises(CoordinateError, match="lead_time"):
         io.write(good, OrderedDict(step, lead_time=np.array([999], dtype="timedelta64[h]")), "t2m")
     with pytest.raises(DataShapeError, match="shape"):
-        io.write(torch.ones(3, 1, 1, 9, 15), step, "t2m")
+        io.write(np.ones((3, 1, 1, 9, 15), "float32"), step, "t2m")
     with pytest.raises(ValueError, match="must be the same"):
         io.write([good, good], step, ["t2m"])
     with pytest.raises(UnsupportedDTypeError, match="complex64"):  # complex data into a real array
-        io.write(torch.ones(3, 1, 1, 9, 16, dtype=torch.complex64), step, "t2m")
-    with pytest.raises(UnsupportedDTypeError, match="bfloat16"):
-        io.write(good.bfloat16(), step, "t2m")
+        io.write(np.ones((3, 1, 1, 9, 16), "complex64"), step, "t2m")
     with pytest.raises(UnsupportedDTypeError, match="x must be"):
         io.write("not data", step, "t2m")
     for bad in ("../x", "", "a/../b", "a//b", "a/", "/abs", "..", ".hidden", "a/.hidden", "__x", "zarr.json",
@@ -269,13 +293,13 @@ def test_bad_input_clear_errors_store_unchanged(tmp_path, seed_coords):
             io.add_array(seed_coords, bad)
     # A failing item anywhere in a list writes nothing (checked before any data moves).
     with pytest.raises(DataShapeError):
-        io.write([good * 5, torch.ones(3, 1, 1, 9, 15)], step, ["t2m", "tcwv"])
+        io.write([good * 5, np.ones((3, 1, 1, 9, 15), "float32")], step, ["t2m", "tcwv"])
     with pytest.raises(CoordinateError, match="order"):
-        io.write(good.permute(1, 0, 2, 3, 4),
+        io.write(good.transpose(1, 0, 2, 3, 4),
                  OrderedDict([("time", step["time"]), ("ensemble", step["ensemble"])] +
                              [(k, step[k]) for k in ("lead_time", "lat", "lon")]), "t2m")
     with pytest.raises(CoordinateError, match="repeats"):
-        io.write(torch.ones(2, 1, 1, 9, 16), OrderedDict(step, ensemble=np.array([0, 0])), "t2m")
+        io.write(np.ones((2, 1, 1, 9, 16), "float32"), OrderedDict(step, ensemble=np.array([0, 0])), "t2m")
     assert snapshot() == before
     assert not (path / "x").exists() and not (tmp_path / "x").exists()
     io.close()
@@ -285,6 +309,23 @@ def test_bad_input_clear_errors_store_unchanged(tmp_path, seed_coords):
     with pytest.raises(BackendClosedError):
         io.add_array(seed_coords, "new")
     assert snapshot() == before
+
+
+@pytest.mark.torch
+def test_tensors_of_dtypes_the_array_cannot_take_are_refused_store_unchanged(tmp_path, seed_coords):
+    path = tmp_path / "bad.zarr"
+    io = ZarrBackend(str(path), chunks={"time": 1, "lead_time": 1}, zarr_codecs=BLOSC)
+    io.add_array(seed_coords, "t2m")
+    good = torch.ones(3, 1, 1, 9, 16)
+    step = OrderedDict(seed_coords, lead_time=seed_coords["lead_time"][:1])
+    io.write(good, step, "t2m")
+    before = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    with pytest.raises(UnsupportedDTypeError, match="complex64"):  # complex data into a real array
+        io.write(torch.ones(3, 1, 1, 9, 16, dtype=torch.complex64), step, "t2m")
+    with pytest.raises(UnsupportedDTypeError, match="bfloat16"):
+        io.write(good.bfloat16(), step, "t2m")
+    assert {p: p.read_bytes() for p in path.rglob("*") if p.is_file()} == before
+    io.close()
 
 
 def test_integer_data_into_float_array_is_cast_but_float_into_int_is_refused(tmp_path):
@@ -366,7 +407,7 @@ def test_no_thread_left_after_close(tmp_path, seed_coords, native_threads):
     before = threading.active_count()
     ours = native_threads()
     io = ZarrBackend(str(tmp_path / "t.zarr"), threads=3)
-    io.add_array(seed_coords, "v", data=torch.zeros(3, 1, 4, 9, 16))
+    io.add_array(seed_coords, "v", data=np.zeros((3, 1, 4, 9, 16), "float32"))
     assert native_threads(reach=ours + 3) >= ours + 3
     io.close()
     assert native_threads(settle_to=ours) == ours
@@ -450,7 +491,7 @@ def test_fsync_makes_metadata_and_coordinates_durable_too(tmp_path, monkeypatch)
     coords = OrderedDict(ensemble=np.arange(2), lat=np.linspace(-90, 90, 5), lon=np.arange(8, dtype=np.float64))
     io = ZarrBackend(path, chunks={"ensemble": 1}, fsync=True, consolidate_metadata=True)
     io.add_array(coords, ["t2m", "group/u10"])
-    io.write(torch.ones(2, 5, 8), coords, "t2m")
+    io.write(np.ones((2, 5, 8), "float32"), coords, "t2m")
     io.close()
     s = set(synced)
     for meta in ["zarr.json", "t2m/zarr.json", "group/zarr.json", "group/u10/zarr.json", "lat/zarr.json"]:
@@ -463,6 +504,6 @@ def test_fsync_makes_metadata_and_coordinates_durable_too(tmp_path, monkeypatch)
     synced.clear()
     io = ZarrBackend(str(tmp_path / "plain.zarr"), chunks={"ensemble": 1})
     io.add_array(coords, "t2m")
-    io.write(torch.ones(2, 5, 8), coords, "t2m")
+    io.write(np.ones((2, 5, 8), "float32"), coords, "t2m")
     io.close()
     assert synced == []

@@ -75,9 +75,14 @@ def resolve_group(process_group: Any) -> Any:
                         "torch.distributed group, a torch.distributed.ProcessGroup, or None (no coordination)")
     try:
         import torch.distributed as dist
-    except ImportError:  # pragma: no cover - torch without distributed
-        raise ValueError(f"process_group={process_group!r}: torch.distributed is not available in this torch "
-                         "build") from None
+    except ImportError:  # no torch (or one without distributed): nothing can be a ProcessGroup
+        if not isinstance(process_group, str):
+            raise TypeError(
+                f"process_group must be None, {WORLD!r} or a torch.distributed.ProcessGroup, got "
+                f"{type(process_group).__name__}"
+            ) from None
+        raise ValueError(f"process_group={process_group!r} needs torch.distributed, which cannot be imported here "
+                         "(is torch installed?)") from None
     if not dist.is_available():  # pragma: no cover - torch built without distributed
         raise ValueError(f"process_group={process_group!r}: torch.distributed is not available in this torch build")
     if not isinstance(process_group, (str, dist.ProcessGroup)):

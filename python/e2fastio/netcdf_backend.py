@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -43,6 +44,36 @@ _EPOCH = np.datetime64("0001-01-01T00:00:00", "s")
 _TD_UNITS = {"h": "hours", "m": "minutes", "s": "seconds", "D": "days"}
 _REV_TD_UNITS = {v: k for k, v in _TD_UNITS.items()}
 _DEFAULT_BACKEND_KWARGS = {"mode": "r+", "diskless": False}
+
+
+# Backends of this process with a file open on disk, by real path: a second
+# backend that recreates (mode 'w') a file an earlier one still holds open
+# closes that one first (see _close_earlier_writers).
+_open_on_disk: weakref.WeakValueDictionary[int, NetCDF4Backend] = weakref.WeakValueDictionary()
+
+
+def _close_earlier_writers(path: str) -> None:
+    """Close this process's backends that still hold `path` open, before mode 'w' truncates it.
+
+    HDF5 refuses to truncate a file that is open in the same process ("unable
+    to truncate a file which is already open"): re-running a notebook cell that
+    opens the same file with mode 'w' met that every time, because the previous
+    backend is still referenced by the variable about to be reassigned. Its
+    writes are stored first (nothing it was given is lost before the file is
+    replaced); if that fails, its error is raised and nothing is truncated.
+    """
+    real = os.path.realpath(path)
+    for earlier in [b for b in list(_open_on_disk.values()) if b._real_path == real and not b._closed]:
+        logger.warning("NetCDF4Backend: %s is still open by an earlier NetCDF4Backend (id %#x); closing it (its "
+                       "writes are stored first) so that mode 'w' can recreate the file. Close a backend when "
+                       "done with it: io.close(), or use it in a `with` block.", path, id(earlier))
+        try:
+            earlier.close()
+        except Exception as err:
+            raise RuntimeError(
+                f"backend_kwargs mode 'w': {path} is still open by an earlier NetCDF4Backend (id {id(earlier):#x}) "
+                f"and closing it failed ({type(err).__name__}: {err}); the file was not truncated. Handle that "
+                "backend's error (call its close() again to see it) before recreating the file") from err
 
 
 def _idle(engine: _core.Engine) -> bool:
@@ -346,6 +377,9 @@ class NetCDF4Backend(Lifecycle):
             raise FileExistsError(errno.EEXIST, f"{os.strerror(errno.EEXIST)} (mode 'x', or 'w' with clobber=False, "
                                   "never overwrites; use mode 'w' to replace it or 'a' to append)", path)
         self.file_name = path
+        self._real_path = os.path.realpath(path)
+        if opts.mode == "w" and not opts.diskless:
+            _close_earlier_writers(path)
         self._writable = opts.mode != "r"
         self._diskless = opts.diskless
         self._on_disk = not opts.diskless or opts.persist
@@ -363,6 +397,7 @@ class NetCDF4Backend(Lifecycle):
             self._h5file, created = _open_h5py(path, opts.mode, align=compression is None)
             ncmode = "w" if created else ("r" if opts.mode == "r" else "a")
             self._nc = h5netcdf.File(self._h5file, ncmode, decode_vlen_strings=True)
+            _open_on_disk[id(self)] = self
         self.root = Dataset(self._nc, path, self)
         self.compression = compression
         self.complevel = complevel
@@ -421,7 +456,7 @@ class NetCDF4Backend(Lifecycle):
             var[...] = (data.astype("datetime64[s]") - _EPOCH) / np.timedelta64(1, "h")
         elif np.issubdtype(data.dtype, np.timedelta64):
             steps: tuple[Literal["h", "m", "s"], ...] = ("h", "m", "s")  # the units NetCDF gets, coarsest first
-            unit = next((u for u in steps if np.all(data % np.timedelta64(1, u) == np.timedelta64(0))), steps[-1])
+            unit = next((u for u in steps if np.all(data % np.timedelta64(1, u) == np.timedelta64(0, u))), steps[-1])
             var = self._nc.create_variable(name, (name,), dtype="i8")
             var.attrs["units"] = _TD_UNITS[unit]
             var.attrs["calendar"] = "gregorian"
@@ -488,6 +523,7 @@ class NetCDF4Backend(Lifecycle):
         """Close the file and stop the encoder threads. Idempotent."""
         if not self._end_lifecycle():
             return
+        _open_on_disk.pop(id(self), None)
         pending_error: Exception | None = None
         try:
             self._drain()
