@@ -30,7 +30,9 @@ Paths and peers (Earth2Studio 0.19 needs ``pip install e2fastio[compare]``):
   beside it; reported as not run when that interpreter is missing.
 
 Ratios are "peer time / e2fastio time" (above 1: e2fastio is faster), except
-the raw-limit ratio "e2fastio time / limit" and overheads in percent.
+the raw-limit ratio "e2fastio time / limit" and overheads in percent. Targets
+are the open issues' and the documented claims; rows without one are reported
+only. These grids are small: a fixed cost shows more than in the full runs.
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ def zarr_rows(rec: dict[str, Any]) -> list[dict[str, Any]]:
         if not res:
             continue
         ours = res["e2fastio ZarrBackend"]["synced_s"]
-        if E2S_ZARR in res:
+        if E2S_ZARR in res:  # the documented claim (docs/benchmarks.md): at least 1.5x
             r = res[E2S_ZARR]["synced_s"] / ours
             rows.append(_row(f"zarr {mode}", ours, E2S_ZARR, res[E2S_ZARR]["synced_s"], r, ">= 1.5x", r >= 1.5))
         compressed = mode == "compressed"  # uncompressed: reported (no target in the issues)
@@ -148,15 +150,16 @@ def netcdf_rows(rec: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for mode, res in rec["results"].items():
         ours = res["e2fastio NetCDF4Backend"]["synced_s"]
-        if E2S_NC in res:
+        plain = mode == "uncompressed"
+        if E2S_NC in res:  # it cannot compress: against a compressed file its time is only reported
             r = res[E2S_NC]["synced_s"] / ours
-            note = " (uncompressed file)" if mode != "uncompressed" else ""
-            rows.append(_row(f"netcdf {mode}", ours, E2S_NC + note, res[E2S_NC]["synced_s"], r, ">= 1.0x", r >= 1.0))
-        if NC_PY in res:
+            rows.append(_row(f"netcdf {mode}", ours, E2S_NC + ("" if plain else " (uncompressed file)"),
+                             res[E2S_NC]["synced_s"], r, ">= 1.0x" if plain else "(reported)",
+                             r >= 1.0 if plain else None))
+        if NC_PY in res and not plain:
             r = res[NC_PY]["synced_s"] / ours
-            want = 1.8 if mode != "uncompressed" else 1.0
             rows.append(_row(f"netcdf {mode}", ours, "netCDF4-python, same filters", res[NC_PY]["synced_s"], r,
-                             f">= {want:g}x", r >= want))
+                             ">= 1.8x", r >= 1.8))
     return rows
 
 
@@ -166,9 +169,9 @@ def s3_rows(rec: dict[str, Any]) -> list[dict[str, Any]]:
     for ours_name, peer in rec.get("pairs", {}).items():
         if ours_name in res and peer in res:
             ours, theirs = res[ours_name]["seconds"], res[peer]["seconds"]
-            want = 2.0 if "non-blocking" in ours_name else 1.5
+            nonblocking = "non-blocking" in ours_name  # the issues' target is for this pair
             rows.append(_row(f"s3 {ours_name.removeprefix('e2fastio ')}", ours, peer, theirs, theirs / ours,
-                             f">= {want:g}x", theirs / ours >= want))
+                             ">= 2x" if nonblocking else "(reported)", theirs / ours >= 2.0 if nonblocking else None))
     return rows
 
 
@@ -178,11 +181,11 @@ def shard_rows(rec: dict[str, Any]) -> list[dict[str, Any]]:
         ours = res.get("e2fastio sharded")
         if not ours:
             continue
-        for peer, want in (("Earth2Studio 0.19 sharded", 2.0), ("tensorstore sharded", 1.0)):
+        for peer in ("Earth2Studio 0.19 sharded", "tensorstore sharded"):  # no target in the issues: reported
             if peer in res:
                 r = res[peer]["durable_s"] / ours["durable_s"]
                 rows.append(_row(f"sharded {key}", ours["durable_s"], peer, res[peer]["durable_s"], r,
-                                 f">= {want:g}x", r >= want))
+                                 "(reported)", None))
         raw = res.get("raw limit: shard files")
         if raw:
             r = ours["durable_s"] / raw["durable_s"]
