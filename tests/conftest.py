@@ -48,6 +48,21 @@ def pytest_ignore_collect(collection_path, config: pytest.Config) -> bool | None
     return None  # no opinion: pytest's own rules decide
 
 
+# The long checks (marked `slow`: the C++ core under sanitizers, the release wheel
+# repaired and run from a fresh venv) run with E2FASTIO_FULL=1 (`scripts/test.sh
+# --full`) or when a `-m` expression names them; otherwise they skip, saying how.
+FULL = os.environ.get("E2FASTIO_FULL", "") not in ("", "0")
+
+
+def _skip_long_checks(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if FULL or "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="a long check: run with E2FASTIO_FULL=1 (scripts/test.sh --full) or -m slow")
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(skip)
+
+
 def pytest_report_header(config: pytest.Config) -> str | None:
     if torch is None:
         return (f"torch is not installed: only {', '.join(sorted(TORCH_FREE_MODULES))} are collected, "
@@ -101,6 +116,7 @@ def rng() -> np.random.Generator:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _skip_long_checks(config, items)
     if torch is None:
         skip_torch = pytest.mark.skip(reason=NO_TORCH)
         for item in items:
