@@ -116,7 +116,7 @@ def test_zlib_is_smaller_and_same_values_as_netcdf4_python(tmp_path):
         var[:] = data[:, :, :, i]
     ds.close()
     ours, ref = (tmp_path / "z.nc").stat().st_size, (tmp_path / "r.nc").stat().st_size
-    assert abs(ours - ref) / ref < 0.01, (ours, ref)
+    assert ours < ref * 1.01, (ours, ref)  # zlib: the same size; libdeflate: ~12% smaller here
     with netCDF4.Dataset(tmp_path / "z.nc") as a:
         np.testing.assert_array_equal(a["tcwv"][:].data, data[:, :, :, 1])
 

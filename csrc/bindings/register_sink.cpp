@@ -71,7 +71,8 @@ void register_sink(py::module_& m) {
           },
           "(key, read-only uint8 array) of the oldest collected chunk, or None when none is ready.")
       .def("close", &CollectSink::close, py::call_guard<py::gil_scoped_release>(),
-           "No consumer any more: held chunks are dropped, waiting and later writers fail.")
+           "No consumer any more: held chunks are dropped, waiting and later writers fail. Returns how many "
+           "chunks it dropped.")
       .def("stats", [](const CollectSink& s) {
         auto st = s.stats();
         py::dict d;

@@ -1370,9 +1370,11 @@ TEST(collect_sink_bounds_what_it_holds_and_wakes_writers_as_the_consumer_pops) {
     if (throws<std::runtime_error>([&] { sink.write("e", a.data(), a.size()); }, "closed")) ++failed;
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  sink.close();
+  const std::size_t dropped = sink.close();
   stuck.join();
+  CHECK(dropped == 1);  // "d": written, never popped; the caller reports it
   CHECK(failed.load() == 1 && !sink.pop(item) && sink.stats().held_bytes == 0);
+  CHECK(sink.close() == 0);  // idempotent
   CHECK(throws<std::runtime_error>([&] { sink.write("f", a.data(), a.size()); }, "closed"));
 }
 

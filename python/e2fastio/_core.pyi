@@ -158,8 +158,9 @@ class CollectSink(Sink):
     def pop(self) -> tuple[str, npt.NDArray[np.uint8]] | None:
         """(key, read-only uint8 array) of the oldest collected chunk, or None when none is ready."""
 
-    def close(self) -> None:
-        """No consumer any more: held chunks are dropped, waiting and later writers fail."""
+    def close(self) -> int:
+        """No consumer any more: held chunks are dropped, waiting and later writers fail.
+        Returns how many chunks it dropped."""
 
     def stats(self) -> CollectStats: ...
 

@@ -135,8 +135,9 @@ def _reap(kind: str, where: str, engine: Any, uploader: Any, unflushed: list[boo
         t.start()
         return
     try:
-        if release is not None:
-            release()  # pool threads waiting for the backend itself give up (their chunks fail)
+        # Pool threads waiting for the backend itself give up (their chunks fail); chunks that
+        # already waited there for the backend are dropped, and said so below.
+        dropped = int(release() or 0) if release is not None else 0
         if engine.started:
             e = engine.get()
             pending = int(e.pending_chunks) if e.has_ring else 0
@@ -156,6 +157,8 @@ def _reap(kind: str, where: str, engine: Any, uploader: Any, unflushed: list[boo
                 e.check()
                 if uploader is not None:
                     uploader.raise_failures()
+                if dropped:
+                    raise RuntimeError(f"{dropped} encoded chunk(s) had not reached {where} and were dropped")
             except Exception as err:  # noqa: BLE001 - nobody is left to raise it to
                 warnings.warn(
                     f"e2fastio: a {kind} for {where} was garbage-collected without close() and a background "

@@ -104,9 +104,10 @@ class _Collector:
     def stats(self) -> dict[str, Any]:
         return dict(self.sink.stats())
 
-    def close(self) -> None:
-        """No consumer any more: held chunks are dropped, encoders waiting for room fail (never hang)."""
-        self.sink.close()
+    def close(self) -> int:
+        """No consumer any more: held chunks are dropped, encoders waiting for room fail (never hang).
+        Returns how many encoded chunks it dropped."""
+        return self.sink.close()
 
 
 _parents_collectors: list[_core.CollectSink] = []

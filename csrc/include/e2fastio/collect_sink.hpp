@@ -45,7 +45,8 @@ class CollectSink : public Sink {
   // The oldest collected chunk, moved out (its bytes leave the bound); false when none is ready.
   bool pop(Item& out);
   // No consumer any more: held chunks are dropped, waiting and later writers fail.
-  void close();
+  // Returns how many chunks it dropped (their writes had succeeded: only the caller can tell anyone).
+  std::size_t close();
   Stats stats() const;
   std::size_t capacity() const noexcept { return capacity_; }
 

@@ -63,7 +63,7 @@ bool CollectSink::pop(Item& out) {
   return true;
 }
 
-void CollectSink::close() {
+std::size_t CollectSink::close() {
   std::deque<Item> dropped;
   {
     std::lock_guard<std::mutex> lk(mu_);
@@ -72,7 +72,7 @@ void CollectSink::close() {
     dropped.swap(items_);
   }
   room_cv_.notify_all();
-  // `dropped` is freed here, outside the lock.
+  return dropped.size();  // `dropped` is freed on return, outside the lock
 }
 
 CollectSink::Stats CollectSink::stats() const {
