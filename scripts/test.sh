@@ -18,6 +18,13 @@ if [[ "${1:-}" == "--full" ]]; then
 fi
 START=$SECONDS
 say() { echo "== test.sh: $* at $((SECONDS - START)) s"; }
+# pytest-xdist workers per suite: every core, at most 4 (each worker imports the whole stack).
+# Many tests wait on subprocesses, servers or other threads: two workers fill those gaps.
+WORKERS=$(nproc 2>/dev/null || echo 2)
+(( WORKERS > 4 )) && WORKERS=4
+(( WORKERS < 2 )) && WORKERS=2
+# pytest-benchmark, where an environment has it, refuses to run beside xdist; nothing here uses it.
+PYTEST_ARGS=(-n "$WORKERS" -p no:benchmark)
 mkdir -p build
 
 # Debian packages, best effort where apt is not ours, before either side builds: ncdump
@@ -76,7 +83,7 @@ PYEOF
   echo "== py312: dependencies installed at $((SECONDS - START)) s"
   "$V" -m pip install --quiet --no-build-isolation ".[icechunk]"
   echo "== py312: built and installed at $((SECONDS - START)) s"
-  "$V" -m pytest -q -p no:cacheprovider
+  "$V" -m pytest -q -p no:cacheprovider "${PYTEST_ARGS[@]}"
 }
 
 P312=""
@@ -133,7 +140,7 @@ say "lint and type check passed"
 
 # Run from the tests' folder view of the installed package, not python/.
 rc=0
-"$PY" -m pytest "$@" || rc=$?
+"$PY" -m pytest "${PYTEST_ARGS[@]}" "$@" || rc=$?
 say "Python 3.11 tests done (exit $rc)"
 rc312=0
 finish_py312 || rc312=$?

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import zarr.core.sync  # noqa: F401 - registers zarr-python's atexit handler before ours (below)
 
-from e2fastio.errors import BackendClosedError, surface_background_error
+from e2fastio.errors import BackendClosedError, BackgroundWriteError, background_error, surface_background_error
 
 logger = logging.getLogger(__name__)
 
@@ -291,6 +291,32 @@ class Lifecycle:
     def _background(self, fn: Any) -> None:
         """Run an engine/uploader call that may rethrow a background error; wrap it."""
         surface_background_error(fn, self._failed_so_far)
+
+    def _earlier_failure(self, *checks: Any) -> BackgroundWriteError | None:
+        """The first background error the engine/uploader `checks` rethrow, wrapped; None if none.
+
+        A non-blocking write takes it before it stages its own chunks and raises it once they are
+        staged: a chunk of this very write that fails meanwhile is then the next call's to report,
+        never blamed on "an earlier write" by the call that queued it.
+        """
+        for check in checks:
+            err = background_error(check, self._failed_so_far)
+            if err is not None:
+                return err
+        return None
+
+    @staticmethod
+    def _raise_after(earlier: BackgroundWriteError | None, staging: Any) -> None:
+        """Run `staging` (a write's submission), then raise `earlier`; an error of `staging` wins,
+        with `earlier` noted on it, so that neither is lost."""
+        try:
+            staging()
+        except BaseException as exc:
+            if earlier is not None:
+                exc.add_note(f"also, before this write: {earlier}")
+            raise
+        if earlier is not None:
+            raise earlier
 
     def _failed_so_far(self) -> int:
         return int(self._lifecycle_engine.stats().get("failed_chunks", 0))

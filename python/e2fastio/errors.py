@@ -61,8 +61,9 @@ class BackgroundWriteError(E2FastIOError, RuntimeError):
     """
 
 
-def surface_background_error(check: Any, failed_so_far: Any) -> None:
-    """Run `check` (which rethrows a recorded background error) and wrap what it raises.
+def background_error(check: Any, failed_so_far: Any) -> BackgroundWriteError | None:
+    """Run `check` (which rethrows a recorded background error, once) and return what it raised,
+    wrapped; None when nothing failed.
 
     `failed_so_far()` counts the chunks that failed; the message says every
     other chunk, including the current call's, is stored or queued.
@@ -70,10 +71,20 @@ def surface_background_error(check: Any, failed_so_far: Any) -> None:
     try:
         check()
     except Exception as err:
-        raise BackgroundWriteError(
+        wrapped = BackgroundWriteError(
             f"an earlier non-blocking write failed: {err} (every other chunk, including this call's, is stored "
             f"or queued; {failed_so_far()} chunk(s) failed so far)"
-        ) from err
+        )
+        wrapped.__cause__ = err
+        return wrapped
+    return None
+
+
+def surface_background_error(check: Any, failed_so_far: Any) -> None:
+    """Raise what `background_error` returns, if anything."""
+    err = background_error(check, failed_so_far)
+    if err is not None:
+        raise err
 
 
 class UploadError(E2FastIOError, OSError):
