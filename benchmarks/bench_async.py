@@ -176,9 +176,9 @@ def worker(name: str, size: dict, step_s: float, path: str, max_buffer_bytes: in
     if name == "no IO":
         io = None
     elif name.startswith(NICE_AB):  # the same backend, its threads at another nice value (--nice-ab)
-        import e2fastio._engine
+        import e2fastio._write.engine
 
-        e2fastio._engine.BACKGROUND_NICE = int(name[len(NICE_AB):])
+        e2fastio._write.engine.BACKGROUND_NICE = int(name[len(NICE_AB):])
         io = e2fastio.ZarrBackend(path, chunks={"time": 1, "lead_time": 1}, backend_kwargs={"overwrite": True},
                                   zarr_codecs=codec, blocking=False, max_buffer_bytes=max_buffer_bytes)
     elif name == "e2fastio ZarrBackend(blocking=False)":

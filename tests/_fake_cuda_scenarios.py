@@ -13,7 +13,7 @@ import numpy as np
 import zarr
 
 import e2fastio
-from e2fastio._zarr_native import array_spec
+from e2fastio._write.zarr_arrays import array_spec
 
 fake = ctypes.CDLL(os.environ["E2FASTIO_CUDART"])
 fake.fake_cuda_copies.restype = ctypes.c_ulonglong

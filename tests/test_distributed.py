@@ -21,7 +21,7 @@ import xarray as xr
 import zarr
 
 from e2fastio import AsyncZarrBackend, NetCDF4Backend, ZarrBackend
-from e2fastio._distributed import ChunkOwnershipError, check_whole_chunks
+from e2fastio._write.ranks import ChunkOwnershipError, check_whole_chunks
 
 
 def spawn(world: int, scenario: str, tmp: Path, args: dict[str, Any], timeout: float = 120) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ xr = pytest.importorskip("xarray")
 from e2fastio import BackgroundWriteError, IceChunkBackend  # noqa: E402
 
 BLOSC = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
-LOGGER = "e2fastio.icechunk_backend"
+LOGGER = "e2fastio.backends.icechunk"
 
 
 def _coords(steps: int = 3) -> OrderedDict[str, np.ndarray]:

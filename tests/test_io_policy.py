@@ -19,7 +19,7 @@ import pytest
 import zarr
 
 from e2fastio import ZarrBackend
-from e2fastio._engine import BACKGROUND_NICE
+from e2fastio._write.engine import BACKGROUND_NICE
 from e2fastio.errors import BackgroundWriteError
 
 BLOSC = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")

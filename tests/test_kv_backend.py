@@ -174,7 +174,7 @@ def test_errors(device, caplog):
     with pytest.raises(ValueError, match="must be the same"):
         io.add_array(c, "fields", data=[x, x])
     io.add_array(c, ["kept"], data=[x])
-    with caplog.at_level(logging.WARNING, logger="e2fastio.kv_backend"):
+    with caplog.at_level(logging.WARNING, logger="e2fastio.backends.kv"):
         io.add_array(c, ["kept"], data=[x + 1])
     assert "already in KV Store" in caplog.text
     assert torch.equal(io["kept"], x)

@@ -144,12 +144,12 @@ def test_nonblocking_netcdf_backend_is_kept_until_exit_and_closed_then(tmp_path)
 
 
 def test_lifecycle_is_shared(tmp_path):
-    from e2fastio._lifecycle import Lifecycle
+    from e2fastio._write.lifecycle import Lifecycle
 
     assert issubclass(ZarrBackend, Lifecycle) and issubclass(NetCDF4Backend, Lifecycle)
-    import e2fastio.netcdf_backend as nb
+    import e2fastio.backends.netcdf as nb
 
-    assert "e2fastio.zarr_backend" not in {getattr(v, "__module__", "") for v in vars(nb).values()}
+    assert "e2fastio.backends.zarr" not in {getattr(v, "__module__", "") for v in vars(nb).values()}
 
 
 @pytest.mark.parametrize("kind", ["zarr-blocking", "zarr-nonblocking", "netcdf-blocking", "netcdf-nonblocking"])

@@ -308,7 +308,7 @@ def test_reopening_with_mode_w_closes_the_earlier_backend_on_that_file(tmp_path,
     first = NetCDF4Backend(path, backend_kwargs={"mode": "w"}, blocking=False)
     first.add_array(c, "t2m")
     first.write(np.ones((1, 4, 8), np.float32), c, "t2m")
-    with caplog.at_level("WARNING", logger="e2fastio.netcdf_backend"):
+    with caplog.at_level("WARNING", logger="e2fastio.backends.netcdf"):
         second = NetCDF4Backend(path, backend_kwargs={"mode": "w"})
     assert first.closed
     assert "still open by an earlier NetCDF4Backend" in caplog.text and "io.close()" in caplog.text

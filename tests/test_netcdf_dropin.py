@@ -313,7 +313,7 @@ def test_earth2studio_errors(tmp_path, caplog):
     with pytest.raises(ValueError, match="must be the same"):
         io.add_array(c, "fields", data=[x, x])
     io.add_array(c, ["dummy_1"], data=[x])
-    with caplog.at_level(logging.WARNING, logger="e2fastio.netcdf_backend"):
+    with caplog.at_level(logging.WARNING, logger="e2fastio.backends.netcdf"):
         io.add_array(c, ["dummy_1"], data=[x + 1])  # kept as it was, with a warning
     assert "already in NetCDF Store" in caplog.text
     np.testing.assert_array_equal(io["dummy_1"][:].data, x)

@@ -19,7 +19,7 @@ import zarr
 import zarr.storage
 
 from e2fastio import AsyncZarrBackend, BackgroundWriteError, UploadError, ZarrBackend
-from e2fastio._stores import Redactor, RemoteOptions
+from e2fastio.stores.remote import Redactor, RemoteOptions
 
 BLOSC = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
 
@@ -425,7 +425,7 @@ def test_errors_are_told_apart_by_type_and_status():
     from obstore.exceptions import GenericError, PermissionDeniedError, UnauthenticatedError
     from s3fs.errors import translate_boto_error
 
-    from e2fastio._stores import _permanent
+    from e2fastio.stores.remote import _permanent
 
     def s3fs_error(status: int, code: str) -> BaseException:
         response = {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}

@@ -149,7 +149,7 @@ def test_errors(device, caplog):
     with pytest.raises(ValueError, match="must be the same"):
         io.add_array(c, "fields", data=[x, x])
     io.add_array(c, ["kept"], data=[x])
-    with caplog.at_level(logging.WARNING, logger="e2fastio.xarray_backend"):
+    with caplog.at_level(logging.WARNING, logger="e2fastio.backends.xarray"):
         io.add_array(c, ["kept"], data=[x + 1])
     assert "already in xarray Dataset" in caplog.text
     np.testing.assert_array_equal(io["kept"].values, x.cpu().numpy())

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from e2fastio import _core
 from e2fastio._version import __version__
-from e2fastio.async_zarr import AsyncZarrBackend
+from e2fastio.backends.async_zarr import AsyncZarrBackend
+from e2fastio.backends.icechunk import IceChunkBackend  # icechunk itself is imported on first use
+from e2fastio.backends.kv import KVBackend
+from e2fastio.backends.netcdf import NetCDF4Backend
+from e2fastio.backends.xarray import XarrayBackend
+from e2fastio.backends.zarr import ZarrBackend
 from e2fastio.base import IOBackend
 from e2fastio.errors import (
     ArrayNameError,
@@ -17,13 +22,8 @@ from e2fastio.errors import (
     UnknownDimensionError,
     UploadError,
 )
-from e2fastio.icechunk_backend import IceChunkBackend  # icechunk itself is imported on first use
 from e2fastio.info import info
-from e2fastio.kv_backend import KVBackend
 from e2fastio.memory import empty_cache, set_host_cache_limit
-from e2fastio.netcdf_backend import NetCDF4Backend
-from e2fastio.xarray_backend import XarrayBackend
-from e2fastio.zarr_backend import ZarrBackend
 
 __all__ = [
     "ArrayNameError",

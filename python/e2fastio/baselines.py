@@ -33,8 +33,8 @@ import zarr
 import zarr.abc.store
 import zarr.storage
 
-from e2fastio._data import as_list, convert_multidim_to_singledim, to_host_array
-from e2fastio._zarr_native import get_array
+from e2fastio._write.inputs import as_list, convert_multidim_to_singledim, to_host_array
+from e2fastio._write.zarr_arrays import get_array
 
 __all__ = [
     "StandInAsyncZarrBackend",

@@ -6,7 +6,7 @@ from typing import Any
 
 from e2fastio import _core
 from e2fastio._version import __version__
-from e2fastio._zarr_native import DEFAULT_MAX_BUFFER_BYTES, default_threads
+from e2fastio._write.budget import DEFAULT_MAX_BUFFER_BYTES, default_threads
 from e2fastio.memory import host_cache_info
 
 

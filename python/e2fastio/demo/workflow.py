@@ -31,7 +31,7 @@ import zarr
 import zarr.codecs
 import zarr.storage
 
-from e2fastio._zarr_native import get_array
+from e2fastio._write.zarr_arrays import get_array
 from e2fastio.demo.model import AdvectionDiffusionModel, GpuLikeModel, ensemble_start, grid, initial_state
 from e2fastio.demo.s3 import LocalS3Server, S3Target, local_server_unavailable
 

@@ -22,11 +22,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from e2fastio import _core, _data
-from e2fastio._engine import EngineHandle
-from e2fastio._lifecycle import Lifecycle, serialized
-from e2fastio._netcdf_root import Dataset, Variable, netcdf_dtype
-from e2fastio._zarr_native import engine_kwargs, split_buffer
+from e2fastio import _core
+from e2fastio._write import inputs
+from e2fastio._write.budget import engine_kwargs, split_buffer
+from e2fastio._write.engine import EngineHandle
+from e2fastio._write.lifecycle import Lifecycle, serialized
 from e2fastio.errors import (
     ArrayNameError,
     ArrayNameTypeError,
@@ -34,6 +34,7 @@ from e2fastio.errors import (
     CoordinateError,
     ReadOnlyError,
 )
+from e2fastio.netcdf.root import Dataset, Variable, netcdf_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -419,7 +420,7 @@ class NetCDF4Backend(Lifecycle):
                               keep_alive=not blocking, release=self._collector.close)
         self._specs: dict[str, _core.ArraySpec | None] = {}  # None: HDF5 filters the variable's chunks
         self.coords: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._selector = _data.Selector(
+        self._selector = inputs.Selector(
             self.coords, "NetCDF store", lambda k: self._nc.variables[k].shape if k in self._nc.variables else None)
         for dim in self._nc.dimensions:
             if dim in self._nc.variables:
@@ -553,14 +554,14 @@ class NetCDF4Backend(Lifecycle):
         self._check_open("add_array")
         self._check_writable("add_array")
         names, host = _add_array_inputs(array_name, data)
-        adjusted, mapping = _data.convert_multidim_to_singledim(coords)
+        adjusted, mapping = inputs.convert_multidim_to_singledim(coords)
         for dim in [*adjusted, *mapping]:
             if dim not in self._nc.variables and dim not in self._nc.dimensions:
                 _check_name(dim, "coords key")
         shape = tuple(len(self.coords[d]) if d in self.coords else len(v) for d, v in adjusted.items())
         for h, n in zip(host, names, strict=True):
             if h is not None and h.shape != shape:
-                raise _data.DataShapeError(f"data for array {n!r} has shape {h.shape} but coords give {shape}")
+                raise inputs.DataShapeError(f"data for array {n!r} has shape {h.shape} but coords give {shape}")
             if h is not None and n not in self._nc.variables:
                 netcdf_dtype(h.dtype, f"data for array {n!r}", self._auto_complex)
         for dim, values in adjusted.items():
@@ -646,7 +647,7 @@ class NetCDF4Backend(Lifecycle):
         planned = []
         for xi, name in zip(xs, names, strict=True):
             arr = _host_array(xi, "x")
-            _data.check_shape(arr, index, dims, name)
+            inputs.check_shape(arr, index, dims, name)
             if name in self._nc.variables:
                 var = self._nc.variables[name]
                 if tuple(var.dimensions) != dims:
@@ -654,9 +655,9 @@ class NetCDF4Backend(Lifecycle):
                         f"array {name!r} has dimensions {list(var.dimensions)} but coords give {list(dims)}; "
                         "pass coords (and data axes) in the array's order"
                     )
-                arr = _data.cast_for_array(arr, np.dtype(var.dtype), name)
+                arr = inputs.cast_for_array(arr, np.dtype(var.dtype), name)
             else:  # created as float32, as Earth2Studio does
-                arr = _data.cast_for_array(arr, np.dtype("float32"), name)
+                arr = inputs.cast_for_array(arr, np.dtype("float32"), name)
             planned.append((name, arr))
         for name, _ in planned:
             if name not in self._nc.variables:
@@ -669,7 +670,7 @@ class NetCDF4Backend(Lifecycle):
         batch: list[_core.HostRequest] = []
         for name, arr, index in items:
             var = self._nc.variables[name]
-            arr = _data.cast_for_array(arr, np.dtype(var.dtype), name)
+            arr = inputs.cast_for_array(arr, np.dtype(var.dtype), name)
             if arr.dtype.kind == "c":
                 self._drain()
                 _write_box(var, index, arr)  # complex (nc-complex compound type): through HDF5
@@ -686,7 +687,7 @@ class NetCDF4Backend(Lifecycle):
             if spec is None:  # a filter pipeline the core does not reproduce: HDF5 applies it
                 self._drain()
                 _write_box(var, index, arr)
-            elif _data.first_partial_chunk(index, spec.shape, spec.chunks) is None:
+            elif inputs.first_partial_chunk(index, spec.shape, spec.chunks) is None:
                 batch.append((spec, self._collector.sink, arr, index))
             else:
                 self._drain()  # HDF5 merges partial chunks: pending writes of them first
@@ -852,17 +853,17 @@ def _check_name(name: Any, argument: str = "array_name") -> str:
 
 def _host_array(x: Any, argument: str) -> np.ndarray:
     """A host numpy view of `x`, complex values included (NetCDF stores them with auto_complex)."""
-    if _data.is_torch_tensor(x) and x.is_complex():
+    if inputs.is_torch_tensor(x) and x.is_complex():
         arr: np.ndarray = x.detach().cpu().resolve_conj().numpy()
         return arr
     if isinstance(x, np.ndarray) and x.dtype.kind == "c":
         return x
-    return _data.to_host_array(x, argument)
+    return inputs.to_host_array(x, argument)
 
 
 def _write_inputs(x: Any, array_name: Any) -> tuple[list[Any], list[str]]:
-    xs = _data.as_list(x, "x")
-    names = [_check_name(n) for n in _data.as_list(array_name, "array_name")]
+    xs = inputs.as_list(x, "x")
+    names = [_check_name(n) for n in inputs.as_list(array_name, "array_name")]
     if len(xs) != len(names):
         raise ValueError(
             f"The number of input tensors and array names must be the same but got {len(xs)} and {len(names)}."
@@ -873,8 +874,8 @@ def _write_inputs(x: Any, array_name: Any) -> tuple[list[Any], list[str]]:
 
 
 def _add_array_inputs(array_name: Any, data: Any) -> tuple[list[str], list[np.ndarray | None]]:
-    names = [_check_name(n) for n in _data.as_list(array_name, "array_name")]
-    datas = [None] * len(names) if data is None else _data.as_list(data, "data")
+    names = [_check_name(n) for n in inputs.as_list(array_name, "array_name")]
+    datas = [None] * len(names) if data is None else inputs.as_list(data, "data")
     if len(datas) != len(names):
         raise ValueError(
             f"The number of input tensors and array names must be the same but got {len(datas)} and {len(names)}."
@@ -961,7 +962,7 @@ def _per_rank_file_name(file_name: str | os.PathLike[str], process_group: Any) -
     Without a group (the default) a name without ``{rank}`` is the caller's
     business, as in Earth2Studio.
     """
-    from e2fastio._distributed import rank_and_size, resolve_group
+    from e2fastio._write.ranks import rank_and_size, resolve_group
 
     group = resolve_group(process_group)
     name = os.fspath(file_name)

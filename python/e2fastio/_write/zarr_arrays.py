@@ -1,17 +1,13 @@
-"""The bridge between zarr-python metadata/stores and the native chunk pipeline."""
+"""What the native chunk pipeline needs to know about a stored Zarr array: its spec, shards, dimensions."""
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import zarr
-from zarr.abc.store import Store
-from zarr.core.buffer import Buffer, default_buffer_prototype
 
 from e2fastio import _core
 from e2fastio.errors import ArrayNameError
@@ -23,68 +19,6 @@ _SHUFFLE = {
     "shuffle": _core.Shuffle.shuffle,
     "bitshuffle": _core.Shuffle.bitshuffle,
 }
-
-
-class NativeMemoryMapping(MutableMapping[str, Buffer]):
-    """The key/value mapping behind a ``zarr.storage.MemoryStore``, held in native memory.
-
-    zarr-python reads and writes metadata through it as usual, while the
-    encoder threads store chunks into the same native map with no GIL.
-    """
-
-    def __init__(self, sink: _core.MemorySink) -> None:
-        self.sink = sink
-
-    def __getitem__(self, key: str) -> Buffer:
-        value = self.sink.get(key)
-        if value is None:
-            raise KeyError(key)
-        buf: Buffer = default_buffer_prototype().buffer.from_bytes(value)
-        return buf
-
-    def __setitem__(self, key: str, value: Buffer) -> None:
-        data = value.as_numpy_array() if isinstance(value, Buffer) else np.frombuffer(value, np.uint8)
-        self.sink.write(key, np.ascontiguousarray(data))
-
-    def __delitem__(self, key: str) -> None:
-        if not self.sink.erase(key):
-            raise KeyError(key)
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and key in self.sink
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.sink.keys())
-
-    def __len__(self) -> int:
-        return len(self.sink)
-
-    def clear(self) -> None:
-        self.sink.clear()
-
-
-def make_store(file_name: str | os.PathLike[str] | None) -> tuple[Store, _core.Sink | None]:
-    """A zarr store plus the native sink that writes chunks into the same place."""
-    if file_name is None:
-        sink = _core.MemorySink()
-        return zarr.storage.MemoryStore(store_dict=NativeMemoryMapping(sink)), sink
-    return zarr.storage.LocalStore(os.fspath(file_name)), None
-
-
-def sink_for(
-    store: Store, memory_sink: _core.Sink | None, fsync: bool, direct_io: bool | None
-) -> _core.Sink | None:
-    """The native sink for `store`, or None when chunks must go through zarr-python."""
-    if memory_sink is not None:
-        return memory_sink
-    if isinstance(store, zarr.storage.LocalStore):
-        mode = {None: _core.DirectIO.automatic, True: _core.DirectIO.on, False: _core.DirectIO.off}
-        if direct_io not in mode:
-            raise ValueError(f"direct_io must be None (automatic), True or False, got {direct_io!r}")
-        return _core.DirectorySink(str(store.root), fsync, mode[direct_io])
-    if isinstance(store, zarr.storage.MemoryStore) and isinstance(store._store_dict, NativeMemoryMapping):
-        return store._store_dict.sink
-    return None
 
 
 def get_array(root: zarr.Group, name: str) -> zarr.Array[Any]:
@@ -205,49 +139,3 @@ def array_spec(array: zarr.Array[Any]) -> tuple[_core.ArraySpec | None, str]:
     spec.fill_value = np.asarray(fill if fill is not None else 0, dtype=dtype.newbyteorder("=")).tobytes()
     spec.validate()
     return spec, ""
-
-
-def default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def engine_kwargs(threads: int | None, max_buffer_bytes: int | None) -> dict[str, Any]:
-    if threads is None:
-        threads = default_threads()
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise ValueError(f"threads must be a positive int (or None for all cores), got {threads!r}")
-    if max_buffer_bytes is None:
-        max_buffer_bytes = DEFAULT_MAX_BUFFER_BYTES
-    if not isinstance(max_buffer_bytes, int) or isinstance(max_buffer_bytes, bool) or max_buffer_bytes <= 0:
-        raise ValueError(f"max_buffer_bytes must be a positive int, got {max_buffer_bytes!r}")
-    return {"threads": threads, "max_buffer_bytes": max_buffer_bytes}
-
-
-def split_buffer(max_buffer_bytes: int, who: str, shares: Mapping[str, tuple[int, int]]) -> dict[str, int]:
-    """`max_buffer_bytes` split into named parts (each a fraction, numerator and
-    denominator, of it; the last part takes the rest). A part that would get no
-    byte is refused here, at construction, naming the argument, not at the
-    first write in words about the engine."""
-    parts: dict[str, int] = {}
-    names = list(shares)
-    for name in names[:-1]:
-        num, den = shares[name]
-        parts[name] = max_buffer_bytes * num // den
-    parts[names[-1]] = max_buffer_bytes - sum(parts.values())
-    empty = [name for name, n in parts.items() if n < 1]
-    if empty:
-        split = [f"{n} ({shares[n][0]}/{shares[n][1]})" for n in names]
-        raise ValueError(
-            f"max_buffer_bytes={max_buffer_bytes} is too small for {who}: it is split into "
-            f"{', '.join(split[:-1])} and {split[-1]}, so {' and '.join(empty)} would get nothing; give at least "
-            f"a few chunks' worth (the default is {DEFAULT_MAX_BUFFER_BYTES} bytes)"
-        )
-    return parts
-
-
-DEFAULT_MAX_BUFFER_BYTES = 1 << 30
-# How a non-blocking Zarr backend splits max_buffer_bytes (see split_buffer).
-NONBLOCKING_SPLIT = {"the staging ring": (3, 4), "encode buffers": (1, 4)}

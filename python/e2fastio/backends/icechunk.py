@@ -4,7 +4,7 @@ An Icechunk repository is a versioned Zarr store: writes go into a writable
 session and become a snapshot only when committed. This backend is a
 :class:`~e2fastio.ZarrBackend` whose store is such a session's store: the
 native encoder threads cut and encode the chunks, and the upload path
-(:class:`e2fastio._stores.Uploader`) hands them to the session store on
+(:class:`e2fastio.stores.remote.Uploader`) hands them to the session store on
 zarr-python's event loop. ``commit`` waits for every pending chunk, commits
 the session and opens a new one on the same branch.
 
@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import zarr
 
-from e2fastio import _stores
-from e2fastio.zarr_backend import _DEFAULT_CHUNKS, ZarrBackend
+from e2fastio.backends.zarr import _DEFAULT_CHUNKS, ZarrBackend
+from e2fastio.stores import remote
 
 if TYPE_CHECKING:
     import icechunk
@@ -146,8 +146,8 @@ class IceChunkBackend(ZarrBackend):
         self.session = self.repo.writable_session(branch)
         self._pid = os.getpid()
         self._warned = False
-        options = _stores.RemoteOptions(concurrency=pool_size, retries=_UPLOAD_RETRIES, timeout=_UPLOAD_TIMEOUT)
-        location = _stores.session_location(self.session.store, f"icechunk branch {branch!r}", options)
+        options = remote.RemoteOptions(concurrency=pool_size, retries=_UPLOAD_RETRIES, timeout=_UPLOAD_TIMEOUT)
+        location = remote.session_location(self.session.store, f"icechunk branch {branch!r}", options)
         super().__init__(
             location,
             chunks,

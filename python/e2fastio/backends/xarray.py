@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from e2fastio import _data
+from e2fastio._write import inputs
 from e2fastio.errors import CoordinateError
 
 if TYPE_CHECKING:
@@ -61,11 +61,11 @@ class XarrayBackend:
 
     def __init__(self, coords: CoordSystem = OrderedDict(), **xr_kwargs: Any) -> None:  # noqa: B006 - never mutated
         xr = _xarray()
-        adjusted, mapping = _data.convert_multidim_to_singledim(coords)
+        adjusted, mapping = inputs.convert_multidim_to_singledim(coords)
         data_vars = {k: (list(idims), np.asarray(coords[k])) for k, idims in mapping.items()}
         self.root: xarray.Dataset = xr.Dataset(data_vars=data_vars, coords=adjusted, **xr_kwargs)
         self.coords: OrderedDict[str, np.ndarray] = adjusted
-        self._selector = _data.Selector(self.coords, "xarray store", self._stored_shape)
+        self._selector = inputs.Selector(self.coords, "xarray store", self._stored_shape)
 
     def _stored_shape(self, name: str) -> tuple[int, ...] | None:
         return tuple(self.root[name].shape) if name in self.root else None
@@ -115,16 +115,16 @@ class XarrayBackend:
             Passed to the ``xarray.DataArray`` constructor (``attrs``, ...).
         """
         xr = _xarray()
-        names = _data.as_list(array_name, "array_name")
+        names = inputs.as_list(array_name, "array_name")
         for n in names:
-            _data.check_member_name(n)
-        datas = [None] * len(names) if data is None else _data.as_list(data, "data")
+            inputs.check_member_name(n)
+        datas = [None] * len(names) if data is None else inputs.as_list(data, "data")
         if len(datas) != len(names):
             raise ValueError(
                 f"The number of input tensors and array names must be the same but got {len(datas)} and {len(names)}."
             )
-        hosts = [None if d is None else _data.to_host_array(d, "data", extra_kinds=_KINDS) for d in datas]
-        adjusted, mapping = _data.convert_multidim_to_singledim(coords)
+        hosts = [None if d is None else inputs.to_host_array(d, "data", extra_kinds=_KINDS) for d in datas]
+        adjusted, mapping = inputs.convert_multidim_to_singledim(coords)
         known = {**{d: np.asarray(v) for d, v in adjusted.items()}, **self.coords}
         shape = tuple(len(known[d]) for d in adjusted)
         dims = list(adjusted)
@@ -133,11 +133,11 @@ class XarrayBackend:
         if same:
             index = [np.arange(n, dtype=np.int64) for n in shape]
         else:
-            index = [_data.CoordinateIndex(d, self.coords[d]).locate(v) if d in self.coords
+            index = [inputs.CoordinateIndex(d, self.coords[d]).locate(v) if d in self.coords
                      else np.arange(len(v), dtype=np.int64) for d, v in adjusted.items()]
         for name, h in zip(names, hosts, strict=True):
             if h is not None and name not in self.root:
-                _data.check_shape(h, index, dims, name)
+                inputs.check_shape(h, index, dims, name)
 
         for d in adjusted:
             if d not in self.coords:
@@ -156,7 +156,7 @@ class XarrayBackend:
                 values = np.array(h, copy=True)  # never share memory with the caller's tensor
             else:
                 values = np.full(shape, np.nan, dtype=h.dtype if h.dtype.kind in "fc" else np.float64)
-                values[_data.orthogonal_key(index)] = h
+                values[inputs.orthogonal_key(index)] = h
             self.root[name] = xr.DataArray(data=values, coords={d: known[d] for d in dims}, dims=dims, **xr_kwargs)
 
     def write(
@@ -181,13 +181,13 @@ class XarrayBackend:
         array_name : str | list[str]
             Array(s) to write to.
         """
-        xs, names = _data.write_inputs(x, array_name, path_names=False)
+        xs, names = inputs.write_inputs(x, array_name, path_names=False)
         adjusted, index = self._selector.select(coords, "writing")
         dims = list(adjusted)
         planned = []
         for xi, name in zip(xs, names, strict=True):
-            arr = _data.to_host_array(xi, "x", extra_kinds=_KINDS)
-            _data.check_shape(arr, index, dims, name)
+            arr = inputs.to_host_array(xi, "x", extra_kinds=_KINDS)
+            inputs.check_shape(arr, index, dims, name)
             if name in self.root:
                 stored = self.root.variables[name]
                 if list(stored.dims) != dims:
@@ -195,14 +195,14 @@ class XarrayBackend:
                         f"array {name!r} has dimensions {list(stored.dims)} but coords give {dims}; "
                         "pass coords (and data axes) in the array's order"
                     )
-                _data.check_cast(arr.dtype, stored.dtype, name)
+                inputs.check_cast(arr.dtype, stored.dtype, name)
             else:
-                _data.check_cast(arr.dtype, np.dtype(np.float64), name)
+                inputs.check_cast(arr.dtype, np.dtype(np.float64), name)
             planned.append((name, arr))
         missing = [name for name, _ in planned if name not in self.root]
         if missing:
             self.add_array(OrderedDict((d, self.coords[d]) for d in dims), missing)
-        key = _data.orthogonal_key(index, outer=True)
+        key = inputs.orthogonal_key(index, outer=True)
         for name, arr in planned:
             self.root.variables[name][key] = arr
 
@@ -247,7 +247,7 @@ class XarrayBackend:
                 f"array {array_name!r} has dimensions {list(stored.dims)} but coords give {dims}; "
                 "pass coords in the array's order"
             )
-        view = stored.values[_data.orthogonal_key(index)]
+        view = stored.values[inputs.orthogonal_key(index)]
         x = torch.as_tensor(view, dtype=dtype, device=device)
         if x.device.type == "cpu" and view.size and x.data_ptr() == view.ctypes.data:
             x = x.clone()  # never hand out a view of the dataset

@@ -14,21 +14,14 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import zarr
 
-from e2fastio import _core, _data, _distributed
-from e2fastio._engine import EngineHandle
-from e2fastio._lifecycle import Lifecycle, serialized
-from e2fastio._stores import Location, RemoteOptions, resolve
-from e2fastio._zarr_native import (
-    NONBLOCKING_SPLIT,
-    ShardGeometry,
-    array_spec,
-    dimension_names,
-    engine_kwargs,
-    get_array,
-    shard_geometry,
-    split_buffer,
-)
+from e2fastio import _core
+from e2fastio._write import inputs, ranks
+from e2fastio._write.budget import NONBLOCKING_SPLIT, engine_kwargs, split_buffer
+from e2fastio._write.engine import EngineHandle
+from e2fastio._write.lifecycle import Lifecycle, serialized
+from e2fastio._write.zarr_arrays import ShardGeometry, array_spec, dimension_names, get_array, shard_geometry
 from e2fastio.errors import CoordinateError
+from e2fastio.stores.remote import Location, RemoteOptions, resolve
 
 if TYPE_CHECKING:
     from obstore.store import ObjectStore
@@ -211,7 +204,7 @@ class ZarrBackend(Lifecycle):
         whose mapping lives in native memory); an object-store URL such as
         ``"s3://bucket/forecast.zarr"`` (opened with ``obstore.store.from_url``
         and `store_kwargs`); an obstore store; or any writable zarr ``Store``.
-        Chunks for object stores are uploaded by :class:`e2fastio._stores.Uploader`
+        Chunks for object stores are uploaded by :class:`e2fastio.stores.remote.Uploader`
         with bounded concurrency and retries.
     chunks : dict[str, int], optional
         Chunk size per dimension; dimensions not listed get one chunk.
@@ -270,7 +263,7 @@ class ZarrBackend(Lifecycle):
         ``ProcessGroup``. Then construction is collective, rank 0 creates the
         group and the arrays (``add_array`` is collective and checks that every
         rank passes the same coordinates); each rank writes only whole chunks
-        of its own part; ``close`` is collective. See ``e2fastio._distributed``.
+        of its own part; ``close`` is collective. See ``e2fastio._write.ranks``.
     distributed_timeout : float, optional
         Seconds a collective step waits for the other ranks (default 600);
         a rank that never arrives is named in the error.
@@ -310,7 +303,7 @@ class ZarrBackend(Lifecycle):
             raise TypeError(f"fsync must be True or False, got {fsync!r}")
         _check_group_kwargs(backend_kwargs)
         # Checked before the store is opened (a local one is created): a bad value leaves nothing behind.
-        group = _distributed.resolve_group(process_group)
+        group = ranks.resolve_group(process_group)
         self.blocking = blocking
         self.flush_timeout = 600.0  # seconds flush()/close() wait for pending chunks
         ekw = engine_kwargs(threads, max_buffer_bytes)
@@ -331,7 +324,7 @@ class ZarrBackend(Lifecycle):
         self.consolidate_metadata = bool(consolidate_metadata)
         self._durable_root = loc.local_path if fsync else None  # metadata fsynced here too
         try:
-            self._coord = _distributed.Coordinator(group, distributed_timeout) if group is not None else None
+            self._coord = ranks.Coordinator(group, distributed_timeout) if group is not None else None
             created = False
             if self._coord is None:
                 self.root, created = _open_root(self.store, dict(backend_kwargs))
@@ -369,7 +362,7 @@ class ZarrBackend(Lifecycle):
 
         # Rebuild coordinates and chunks of an existing store (as Earth2Studio does).
         self.coords: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._selector = _data.Selector(self.coords, "zarr store",
+        self._selector = inputs.Selector(self.coords, "zarr store",
                                         lambda k: get_array(self.root, k).shape if k in self._members else None)
         self.chunks: dict[str, int] = dict(chunks)
         # What the store holds, listed once; kept up to date by add_array, so that
@@ -494,9 +487,9 @@ class ZarrBackend(Lifecycle):
         if self._coord is not None and self._shards_written is not None:
             try:  # collective, before incomplete shards are written
                 every = self._coord.gather(self._shards_written, "close (shard owners)")
-                shared = _distributed.shard_clashes(every)
+                shared = ranks.shard_clashes(every)
                 if shared:
-                    local_error = _distributed.shard_owner_error(self._coord.rank, every, shared, merged=True)
+                    local_error = ranks.shard_owner_error(self._coord.rank, every, shared, merged=True)
             except Exception as err:
                 local_error = err
         try:
@@ -630,7 +623,7 @@ class ZarrBackend(Lifecycle):
             an existing array; ``fill_value``, ``compressors``, ...).
         """
         self._check_open("add_array")
-        names, host = _data.add_array_inputs(array_name, data, _COMPLEX)
+        names, host = inputs.add_array_inputs(array_name, data, _COMPLEX)
         if self._coord is None:
             self._add_array(coords, names, host, kwargs)
             return
@@ -638,7 +631,7 @@ class ZarrBackend(Lifecycle):
         c.agree_on_arrays(coords, names, kwargs.get("dtype", host[0].dtype if host and host[0] is not None else None))
         c.on_root(lambda: self._add_array(coords, names, host, kwargs), f"add_array({names})")
         if not c.is_root:  # adopt what rank 0 created
-            adjusted, mapping = _data.convert_multidim_to_singledim(coords)
+            adjusted, mapping = inputs.convert_multidim_to_singledim(coords)
             self._members.update(adjusted, mapping, names)
             new_dims = [d for d in adjusted if d not in self.coords]
             for dim, values in zip(new_dims, _read_whole(self.root, new_dims), strict=True):
@@ -652,12 +645,12 @@ class ZarrBackend(Lifecycle):
         kwargs.setdefault("fill_value", None)
         kwargs.setdefault("compressors", self.zarr_codecs)
         overwrite = bool(kwargs.get("overwrite", False))
-        adjusted, mapping = _data.convert_multidim_to_singledim(coords)
+        adjusted, mapping = inputs.convert_multidim_to_singledim(coords)
         known = {**self.coords, **{d: np.asarray(v) for d, v in adjusted.items() if d not in self.coords}}
         shape = tuple(len(known[d]) for d in adjusted)
         for h, n in zip(host, names, strict=True):
             if h is not None and h.shape != shape:
-                raise _data.DataShapeError(
+                raise inputs.DataShapeError(
                     f"data for array {n!r} has shape {h.shape} but coords give {shape}"
                 )
 
@@ -772,7 +765,7 @@ class ZarrBackend(Lifecycle):
     def _note_shards(self, name: str, t: _Target, index: Sequence[np.ndarray]) -> None:
         shards = tuple(int(s) for s in (t.array.shards or ()))
         entry = self._shards_written.setdefault(name, (list(t.dims), list(shards), set(), []))
-        entry[2].update(_distributed.shards_touched(index, shards))
+        entry[2].update(ranks.shards_touched(index, shards))
         ranges = [(int(np.min(i)), int(np.max(i))) for i in index]
         entry[3][:] = ranges if not entry[3] else [(min(a[0], b[0]), max(a[1], b[1]))
                                                    for a, b in zip(entry[3], ranges, strict=True)]
@@ -800,14 +793,14 @@ class ZarrBackend(Lifecycle):
             Array(s) to write; missing ones are created from `coords`.
         """
         self._check_open("write")
-        xs, names = _data.write_inputs(x, array_name)
+        xs, names = inputs.write_inputs(x, array_name)
         adjusted, index = self._selector.select(coords, "writing")
         dims = tuple(adjusted)
         planned = []
         device_ok = not self.blocking and self._engine.get().cuda_available
         for xi, name in zip(xs, names, strict=True):
-            arr = _data.to_input(xi, device_ok, "x", _COMPLEX)
-            _data.check_shape(arr, index, dims, name)
+            arr = inputs.to_input(xi, device_ok, "x", _COMPLEX)
+            inputs.check_shape(arr, index, dims, name)
             if name in self._members:
                 t = self._target(name)
                 if t.dims != dims:
@@ -815,12 +808,12 @@ class ZarrBackend(Lifecycle):
                         f"array {name!r} has dimensions {list(t.dims)} but coords give {list(dims)}; "
                         "pass coords (and data axes) in the array's order"
                     )
-                arr = _data.cast_for_array(arr, t.dtype, name)
+                arr = inputs.cast_for_array(arr, t.dtype, name)
             planned.append((name, arr))
         for name, _ in planned:
             if name not in self._members:
                 if self._coord is not None:
-                    raise _distributed.DistributedError(
+                    raise ranks.DistributedError(
                         f"rank {self._coord.rank}: array {name!r} does not exist; in a multi-rank run create "
                         "arrays with add_array (called on every rank) before writing"
                     )
@@ -828,7 +821,7 @@ class ZarrBackend(Lifecycle):
         if self._coord is not None:  # before any data moves
             for name, _ in planned:
                 t = self._target(name)
-                _distributed.check_whole_chunks(self._coord.rank, name, t.dims, t.array.shape, t.array.chunks, index)
+                ranks.check_whole_chunks(self._coord.rank, name, t.dims, t.array.shape, t.array.chunks, index)
             for name, _ in planned:  # shards: which ranks wrote which is compared at close
                 t = self._target(name)
                 if t.array.shards is not None:
@@ -843,13 +836,13 @@ class ZarrBackend(Lifecycle):
         sharded = False
         for name, arr, index in items:
             t = self._target(name)
-            arr = _data.cast_for_array(arr, t.dtype, name)
+            arr = inputs.cast_for_array(arr, t.dtype, name)
             sink: _core.Sink | None = self._sink
             if sink is not None and t.shard is not None and t.spec is not None:
                 sink = self._shards()
                 sharded = True
             spec = t.spec if sink is not None else None  # None: written through zarr-python
-            if isinstance(arr, _data.DeviceTensor):
+            if isinstance(arr, inputs.DeviceTensor):
                 if spec is not None and sink is not None:
                     dt = arr.tensor.contiguous()  # on the device, ordered on the current stream
                     device_tensors.append(dt)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from e2fastio.errors import ArrayNameError, ArrayNameTypeError, CoordinateError, UnsupportedDTypeError
-from e2fastio.errors import DataShapeError as DataShapeError  # also raised by the backends as _data.DataShapeError
+from e2fastio.errors import DataShapeError as DataShapeError  # also raised by the backends as inputs.DataShapeError
 
 # dtypes the chunk pipeline stores (everything numpy can view with itemsize 1/2/4/8).
 _SUPPORTED_KINDS = {"f", "i", "u", "b"}

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from e2fastio._data import first_partial_chunk
+from e2fastio._write.inputs import first_partial_chunk
 from e2fastio.errors import CoordinateError, E2FastIOError
 
 

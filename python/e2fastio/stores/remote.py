@@ -51,8 +51,8 @@ from zarr.abc.store import Store
 from zarr.core.buffer import cpu, default_buffer_prototype
 
 from e2fastio import _core
-from e2fastio._zarr_native import NativeMemoryMapping, make_store, sink_for
 from e2fastio.errors import UploadError
+from e2fastio.stores.native import NativeMemoryMapping, make_store, sink_for
 
 logger = logging.getLogger(__name__)
 

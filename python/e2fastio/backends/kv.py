@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from e2fastio import _data
+from e2fastio._write import inputs
 from e2fastio.errors import CoordinateError, UnsupportedDTypeError
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ class KVBackend:
         self.root: dict[str, torch.Tensor] = {}
         self.coords: OrderedDict[str, np.ndarray] = OrderedDict()
         self.dims: dict[str, list[str]] = {}
-        self._selector = _data.Selector(self.coords, "KV store", self._stored_shape)
+        self._selector = inputs.Selector(self.coords, "KV store", self._stored_shape)
 
     def _stored_shape(self, name: str) -> tuple[int, ...] | None:
         t = self.root.get(name)
@@ -110,16 +110,16 @@ class KVBackend:
             subset of the stored coordinate values is placed at those values
             (zeros elsewhere).
         """
-        names = _data.as_list(array_name, "array_name")
+        names = inputs.as_list(array_name, "array_name")
         for n in names:
-            _data.check_member_name(n)
-        datas = [None] * len(names) if data is None else _data.as_list(data, "data")
+            inputs.check_member_name(n)
+        datas = [None] * len(names) if data is None else inputs.as_list(data, "data")
         if len(datas) != len(names):
             raise ValueError(
                 f"The number of input tensors and array names must be the same but got {len(datas)} and {len(names)}."
             )
         tensors = [None if d is None else self._as_tensor(d, "data") for d in datas]
-        adjusted, mapping = _data.convert_multidim_to_singledim(coords)
+        adjusted, mapping = inputs.convert_multidim_to_singledim(coords)
         known = {**{d: np.asarray(v) for d, v in adjusted.items()}, **self.coords}
         shape = tuple(len(known[d]) for d in adjusted)
         full = [np.arange(n, dtype=np.int64) for n in shape]
@@ -129,7 +129,7 @@ class KVBackend:
         index = full if same else self._index_for_new(adjusted, known)
         for name, t in zip(names, tensors, strict=True):
             if t is not None and name not in self.root:
-                _data.check_shape(t, index, list(adjusted), name)
+                inputs.check_shape(t, index, list(adjusted), name)
 
         for d in adjusted:
             if d not in self.coords:
@@ -148,7 +148,7 @@ class KVBackend:
                 stored = t.to(self.device, copy=True)
             else:
                 stored = self._torch.zeros(shape, dtype=t.dtype, device=self.device)
-                stored[_data.orthogonal_key(index)] = t.to(self.device)
+                stored[inputs.orthogonal_key(index)] = t.to(self.device)
             self.root[name] = stored
             self.dims[name] = list(adjusted)
 
@@ -157,7 +157,7 @@ class KVBackend:
         index = []
         for d, v in adjusted.items():
             if d in self.coords:
-                index.append(_data.CoordinateIndex(d, self.coords[d]).locate(v))
+                index.append(inputs.CoordinateIndex(d, self.coords[d]).locate(v))
             else:
                 index.append(np.arange(len(known[d]), dtype=np.int64))
         return index
@@ -170,7 +170,7 @@ class KVBackend:
 
     def _as_tensor(self, x: Any, argument: str) -> torch.Tensor:
         torch = self._torch
-        if _data.is_torch_tensor(x):
+        if inputs.is_torch_tensor(x):
             return x.detach()
         if isinstance(x, np.ndarray):
             arr = np.ascontiguousarray(x)
@@ -209,13 +209,13 @@ class KVBackend:
             Array(s) to write to.
         """
         torch = self._torch
-        xs, names = _data.write_inputs(x, array_name, path_names=False)
+        xs, names = inputs.write_inputs(x, array_name, path_names=False)
         adjusted, index = self._selector.select(coords, "writing")
         dims = list(adjusted)
         planned = []
         for xi, name in zip(xs, names, strict=True):
             t = self._as_tensor(xi, "x")
-            _data.check_shape(t, index, dims, name)
+            inputs.check_shape(t, index, dims, name)
             if name in self.root:
                 if self.dims[name] != dims:
                     raise CoordinateError(
@@ -234,7 +234,7 @@ class KVBackend:
         missing = [name for name, _ in planned if name not in self.root]
         if missing:
             self.add_array(OrderedDict((d, self.coords[d]) for d in dims), missing)
-        key = _data.orthogonal_key(index)
+        key = inputs.orthogonal_key(index)
         for name, t in planned:
             target = self.root[name]
             target[key] = t.to(device=target.device, dtype=target.dtype)
@@ -269,7 +269,7 @@ class KVBackend:
                 f"array {array_name!r} has dimensions {stored_dims} but coords give {dims}; "
                 "pass coords in the array's order"
             )
-        key = _data.orthogonal_key(index)
+        key = inputs.orthogonal_key(index)
         view = self.root[array_name][key]
         x = view.to(device)
         if x is view and all(isinstance(k, slice) for k in key):
@@ -291,7 +291,7 @@ class KVBackend:
         xr = _xarray()
 
         def host(v: Any) -> np.ndarray:
-            if _data.is_torch_tensor(v):
+            if inputs.is_torch_tensor(v):
                 v = v.detach().cpu()
                 arr: np.ndarray = v.resolve_conj().numpy() if v.is_conj() else v.numpy()
                 return arr

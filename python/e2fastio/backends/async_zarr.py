@@ -16,10 +16,12 @@ import numpy as np
 import zarr
 import zarr.storage
 
-from e2fastio import _data, _distributed, _stores
-from e2fastio._zarr_native import NONBLOCKING_SPLIT, dimension_names, engine_kwargs, split_buffer
+from e2fastio._write import inputs, ranks
+from e2fastio._write.budget import NONBLOCKING_SPLIT, engine_kwargs, split_buffer
+from e2fastio._write.zarr_arrays import dimension_names
+from e2fastio.backends.zarr import ZarrBackend, _read_whole
 from e2fastio.errors import CoordinateError
-from e2fastio.zarr_backend import ZarrBackend, _read_whole
+from e2fastio.stores import remote
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +182,7 @@ class AsyncZarrBackend:
             if shard_size <= 0:
                 raise ValueError(f"Shard size for coordinate '{dim}' must be positive but got {shard_size}")
         if fs_factory is not None:
-            _stores.deprecated_fs_factory()
+            remote.deprecated_fs_factory()
         if not isinstance(pool_size, int) or isinstance(pool_size, bool) or pool_size < 1:
             raise ValueError(f"pool_size must be a positive int, got {pool_size!r}")
         if max_inflight_shards < 1:
@@ -203,7 +205,7 @@ class AsyncZarrBackend:
                 raise FileNotFoundError(f"zarr_kwargs mode 'r+': {os.fspath(target)} does not exist; use mode 'a' "
                                         "to create it")
         self.parallel_coords: OrderedDict[str, np.ndarray] = OrderedDict()
-        for key, value in _scrub(_data.convert_multidim_to_singledim(parallel_coords)[0]).items():
+        for key, value in _scrub(inputs.convert_multidim_to_singledim(parallel_coords)[0]).items():
             if len(np.unique(value)) != len(value):
                 raise ValueError(
                     f"Chunked coordinate array '{key}' contains duplicate values. "
@@ -221,13 +223,13 @@ class AsyncZarrBackend:
                                    )["shards under assembly"] if shard_coords else 0
         if not blocking:  # and the rest as its ZarrBackend splits it
             split_buffer(budget - shard_bytes, "a non-blocking AsyncZarrBackend", NONBLOCKING_SPLIT)
-        _distributed.resolve_group(process_group)  # checked here too: ZarrBackend sees it after the location
+        ranks.resolve_group(process_group)  # checked here too: ZarrBackend sees it after the location
         # Every argument is checked: only now is the location opened (a local one is created).
         if upload_concurrency is None:  # as many as ZarrBackend's default, or pool_size when that is more
-            upload_concurrency = max(_stores.RemoteOptions.concurrency, pool_size)
-        options = _stores.RemoteOptions(concurrency=upload_concurrency, retries=upload_retries,
+            upload_concurrency = max(remote.RemoteOptions.concurrency, pool_size)
+        options = remote.RemoteOptions(concurrency=upload_concurrency, retries=upload_retries,
                                         timeout=upload_timeout)
-        location = _stores.resolve(
+        location = remote.resolve(
             store if store is not None else file_name,
             store_kwargs=store_kwargs,
             fs_factory=fs_factory if store is None else None,
@@ -322,7 +324,7 @@ class AsyncZarrBackend:
     # ------------------------------------------------------------------ arrays
     def _array_coords(self, coords: CoordSystem) -> OrderedDict[str, np.ndarray]:
         """The coordinates an array written at `coords` is created with."""
-        adjusted, _ = _data.convert_multidim_to_singledim(coords)
+        adjusted, _ = inputs.convert_multidim_to_singledim(coords)
         out: OrderedDict[str, np.ndarray] = OrderedDict()
         for key, value in _scrub(adjusted).items():
             if key in self.parallel_coords:
@@ -341,7 +343,7 @@ class AsyncZarrBackend:
         """
         if kwargs:
             logger.warning("AsyncZarrBackend.add_array ignoring unsupported kwargs: %s", sorted(kwargs))
-        names = _data.as_list(array_name, "array_name")
+        names = inputs.as_list(array_name, "array_name")
         full = self._array_coords(coords)
         for key, value in full.items():
             if key in self._z.coords and key not in self.parallel_coords:
@@ -351,7 +353,7 @@ class AsyncZarrBackend:
                         f"Coordinate array '{key}' already exists in the store with different values, "
                         "use a different dimension name"
                     )
-        missing = [n for n in names if _data.check_array_name(n) and n not in self._z]
+        missing = [n for n in names if inputs.check_array_name(n) and n not in self._z]
         if missing or not names:  # no names: the coordinates alone (a store other ranks validate against)
             self._create(full, missing, np.dtype(dtype))
 
@@ -367,9 +369,9 @@ class AsyncZarrBackend:
         by_dtype: dict[np.dtype[Any], list[str]] = {}
         seen: set[str] = set()
         for xi, name in zip(xs, names, strict=True):
-            if _data.check_array_name(name) and name not in self._z:
-                arr = _data.to_input(xi, True, "x", "c")  # a CUDA tensor stays on its device (no host copy)
-                _data.check_shape(arr, extent, dims, name)
+            if inputs.check_array_name(name) and name not in self._z:
+                arr = inputs.to_input(xi, True, "x", "c")  # a CUDA tensor stays on its device (no host copy)
+                inputs.check_shape(arr, extent, dims, name)
                 if name not in seen:
                     seen.add(name)  # the first tensor of a name decides its dtype
                     by_dtype.setdefault(np.dtype(arr.dtype), []).append(name)
@@ -483,14 +485,14 @@ class AsyncZarrBackend:
             self._z._engine.get().wait_progress(done, max(0.0, deadline - time.monotonic()))
 
     def _write(self, x: Any, coords: CoordSystem, array_name: str | list[str]) -> None:
-        xs = _data.as_list(x, "x")
-        names = _data.as_list(array_name, "array_name")
+        xs = inputs.as_list(x, "x")
+        names = inputs.as_list(array_name, "array_name")
         if len(xs) != len(names):
             raise ValueError(
                 f"Input tensors and array names must same length but got {len(xs)} and {len(names)}."
             )
         coords = _scrub(coords)
-        adjusted, _ = _data.convert_multidim_to_singledim(coords)
+        adjusted, _ = inputs.convert_multidim_to_singledim(coords)
         self._check_write_coords(adjusted)
         full = self._array_coords(coords)
         if self._z._coord is None:
@@ -546,11 +548,11 @@ class AsyncZarrBackend:
         coordinates must hold values given at construction, every other
         coordinate must be complete.
         """
-        xs = _data.as_list(x, "x")
-        names = _data.as_list(array_name, "array_name")
+        xs = inputs.as_list(x, "x")
+        names = inputs.as_list(array_name, "array_name")
         if len(xs) != len(names):
             raise ValueError(f"Input tensors and array names must same length but got {len(xs)} and {len(names)}.")
-        adjusted, _ = _data.convert_multidim_to_singledim(_scrub(coords))
+        adjusted, _ = inputs.convert_multidim_to_singledim(_scrub(coords))
         await asyncio.to_thread(self._prepare, xs, adjusted, names)
         return dict(zip(names, xs, strict=True)), OrderedDict(adjusted)
 
