@@ -9,8 +9,9 @@
 #   -n RUNS          how many runs (default 30)
 #   --load           keep every core busy (stress-ng when installed, else one
 #                    busy shell loop per core) for the whole series
-#   --sanitize LIST  the build to test: "address,undefined" (default, as the
-#                    test command), "thread", or "" for a plain build
+#   --sanitize LIST  the build to test: "" (default: a plain build, as the
+#                    test command by default), "address,undefined" (as its
+#                    --full run), or "thread"
 #   NAME_FILTER      run only the tests whose name contains it
 #
 # Builds into build/cpptests-<sanitizers> (the test command's build), prints
@@ -22,7 +23,7 @@ cd "$(dirname "$0")/.."
 
 runs=30
 load=0
-sanitize="address,undefined"
+sanitize=""
 filter=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
