@@ -10,6 +10,7 @@ step (``close()``), and peak RSS growth; interleaved and repeated.
     python benchmarks/bench_async.py                    # T = 0.5 s, 3 rounds
     python benchmarks/bench_async.py --quick            # small grid, seconds
     python benchmarks/bench_async.py --busy 0.2         # the step keeps one core busy 20% of its time
+    python benchmarks/bench_async.py --busy 0.5 --busy-kind torch   # half of it torch ops on every core
 
 With ``--busy F`` the model step first does a fixed amount of CPU work on the
 calling thread (pure Python, holding the GIL: pre- and post-processing, a
@@ -135,8 +136,24 @@ def pinned_d2h_gbps(nbytes: int) -> float:
     return 5 * nbytes / (time.perf_counter() - t) / 1e9
 
 
+# What the busy part of a model step is (--busy-kind): "python", a pure-Python loop on the caller's
+# thread (one core, holds the GIL); "torch", torch ops on fresh tensors each unit, run by torch's own
+# intra-op threads on every core, as a model whose step also computes on the CPU.
+BUSY_KIND = "python"
+_PROBE_UNITS = {"python": 200_000, "torch": 10}
+
+
 def busy_work(iters: int) -> int:
-    """A fixed amount of CPU work on this thread (pure Python, holds the GIL)."""
+    """A fixed amount of CPU work started from this thread (see BUSY_KIND)."""
+    if BUSY_KIND == "torch":
+        import torch
+
+        total = 0.0
+        for _ in range(iters):
+            a = torch.randn(384, 384)  # fresh tensors every unit, as a model's activations
+            b = torch.randn(384, 384)
+            total += float((torch.tanh(a @ b) @ a).sum())
+        return int(total) & 0xFFFFFFFF
     acc = 0
     for i in range(iters):
         acc = (acc * 31 + i) & 0xFFFFFFFF
@@ -147,7 +164,8 @@ def calibrate_busy(seconds: float) -> int:
     """Iterations of busy_work that take `seconds` here (best of 5 short probes)."""
     if seconds <= 0:
         return 0
-    n = 200_000
+    n = _PROBE_UNITS[BUSY_KIND]
+    _timed_busy(n)  # warm up (torch's thread pool, allocator)
     best = min(_timed_busy(n) for _ in range(5))
     return max(1, int(n * seconds / best))
 
@@ -252,6 +270,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--step-seconds", type=float, default=0.5)
     ap.add_argument("--busy", type=float, default=0.0,
                     help="fraction of each model step spent busy on the calling thread's core (e.g. 0.2)")
+    ap.add_argument("--busy-kind", choices=sorted(_PROBE_UNITS), default="python",
+                    help="python: a pure-Python loop on the caller's core; torch: torch ops on fresh tensors, "
+                         "on torch's own threads (every core)")
     ap.add_argument("--busy-iters", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--quick", action="store_true")
@@ -269,6 +290,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not 0.0 <= args.busy < 1.0:
         ap.error(f"--busy must be in [0, 1), got {args.busy}")
     size = common.size_from(args, common.QUICK if args.quick else common.FULL)
+    global BUSY_KIND
+    BUSY_KIND = args.busy_kind
     if args.worker:
         print(json.dumps(worker(args.worker, size, args.step_seconds, args.path, args.max_buffer_bytes, args.device,
                                 args.probe, args.busy_iters or 0, args.busy * args.step_seconds)))
@@ -299,7 +322,8 @@ def main(argv: list[str] | None = None) -> dict:
                 common.rm(path)
                 cmd = [sys.executable, __file__, "--worker", n, "--path", path, "--step-seconds",
                        str(args.step_seconds), "--max-buffer-bytes", str(args.max_buffer_bytes),
-                       "--device", args.device, "--busy", str(args.busy), "--busy-iters", str(busy_iters)]
+                       "--device", args.device, "--busy", str(args.busy), "--busy-iters", str(busy_iters),
+                       "--busy-kind", args.busy_kind]
                 cmd += common.size_argv(size)
                 if args.probe:
                     cmd.append("--probe")
@@ -329,7 +353,8 @@ def main(argv: list[str] | None = None) -> dict:
             "peak_rss_growth_mib": statistics.median(s["peak_rss_growth_bytes"] for s in samples[n]) / 2**20,
             "samples": samples[n],
         }
-    busy_txt = f" ({100 * args.busy:.0f}% busy on the caller's core)" if args.busy else ""
+    busy_txt = (f" ({100 * args.busy:.0f}% busy: {args.busy_kind} work started from the caller's thread)"
+                if args.busy else "")
     print(f"\nmodel step {args.step_seconds} s{busy_txt} x {size['steps']} steps, "
           f"{samples['no IO'][0]['bytes'] / 1e9:.2f} GB, "
           f"blosc zstd-3 + shuffle, max_buffer_bytes {args.max_buffer_bytes / 2**20:.0f} MiB (median of {repeats})")
@@ -361,6 +386,7 @@ def main(argv: list[str] | None = None) -> dict:
     record = {"benchmark": "bench_async", "machine": common.machine(), "git": common.git_rev(),
               "command": " ".join([os.path.basename(sys.executable)] + sys.argv), "size": size,
               "step_seconds": args.step_seconds, "busy": args.busy, "busy_iters": busy_iters,
+              "busy_kind": args.busy_kind,
               "max_buffer_bytes": args.max_buffer_bytes, "results": table}
     common.save_json(args.json, record)
     print(f"\nJSON record: {args.json}")
