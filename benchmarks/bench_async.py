@@ -226,6 +226,8 @@ def worker(name: str, size: dict, step_s: float, path: str, max_buffer_bytes: in
 
         fields = [torch.from_numpy(f) for f in w.fields]
     write_s = []
+    if busy_iters:
+        busy_work(_PROBE_UNITS[BUSY_KIND])  # warm up outside the timed loop (torch's threads and allocator)
     t0 = time.perf_counter()
     for k in range(steps):
         if busy_iters:  # the step's CPU part: fixed work on this thread
