@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import threading
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import zarr.core.sync  # noqa: F401 - registers zarr-python's atexit handler before ours (below)
@@ -137,7 +138,7 @@ def _reap(kind: str, where: str, engine: Any, uploader: Any, unflushed: list[boo
     try:
         # Pool threads waiting for the backend itself give up (their chunks fail); chunks that
         # already waited there for the backend are dropped, and said so below.
-        dropped = int(release() or 0) if release is not None else 0
+        dropped = release() if release is not None else 0
         if engine.started:
             e = engine.get()
             pending = int(e.pending_chunks) if e.has_ring else 0
@@ -292,25 +293,22 @@ class Lifecycle:
         """Run an engine/uploader call that may rethrow a background error; wrap it."""
         surface_background_error(fn, self._failed_so_far)
 
-    def _earlier_failure(self, *checks: Any) -> BackgroundWriteError | None:
-        """The first background error the engine/uploader `checks` rethrow, wrapped; None if none.
+    @contextlib.contextmanager
+    def _staging(self, *checks: Any) -> Iterator[None]:
+        """Around a non-blocking write's staging: the first background error the engine/uploader
+        `checks` rethrow is taken before the body stages and raised (wrapped) once it has.
 
-        A non-blocking write takes it before it stages its own chunks and raises it once they are
-        staged: a chunk of this very write that fails meanwhile is then the next call's to report,
-        never blamed on "an earlier write" by the call that queued it.
+        A chunk of this very write that fails meanwhile is then the next call's to report, never
+        blamed on "an earlier write" by the call that queued it. An error of the body wins, with
+        the earlier one noted on it, so that neither is lost.
         """
+        earlier: BackgroundWriteError | None = None
         for check in checks:
-            err = background_error(check, self._failed_so_far)
-            if err is not None:
-                return err
-        return None
-
-    @staticmethod
-    def _raise_after(earlier: BackgroundWriteError | None, staging: Any) -> None:
-        """Run `staging` (a write's submission), then raise `earlier`; an error of `staging` wins,
-        with `earlier` noted on it, so that neither is lost."""
+            earlier = background_error(check, self._failed_so_far)
+            if earlier is not None:
+                break
         try:
-            staging()
+            yield
         except BaseException as exc:
             if earlier is not None:
                 exc.add_note(f"also, before this write: {earlier}")

@@ -702,19 +702,14 @@ class NetCDF4Backend(Lifecycle):
         # encoders waiting for room in the collector cannot: first make sure that every chunk still
         # pending fits into the collector (storing chunks meanwhile), so staging never waits for us.
         self._hand_over(until=self._room_to_stage)
-        # Non-blocking: an earlier write's failure, taken before this one stages (raised once it is).
-        earlier = None if self.blocking else self._earlier_failure(engine.check)
         if self.blocking:
             engine.submit(batch)  # staged: the caller's data may change from here on
             self._hand_over(until=_idle)
             engine.check()
             return
-
-        def stage() -> None:
+        with self._staging(engine.check):  # an earlier write's failure, raised once this one is staged
             engine.submit(batch)
             self._hand_over()  # what is ready; the rest at the next call
-
-        self._raise_after(earlier, stage)
 
     def _room_to_stage(self, engine: _core.Engine) -> bool:
         """Whether every pending chunk fits into the collector as it stands (or none is pending)."""

@@ -872,17 +872,13 @@ class ZarrBackend(Lifecycle):
             return
         # An earlier write's failure surfaces here, once this write is staged (it lands).
         checks = [engine.check] if self._uploader is None else [engine.check, self._uploader.raise_failures]
-        earlier = self._earlier_failure(*checks)
-
-        def stage() -> None:
+        with self._staging(*checks):
             if batch:
                 engine.submit(batch)
                 self._mark_written()  # only once staged: a refused batch leaves nothing pending
             if device_batch:
                 self._submit_device(engine, device_batch, device_tensors)
                 self._mark_written()
-
-        self._raise_after(earlier, stage)
 
     def _submit_device(self, engine: Any, requests: list[Any], tensors: list[Any]) -> None:
         import torch
