@@ -188,3 +188,31 @@ def test_writes_from_several_threads_all_land(tmp_path, kind):
         with netCDF4.Dataset(tmp_path / "t.nc") as ds:
             got = ds["v"][...]
     np.testing.assert_array_equal(np.asarray(got)[:, 0, 0], np.arange(12))
+
+
+def test_a_nonblocking_write_reports_earlier_failures_only_after_staging_its_own():
+    """The error recorded before a write is taken first and raised once the write is staged; what fails
+    after that (a chunk of this very write) stays recorded for the next call. An error of the staging
+    itself wins, with the earlier one noted on it."""
+    from e2fastio.errors import BackgroundWriteError
+
+    io = ZarrBackend(None, blocking=False)
+    recorded = [OSError("chunk 'v/c/0' failed")]
+
+    def check() -> None:  # as Engine.check: rethrows the recorded error once
+        if recorded:
+            raise recorded.pop(0)
+
+    staged = []
+    with pytest.raises(BackgroundWriteError, match="v/c/0") as caught:
+        with io._staging(check):
+            staged.append(True)
+            recorded.append(OSError("chunk 'v/c/1' failed"))  # this write's own chunk, failing meanwhile
+    assert staged and isinstance(caught.value.__cause__, OSError)
+    assert [str(e) for e in recorded] == ["chunk 'v/c/1' failed"]  # left for the next call
+
+    with pytest.raises(ValueError, match="refused") as caught:
+        with io._staging(check):
+            raise ValueError("refused")
+    assert any("v/c/1" in note for note in caught.value.__notes__)
+    io.close()
