@@ -32,7 +32,7 @@ def main(tmp: str) -> None:
                               zarr_codecs=zarr.codecs.BloscCodec(cname="lz4"))
     coords = OrderedDict(a=np.arange(3), b=np.arange(1000))
     io.add_array(coords, "v")
-    engine = io._engine.get()
+    engine = io.pipeline.engine.get()
     assert engine.ring_stats()["pinned"], "the ring must be page-locked memory when a runtime is present"
     spec, _ = array_spec(io.root["v"])
     dev = np.full((1, 1000), -1.0, np.float32)  # "device" memory of the fake runtime
@@ -40,7 +40,8 @@ def main(tmp: str) -> None:
     fake.fake_cuda_hold_stream(ctypes.c_void_p(producer), 1)  # the producing kernel is still running
     before = fake.fake_cuda_copies()
     t0 = time.perf_counter()
-    seq = engine.submit_device([(spec, io._sink, (dev.ctypes.data, [1, 1000], 4), [np.array([1]), np.arange(1000)])],
+    sink = io.pipeline.sink
+    seq = engine.submit_device([(spec, sink, (dev.ctypes.data, [1, 1000], 4), [np.array([1]), np.arange(1000)])],
                                producer)
     assert time.perf_counter() - t0 < 0.05, "write must not wait for the device"
     time.sleep(0.1)
@@ -55,7 +56,7 @@ def main(tmp: str) -> None:
     # A copy that fails on the device surfaces at flush, naming the copy.
     fake.fake_cuda_fail_next_copy_async()
     other = stream()
-    engine.submit_device([(spec, io._sink, (dev.ctypes.data, [1, 1000], 4), [np.array([2]), np.arange(1000)])], other)
+    engine.submit_device([(spec, sink, (dev.ctypes.data, [1, 1000], 4), [np.array([2]), np.arange(1000)])], other)
     try:
         io.flush()
     except e2fastio.BackgroundWriteError as err:
@@ -72,13 +73,13 @@ def sharded(tmp: str) -> None:
     path = os.path.join(tmp, "s.zarr")
     io = e2fastio.ZarrBackend(path, chunks={"a": 1}, blocking=False, zarr_codecs=zarr.codecs.BloscCodec(cname="lz4"))
     io.add_array(OrderedDict(a=np.arange(3), b=np.arange(1000)), "v", shards=(3, 1000))
-    t = io._target("v")
+    t = io.pipeline.target("v")
     assert t.shard is not None, t.path
-    engine = io._engine.get()
+    engine = io.pipeline.engine.get()
     dev = np.arange(3000, dtype=np.float32).reshape(3, 1000)  # "device" memory of the fake runtime
     producer = stream()
     fake.fake_cuda_hold_stream(ctypes.c_void_p(producer), 1)
-    seq = engine.submit_device([(t.spec, io._shards(), (dev.ctypes.data, [3, 1000], 4),
+    seq = engine.submit_device([(t.spec, io.pipeline.shards.sink(), (dev.ctypes.data, [3, 1000], 4),
                                  [np.arange(3), np.arange(1000)])], producer)
     expected = dev * 2
     dev *= 2  # the producing kernel finishes only now: the copy must see this

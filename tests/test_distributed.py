@@ -118,9 +118,9 @@ def test_single_process_ignores_distributed_when_not_initialised(tmp_path):
 
     assert not dist.is_initialized()
     with ZarrBackend(str(tmp_path / "s.zarr")) as io:
-        assert io._coord is None
+        assert io.pipeline.coord is None
     with ZarrBackend(str(tmp_path / "f.zarr"), process_group=False) as io:  # the earlier opt-out still works
-        assert io._coord is None
+        assert io.pipeline.coord is None
     with pytest.raises(ValueError, match=r"process_group='world' needs torch.distributed to be initialised"):
         ZarrBackend(str(tmp_path / "t.zarr"), process_group="world")
 

@@ -72,7 +72,7 @@ def test_member_chunks_land_exactly_with_and_without_direct_io(tmp_path, blockin
             io.write(data[:, :, k : k + 1], _step(c, k), "v")
         if not blocking:
             io.flush()
-        stats = io._engine.stats()
+        stats = io.pipeline.engine.stats()
         assert stats["writer_threads"] >= 2  # local chunks are stored by the writer stage
         assert stats["buffers"]["peak_bytes"] <= stats["buffers"]["capacity"]
     np.testing.assert_array_equal(zarr.open_array(str(path / "v"))[...], data)
@@ -118,7 +118,7 @@ def test_nonblocking_threads_run_below_the_caller_and_blocking_ones_at_its_prior
         io.flush()
         assert native_threads(reach=before_pool + 2) >= before_pool + 2
         assert native_threads("e2fastio-write", reach=before_write + 2) >= before_write + 2
-        assert io._engine.stats()["nice"] == (BACKGROUND_NICE if not blocking else 0)
+        assert io.pipeline.engine.stats()["nice"] == (BACKGROUND_NICE if not blocking else 0)
         # This backend's threads are the only ones of their names with this priority.
         assert _thread_nices("e2fastio-pool").count(expect) >= 2
         assert _thread_nices("e2fastio-write").count(expect) >= 2
@@ -140,7 +140,7 @@ def test_a_writer_that_falls_behind_holds_the_caller_back_within_max_buffer_byte
         for k in range(64):
             io.write(x + k, _step(c, k), "v")
         io.flush()
-        s = io._engine.stats()
+        s = io.pipeline.engine.stats()
         assert s["buffers"]["peak_bytes"] <= s["buffers"]["capacity"]
         assert s["ring"]["peak_used_bytes"] <= s["ring"]["capacity"]
         assert s["buffers"]["capacity"] + s["ring"]["capacity"] <= bound

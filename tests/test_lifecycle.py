@@ -107,7 +107,7 @@ def test_unclosed_s3_backend_releases_threads_store_and_client(s3_bucket, native
     io.add_array(C, "v")
     _write_steps(io, 6, chunks_per_step_partial=True)  # partial chunks: encoders call back into Python
     assert _uploads() == before + 1
-    ref, uploader = weakref.ref(io), weakref.ref(io._uploader)
+    ref, uploader = weakref.ref(io), weakref.ref(io.pipeline.uploader)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the non-blocking one warns (tested above)
         del io

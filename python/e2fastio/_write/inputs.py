@@ -1,10 +1,17 @@
-"""Turning user inputs (torch tensors, numpy arrays, coordinates) into what the core takes."""
+"""Turning user inputs (torch tensors, numpy arrays, coordinates) into what the core takes.
+
+The first stage of every write: :func:`plan_write` checks a write's inputs
+once, in order (names, coordinates, data types and shapes, each array's
+dimensions and dtype), and returns a :class:`WritePlan` that the write
+pipeline turns into engine requests without checking them again.
+"""
 
 from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,11 +38,13 @@ def as_list(x: Any, what: str) -> list[Any]:
     return [x]
 
 
-def write_inputs(x: Any, array_name: Any, path_names: bool = True) -> tuple[list[Any], list[str]]:
+def write_inputs(x: Any, array_name: Any, path_names: bool = True,
+                 check_name: Callable[[Any], str] | None = None) -> tuple[list[Any], list[str]]:
     """The (data, name) pairs of a write, checked: equal counts, safe and distinct names.
 
     `path_names=False` (in-memory backends) only requires each name to be a
-    non-empty str: it never becomes a key inside a store.
+    non-empty str: it never becomes a key inside a store. `check_name`
+    replaces both (a format's own naming rules: NetCDF's).
     """
     xs = as_list(x, "x")
     names = as_list(array_name, "array_name")
@@ -43,7 +52,7 @@ def write_inputs(x: Any, array_name: Any, path_names: bool = True) -> tuple[list
         raise ValueError(
             f"The number of input tensors and array names must be the same but got {len(xs)} and {len(names)}."
         )
-    check = check_array_name if path_names else check_member_name
+    check = check_name or (check_array_name if path_names else check_member_name)
     for n in names:
         check(n)
     if len(set(names)) != len(names):
@@ -364,3 +373,59 @@ def first_partial_chunk(index: Sequence[np.ndarray], shape: Sequence[int], chunk
         if len(idx) != sum(min(c, n - k * c) for k in touched):
             return d
     return None
+
+
+# ---------------------------------------------------------------------------- the plan of a write
+@dataclass(frozen=True, slots=True)
+class WritePlan:
+    """A write's inputs, checked: what goes where.
+
+    `items`: (array name, data) with the data already in the stored dtype (a
+    host array, or a CUDA tensor left on its device); `coords`: the write's
+    coordinates with n-d ones replaced by index dimensions; `index`: one int64
+    position array per dimension; `missing`: names the store does not hold yet
+    (the backend creates them before the plan is written).
+    """
+
+    items: list[tuple[str, np.ndarray | DeviceTensor]]
+    coords: OrderedDict[str, np.ndarray]
+    index: list[np.ndarray]
+    missing: list[str]
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self.items]
+
+
+# An array the store holds: (its dimension names, its dtype); a missing one: (None, the dtype it will get).
+StoredArray = Callable[[str], "tuple[tuple[str, ...] | None, np.dtype[Any]]"]
+
+
+def plan_write(x: Any, coords: Mapping[str, np.ndarray], array_name: Any, selector: Selector,
+               stored: StoredArray, *, device_ok: bool, extra_kinds: str = "",
+               check_name: Callable[[Any], str] | None = None) -> WritePlan:
+    """Check a write's inputs once and plan it (nothing is stored; a bad input raises here).
+
+    `stored(name)` describes each target array; `device_ok`: CUDA tensors may
+    stay on their device (non-blocking backends with the CUDA runtime);
+    `extra_kinds` and `check_name`: what the format stores besides real
+    numbers, and its naming rules (see :func:`write_inputs`).
+    """
+    xs, names = write_inputs(x, array_name, check_name=check_name)
+    adjusted, index = selector.select(coords, "writing")
+    dims = tuple(adjusted)
+    items: list[tuple[str, np.ndarray | DeviceTensor]] = []
+    missing: list[str] = []
+    for xi, name in zip(xs, names, strict=True):
+        arr = to_input(xi, device_ok, "x", extra_kinds)
+        check_shape(arr, index, dims, name)
+        array_dims, dtype = stored(name)
+        if array_dims is None:
+            missing.append(name)
+        elif array_dims != dims:
+            raise CoordinateError(
+                f"array {name!r} has dimensions {list(array_dims)} but coords give {list(dims)}; "
+                "pass coords (and data axes) in the array's order"
+            )
+        items.append((name, cast_for_array(arr, dtype, name)))
+    return WritePlan(items, adjusted, index, missing)

@@ -177,6 +177,53 @@ def _reap(kind: str, where: str, engine: Any, uploader: Any, unflushed: list[boo
             _reapers.discard(threading.current_thread())
 
 
+class Outcomes:
+    """What a backend's user has and has not yet been told about its writes.
+
+    One per backend, shared by its write pipeline (which records and raises)
+    and its lifecycle (whose finalizer reads :attr:`unflushed`).
+    `failed_so_far` counts the chunks that failed so far (engine and uploads).
+    """
+
+    def __init__(self, failed_so_far: Callable[[], int]) -> None:
+        self.unflushed = [False]  # a list: shared with the finalizer, which must not hold the backend
+        self._failed_so_far = failed_so_far
+
+    def written(self) -> None:
+        """A non-blocking write was staged: until the next flush its fate is unknown to the user."""
+        self.unflushed[0] = True
+
+    def flushed(self) -> None:
+        self.unflushed[0] = False
+
+    def raise_background(self, fn: Callable[[], Any]) -> None:
+        """Run an engine/uploader call that may rethrow a background error; wrap it."""
+        surface_background_error(fn, self._failed_so_far)
+
+    @contextlib.contextmanager
+    def staging(self, *checks: Callable[[], Any]) -> Iterator[None]:
+        """Around a non-blocking write's staging: the first background error the engine/uploader
+        `checks` rethrow is taken before the body stages and raised (wrapped) once it has.
+
+        A chunk of this very write that fails meanwhile is then the next call's to report, never
+        blamed on "an earlier write" by the call that queued it. An error of the body wins, with
+        the earlier one noted on it, so that neither is lost.
+        """
+        earlier: BackgroundWriteError | None = None
+        for check in checks:
+            earlier = background_error(check, self._failed_so_far)
+            if earlier is not None:
+                break
+        try:
+            yield
+        except BaseException as exc:
+            if earlier is not None:
+                exc.add_note(f"also, before this write: {earlier}")
+            raise
+        if earlier is not None:
+            raise earlier
+
+
 def serialized(method: _Method) -> _Method:
     """Calls of a backend's public methods from several threads are taken one at a time.
 
@@ -210,7 +257,8 @@ class Lifecycle:
             """Implemented by each backend."""
 
     def _start_lifecycle(self, *, where: str, engine: Any, uploader: Any = None, nonblocking: bool,
-                         keep_alive: bool = False, timeout: float = 600.0, release: Any = None) -> None:
+                         keep_alive: bool = False, timeout: float = 600.0, release: Any = None,
+                         outcomes: Outcomes | None = None) -> None:
         """Register for the exit close and for collection without close().
 
         `keep_alive`: the backend itself is needed to finish its work (held
@@ -219,17 +267,18 @@ class Lifecycle:
         `release`: called first by that finalizer, so that pool threads waiting
         for the backend itself (NetCDF encoders waiting for the caller's thread
         to take chunks to HDF5) give up instead of holding the pool forever.
+        `outcomes`: the write pipeline's (else one counting the engine's failed chunks).
         """
         self._closed = False
         self._where = where
         self._kind = type(self).__name__  # as the user knows it (AsyncZarrBackend names its ZarrBackend so)
         self._warn_at_exit = nonblocking
         self._lifecycle_engine = engine
-        self._unflushed = [False]  # shared with the finalizer (which must not hold the backend)
+        self._outcomes = outcomes if outcomes is not None else Outcomes(self._failed_so_far)
         with _lock:
             (_exit_strong.add if keep_alive else _exit_weak.add)(self)
         self._finalizer = weakref.finalize(self, _reap, type(self).__name__, where, engine, uploader,
-                                           self._unflushed, timeout, release)
+                                           self._outcomes.unflushed, timeout, release)
         self._finalizer.atexit = False  # at exit the backend is closed by _close_at_exit while still alive
 
     def _watch_at_exit(self) -> None:
@@ -241,11 +290,10 @@ class Lifecycle:
         """At exit, after every open backend was closed: report what closing cannot finish."""
 
     def _mark_written(self) -> None:
-        """A non-blocking write was staged: until the next flush its fate is unknown to the user."""
-        self._unflushed[0] = True
+        self._outcomes.written()
 
     def _mark_flushed(self) -> None:
-        self._unflushed[0] = False
+        self._outcomes.flushed()
 
     def _end_exit_registration(self) -> None:
         """Not closed at exit (the finalizer still finishes it if collected while open)."""
@@ -290,31 +338,10 @@ class Lifecycle:
 
     # -- background errors
     def _background(self, fn: Any) -> None:
-        """Run an engine/uploader call that may rethrow a background error; wrap it."""
-        surface_background_error(fn, self._failed_so_far)
+        self._outcomes.raise_background(fn)
 
-    @contextlib.contextmanager
-    def _staging(self, *checks: Any) -> Iterator[None]:
-        """Around a non-blocking write's staging: the first background error the engine/uploader
-        `checks` rethrow is taken before the body stages and raised (wrapped) once it has.
-
-        A chunk of this very write that fails meanwhile is then the next call's to report, never
-        blamed on "an earlier write" by the call that queued it. An error of the body wins, with
-        the earlier one noted on it, so that neither is lost.
-        """
-        earlier: BackgroundWriteError | None = None
-        for check in checks:
-            earlier = background_error(check, self._failed_so_far)
-            if earlier is not None:
-                break
-        try:
-            yield
-        except BaseException as exc:
-            if earlier is not None:
-                exc.add_note(f"also, before this write: {earlier}")
-            raise
-        if earlier is not None:
-            raise earlier
+    def _staging(self, *checks: Any) -> contextlib.AbstractContextManager[None]:
+        return self._outcomes.staging(*checks)
 
     def _failed_so_far(self) -> int:
         return int(self._lifecycle_engine.stats().get("failed_chunks", 0))

@@ -30,7 +30,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -301,3 +301,24 @@ def shard_owner_error(rank: int, every: Sequence[Mapping[str, Any]],
         f"shard_coords={{{dims[d]!r}: {suggest}}} (or shards with {suggest} along {dims[d]!r}), or shard "
         "along a coordinate that each rank writes whole."
     )
+
+
+def merge_in_turns(coord: Coordinator, store_turn: Callable[[], None]) -> Exception | None:
+    """Write the shards several ranks hold part of, rank after rank (collective).
+
+    Each rank's `store_turn` merges with what the ranks before it stored
+    (read-modify-write), so no rank's part is lost. Every rank takes part in
+    every turn; an error of this rank's turn is returned, not raised, so the
+    others are not left waiting.
+    """
+    error: Exception | None = None
+    for turn in range(coord.size):
+        coord.barrier(f"close (shared shards, rank {turn}'s turn)")
+        if turn != coord.rank:
+            continue
+        try:
+            store_turn()
+        except Exception as err:
+            error = err
+    coord.barrier("close (shared shards merged)")
+    return error

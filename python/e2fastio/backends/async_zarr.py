@@ -19,7 +19,8 @@ import zarr.storage
 from e2fastio._write import inputs, ranks
 from e2fastio._write.budget import NONBLOCKING_SPLIT, engine_kwargs, split_buffer
 from e2fastio._write.zarr_arrays import dimension_names
-from e2fastio.backends.zarr import ZarrBackend, _read_whole
+from e2fastio._write.zarr_nodes import read_whole
+from e2fastio.backends.zarr import ZarrBackend
 from e2fastio.errors import CoordinateError
 from e2fastio.stores import remote
 
@@ -243,15 +244,15 @@ class AsyncZarrBackend:
         self.blocking = blocking
         self.zarr_codecs = zarr_codecs
         chunks = {k: 1 for k in self.parallel_coords} | self.chunked_coords
+        location.owner = type(self).__name__  # in what the user is told at exit
         self._z = ZarrBackend(location, chunks=chunks, backend_kwargs={"overwrite": mode == "w"},
                               zarr_codecs=zarr_codecs, threads=threads, max_buffer_bytes=budget - shard_bytes,
                               blocking=blocking, process_group=process_group,
                               distributed_timeout=distributed_timeout, consolidate_metadata=consolidate_metadata)
-        self._z._kind = type(self).__name__  # in what the user is told at exit
         self._z.flush_timeout = self.async_timeout
         # Shards accumulate until complete (not one write each, as ZarrBackend's blocking writes do);
         # incomplete ones are written at flush/close.
-        self._z._gather_shards_until_complete(max_inflight_shards, shard_bytes or None)
+        self._z.pipeline.shards.gather_until_complete(max_inflight_shards, shard_bytes or None)
         # Serialises this backend's writes (sync calls from several threads and
         # async_write tasks alike); the chunks of one write still encode in parallel.
         self._lock = threading.RLock()
@@ -281,7 +282,7 @@ class AsyncZarrBackend:
         Dimensions come in the order data arrays name them; coordinate arrays
         that no data array uses (a coordinate-only store) follow.
         """
-        self._z._wait_uploads()  # coordinates written through the upload path are visible
+        self._z.pipeline.wait_uploads()  # coordinates written through the upload path are visible
         arrays = dict(sorted((k, v) for k, v in self._z.root.members() if isinstance(v, zarr.Array)))
         dims_of = {name: list(dimension_names(a)) for name, a in arrays.items()}
         order: list[str] = []
@@ -290,7 +291,7 @@ class AsyncZarrBackend:
                 order += [d for d in dims if d not in order]
         order += [name for name, dims in dims_of.items() if dims == [name] and name not in order]
         present = [d for d in order if d in arrays]
-        values = _read_whole(self._z.root, [arrays[d] for d in present])
+        values = read_whole(self._z.root, [arrays[d] for d in present])
         return OrderedDict(zip(present, values, strict=True))
 
     def __contains__(self, item: str) -> bool:
@@ -456,23 +457,18 @@ class AsyncZarrBackend:
         with self._lock:
             self._throttle()
             self._write(x, coords, array_name)
-            if not self.blocking and self._z._engine.started:
-                done, pending = self._progress()
+            if not self.blocking and self._z.pipeline.engine.started:
+                done, pending = self._z.pipeline.progress()
                 self._inflight.append(done + pending)  # this write is stored once that many chunks are done
-
-    def _progress(self) -> tuple[int, int]:
-        """(chunks finished, chunks pending) of the native pipeline."""
-        e = self._z._engine.get()
-        return int(e.finished_chunks), int(e.pending_chunks)
 
     def _throttle(self) -> None:
         """Earth2Studio's pool_size: wait while `pool_size` earlier non-blocking writes are still being stored."""
-        if self.blocking or not self._z._engine.started:
+        if self.blocking or not self._z.pipeline.engine.started:
             self._inflight.clear()
             return
         deadline = time.monotonic() + self.async_timeout
         while self._inflight:
-            done, _ = self._progress()
+            done, _ = self._z.pipeline.progress()
             while self._inflight and self._inflight[0] <= done:
                 self._inflight.pop(0)
             if len(self._inflight) < self.pool_size:
@@ -482,10 +478,10 @@ class AsyncZarrBackend:
                                    f"{self.pool_size} writes in flight (pool_size) to be stored")
             # Sleep (GIL released) until another chunk finishes: not the oldest write's end,
             # any write's (chunks finish out of order).
-            self._z._engine.get().wait_progress(done, max(0.0, deadline - time.monotonic()))
+            self._z.pipeline.engine.get().wait_progress(done, max(0.0, deadline - time.monotonic()))
 
     def _write(self, x: Any, coords: CoordSystem, array_name: str | list[str]) -> None:
-        xs = inputs.as_list(x, "x")
+        xs = list(x) if isinstance(x, (list, tuple)) else [x]  # checked once, by the plan of self._z.write
         names = inputs.as_list(array_name, "array_name")
         if len(xs) != len(names):
             raise ValueError(
@@ -495,7 +491,7 @@ class AsyncZarrBackend:
         adjusted, _ = inputs.convert_multidim_to_singledim(coords)
         self._check_write_coords(adjusted)
         full = self._array_coords(coords)
-        if self._z._coord is None:
+        if self._z.pipeline.coord is None:
             self._create_missing(full, xs, names, adjusted)
         self._z.write(xs, coords, names)
 
@@ -510,7 +506,8 @@ class AsyncZarrBackend:
                 )
 
     def read(self, coords: CoordSystem, array_name: str, device: Any = "cpu") -> tuple[Any, CoordSystem]:
-        return self._z.read(coords, array_name, device)
+        with self._lock:  # never beside a close that suspends the pipeline
+            return self._z.read(coords, array_name, device)
 
     def flush(self) -> None:
         """Wait until every write so far is stored; raise the first background error."""
@@ -528,15 +525,15 @@ class AsyncZarrBackend:
         """
         with self._lock:
             self._inflight.clear()
-            if self._z._coord is not None:
+            if self._z.pipeline.coord is not None:
                 self._z.close()  # opted-in multi-rank: collective, and final
             else:
-                self._z._suspend()
+                self._z.pipeline.suspend()
 
     @property
     def closed(self) -> bool:
         """True while no thread of ours runs for this backend (after ``close``, until the next write)."""
-        return self._z._idle()
+        return self._z.pipeline.idle()
 
     # ------------------------------------------------------------------ coroutines (Earth2Studio's async API)
     async def prepare_inputs(

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import zarr
 
-from e2fastio.backends.zarr import _DEFAULT_CHUNKS, ZarrBackend
+from e2fastio.backends.zarr import DEFAULT_CHUNKS, ZarrBackend
 from e2fastio.stores import remote
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ class IceChunkBackend(ZarrBackend):
         storage: icechunk.Storage | str | os.PathLike[str] | None = None,
         branch: str = "main",
         repo_kwargs: dict[str, Any] = {},  # noqa: B006 - Earth2Studio's signature
-        chunks: dict[str, int] = _DEFAULT_CHUNKS,
+        chunks: dict[str, int] = DEFAULT_CHUNKS,
         backend_kwargs: dict[str, Any] = {"overwrite": False},  # noqa: B006
         zarr_codecs: Any = None,
         blocking: bool = False,
@@ -197,10 +197,9 @@ class IceChunkBackend(ZarrBackend):
         """
         if not isinstance(message, str):
             raise TypeError(f"message must be a str (the commit message), got {type(message).__name__}")
-        if self._uploader is not None:
-            self._uploader.check_process("commit")
+        self.pipeline.check_process("commit")
         if not self.closed:
-            self._drain()  # a failed chunk raises here, before anything is committed
+            self.pipeline.drain()  # a failed chunk raises here, before anything is committed
         snapshot_id: str = self.session.commit(message, **kwargs)
         logger.debug("committed snapshot %s to icechunk branch %r", snapshot_id, self.branch)
         self._new_session()
@@ -210,10 +209,9 @@ class IceChunkBackend(ZarrBackend):
         """Continue on a new writable session of the branch (the committed one is read-only)."""
         self.session = self.repo.writable_session(self.branch)
         self.store = self.session.store
-        if self._uploader is not None and not self.closed:
-            self._uploader.retarget(self.store)
         self.root = zarr.open_group(self.store, mode="r+")
-        self._targets.clear()  # their zarr arrays belong to the old session
+        # Targets' zarr arrays belong to the old session; a closed backend's uploads stopped.
+        self.pipeline.retarget(self.root, self.store, uploads=not self.closed)
         self._warned = False
 
     def close(self) -> None:

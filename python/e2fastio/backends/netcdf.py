@@ -31,7 +31,6 @@ from e2fastio.errors import (
     ArrayNameError,
     ArrayNameTypeError,
     ArrayNotFoundError,
-    CoordinateError,
     ReadOnlyError,
 )
 from e2fastio.netcdf.root import Dataset, Variable, netcdf_dtype
@@ -595,7 +594,9 @@ class NetCDF4Backend(Lifecycle):
                 kw = {"dcpl": _early_allocation()} if self._h5file is not None else {}
                 self._nc.create_variable(name, dims, dtype=dtype, fill_time="never", **kw)
             if h is not None:
-                self._store([(name, h, [np.arange(s, dtype=np.int64) for s in shape])])
+                whole = [np.arange(s, dtype=np.int64) for s in shape]
+                h = inputs.cast_for_array(h, np.dtype(self._nc.variables[name].dtype), name)
+                self._store(inputs.WritePlan([(name, h)], OrderedDict(), whole, []))
         self._nc.flush()  # h5netcdf's file properties (_NCProperties) in a new file
         self._publish()
 
@@ -641,36 +642,27 @@ class NetCDF4Backend(Lifecycle):
         """Write tensor(s) at `coords`; every input is checked before anything is stored."""
         self._check_open("write")
         self._check_writable("write")
-        xs, names = _write_inputs(x, array_name)
-        adjusted, index = self._selector.select(coords)
-        dims = tuple(adjusted)
-        planned = []
-        for xi, name in zip(xs, names, strict=True):
-            arr = _host_array(xi, "x")
-            inputs.check_shape(arr, index, dims, name)
-            if name in self._nc.variables:
-                var = self._nc.variables[name]
-                if tuple(var.dimensions) != dims:
-                    raise CoordinateError(
-                        f"array {name!r} has dimensions {list(var.dimensions)} but coords give {list(dims)}; "
-                        "pass coords (and data axes) in the array's order"
-                    )
-                arr = inputs.cast_for_array(arr, np.dtype(var.dtype), name)
-            else:  # created as float32, as Earth2Studio does
-                arr = inputs.cast_for_array(arr, np.dtype("float32"), name)
-            planned.append((name, arr))
-        for name, _ in planned:
-            if name not in self._nc.variables:
-                self.add_array(adjusted, name)
-        self._store([(name, arr, index) for name, arr in planned])
+        plan = inputs.plan_write(x, coords, array_name, self._selector, self._stored, device_ok=False,
+                                 extra_kinds="c", check_name=_check_name)
+        for name in plan.missing:
+            self.add_array(plan.coords, name)
+        self._store(plan)
         if self.blocking:
             self._publish()
 
-    def _store(self, items: list[tuple[str, np.ndarray, list[np.ndarray]]]) -> None:
+    def _stored(self, name: str) -> tuple[tuple[str, ...] | None, np.dtype[Any]]:
+        """Variable `name`'s dimensions and dtype; (None, float32) if missing (created so, as Earth2Studio)."""
+        var = self._nc.variables.get(name)
+        if var is None:
+            return None, np.dtype("float32")
+        return tuple(var.dimensions), np.dtype(var.dtype)
+
+    def _store(self, plan: inputs.WritePlan) -> None:
         batch: list[_core.HostRequest] = []
-        for name, arr, index in items:
+        index = plan.index
+        for name, arr in plan.items:
             var = self._nc.variables[name]
-            arr = inputs.cast_for_array(arr, np.dtype(var.dtype), name)
+            assert isinstance(arr, np.ndarray)  # planned with device_ok=False
             if arr.dtype.kind == "c":
                 self._drain()
                 _write_box(var, index, arr)  # complex (nc-complex compound type): through HDF5
@@ -854,18 +846,6 @@ def _host_array(x: Any, argument: str) -> np.ndarray:
     if isinstance(x, np.ndarray) and x.dtype.kind == "c":
         return x
     return inputs.to_host_array(x, argument)
-
-
-def _write_inputs(x: Any, array_name: Any) -> tuple[list[Any], list[str]]:
-    xs = inputs.as_list(x, "x")
-    names = [_check_name(n) for n in inputs.as_list(array_name, "array_name")]
-    if len(xs) != len(names):
-        raise ValueError(
-            f"The number of input tensors and array names must be the same but got {len(xs)} and {len(names)}."
-        )
-    if len(set(names)) != len(names):
-        raise ValueError(f"array_name lists an array twice ({names}); write each array once per call")
-    return xs, names
 
 
 def _add_array_inputs(array_name: Any, data: Any) -> tuple[list[str], list[np.ndarray | None]]:

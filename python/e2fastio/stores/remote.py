@@ -101,6 +101,9 @@ class Location:
     description: str  # safe to show: never contains credentials
     uploader: Uploader | None = None
     local_path: str | None = None
+    # The backend class the user made, when another one writes for it (AsyncZarrBackend's
+    # ZarrBackend): what messages to the user name.
+    owner: str | None = None
 
 
 # ---------------------------------------------------------------------------- redaction
