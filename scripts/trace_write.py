@@ -1,6 +1,6 @@
 """Follow the data of one write through e2fastio's modules until it reaches the native engine.
 
-    python scripts/trace_write.py                    # ZarrBackend, blocking and not; AsyncZarrBackend
+    python scripts/trace_write.py                    # Zarr, AsyncZarr and NetCDF4 backends
     python scripts/trace_write.py --max-returns 2    # exit 1 if a path returns more often
 
 A profile hook (``sys.setprofile``) watches every Python call inside
@@ -36,6 +36,7 @@ class DataTrace:
         self.ranges: list[tuple[int, int]] = []
         self.objects: set[int] = {id(x)}
         self._kept: list[Any] = [x]  # adopted objects stay alive, so that their ids stay theirs
+        self.sizes = {n for n in [self._elements(x)] if n is not None}  # elements of the data
         self._add_memory(x)
         self.path: list[str] = []
         self.tracked: set[int] = set()  # ids of frames on the path
@@ -74,20 +75,37 @@ class DataTrace:
             return any(self.holds(getattr(obj, s, None), depth - 1) for s in slots)
         return False
 
-    def _adopt(self, obj: Any, depth: int = 3) -> None:
-        """What a call on the path returned holds the data from now on."""
+    @staticmethod
+    def _elements(obj: Any) -> int | None:
+        if isinstance(obj, np.ndarray):
+            return int(obj.size)
+        if type(obj).__module__.startswith("torch") and hasattr(obj, "numel"):
+            return int(obj.numel())
+        return None
+
+    def _adopt(self, obj: Any, depth: int = 3) -> bool:
+        """What a call on the path returned holds the data from now on: arrays with as many
+        elements as the data (a view or a cast copy; not index arrays), and what contains them."""
         if depth == 0 or isinstance(obj, (str, bytes, int, float, bool, type(None))):
-            return
-        self.objects.add(id(obj))
-        self._kept.append(obj)
-        self._add_memory(obj)
-        if isinstance(obj, (list, tuple)):
-            for o in obj[:64]:
-                self._adopt(o, depth - 1)
-        slots = getattr(type(obj), "__slots__", None)
-        if slots and type(obj).__module__.startswith("e2fastio"):
-            for s in slots:
-                self._adopt(getattr(obj, s, None), depth - 1)
+            return False
+        n = self._elements(obj)
+        if n is not None:
+            found = n in self.sizes
+            if found:
+                self._add_memory(obj)
+        else:
+            found = False
+            if isinstance(obj, (list, tuple)):
+                for o in obj[:64]:
+                    found = self._adopt(o, depth - 1) or found
+            slots = getattr(type(obj), "__slots__", None)
+            if slots and type(obj).__module__.startswith("e2fastio"):
+                for s in slots:
+                    found = self._adopt(getattr(obj, s, None), depth - 1) or found
+        if found:
+            self.objects.add(id(obj))
+            self._kept.append(obj)
+        return found
 
     # -- the hook
     def _enter(self, module: str) -> None:
@@ -163,6 +181,12 @@ def cases(tmp: str) -> list[tuple[str, Any, Any, Any]]:
     a.add_array(coords, "t2m")
     a.write(x, one, "t2m")
     out.append(("AsyncZarrBackend(blocking=False)", a, x, one))
+    for blocking in (True, False):
+        nc = e2fastio.NetCDF4Backend(f"{tmp}/n{int(blocking)}.nc", {"mode": "w"}, compression="zlib",
+                                     blocking=blocking)
+        nc.add_array(coords, "t2m")
+        nc.write(x, one, "t2m")
+        out.append((f"NetCDF4Backend(compression='zlib', blocking={blocking})", nc, x, one))
     return out
 
 

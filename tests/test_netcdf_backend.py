@@ -240,7 +240,8 @@ def test_uncompressed_data_is_written_in_place_and_reads_never_go_stale(tmp_path
     y = rng.normal(0, 1, (3, 1, 91, 180)).astype("float32")[..., ::1]
     io.write(torch.from_numpy(y), step, "t2m")  # one lead time: one run per member
     x[:, 1:] = y
-    assert io._regions["t2m"] is not None and io._regions["t2m"][1].direct_io_active
+    region = io.pipeline.region("t2m")
+    assert region is not None and region[1].direct_io_active
     io.close()
     with netCDF4.Dataset(path) as nc:
         np.testing.assert_array_equal(np.asarray(nc["t2m"][:]), x)
@@ -283,9 +284,9 @@ def test_nonblocking_background_error_surfaces_at_the_next_call(tmp_path):
     c = OrderedDict(lead_time=np.arange(2) * np.timedelta64(6, "h"), lat=np.arange(8.0), lon=np.arange(16.0))
     io = NetCDF4Backend(tmp_path / "err.nc", {"mode": "w"}, blocking=False)
     io.add_array(c, "t2m")
-    spec, sink = io._region("t2m")
-    io._regions["t2m"] = (spec, _core.FileRegionSink(str(tmp_path / "err.nc"), 1 << 40, "other", spec.shape,
-                                                     spec.chunks, 4))  # keys of another array: fails
+    spec, sink = io.pipeline.region("t2m")
+    wrong = _core.FileRegionSink(str(tmp_path / "err.nc"), 1 << 40, "other", spec.shape, spec.chunks, 4)
+    io.pipeline._regions["t2m"] = (spec, wrong)  # keys of another array: fails
     io.write(np.ones((2, 8, 16), np.float32), c, "t2m")
     with pytest.raises(BackgroundWriteError, match="not under"):
         io.flush()

@@ -51,7 +51,7 @@ _WORKLOAD = textwrap.dedent(
     closed = "ok"
     if end == "collect":  # never closed: the finalizer must let the waiting encoders go
         import gc, warnings
-        collector = io._collector
+        collector = io.pipeline.collector
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             del io
@@ -134,19 +134,19 @@ def test_a_forked_child_gets_a_collector_of_its_own(tmp_path):
     from e2fastio import NetCDF4Backend
 
     io = NetCDF4Backend(tmp_path / "p.nc", {"mode": "w"}, compression="zlib", blocking=False)
-    parent = io._collector.sink
+    parent = io.pipeline.collector.sink
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through its exit status
         ok = False
         try:
-            child = io._collector.sink
+            child = io.pipeline.collector.sink
             child.write("x/c/0", b"abc")
             ok = child is not parent and child.capacity == parent.capacity and child.pop()[0] == "x/c/0"
         finally:
             os._exit(0 if ok else 3)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-    assert io._collector.sink is parent
+    assert io.pipeline.collector.sink is parent
     io.close()
 
 

@@ -425,7 +425,7 @@ def test_errors_are_told_apart_by_type_and_status():
     from obstore.exceptions import GenericError, PermissionDeniedError, UnauthenticatedError
     from s3fs.errors import translate_boto_error
 
-    from e2fastio.stores.remote import _permanent
+    from e2fastio.stores.uploads import _permanent
 
     def s3fs_error(status: int, code: str) -> BaseException:
         response = {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}

@@ -40,7 +40,7 @@ def test_a_write_reaches_the_engine_with_at_most_two_returns():
             io.close()
             assert t.engine_reached, f"{label}: the data never reached the engine: {t.path}"
             assert t.returns() <= 2, f"{label}: {t.returns()} returns: {' -> '.join(t.path)}"
-            assert "e2fastio._write.pipeline" in t.path, t.path
+            assert any(m.endswith(".pipeline") for m in t.path), t.path
 
 
 _BOUNCER = """

@@ -27,6 +27,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "e2fastio/background_errors.hpp"
 #include "e2fastio/buffer_pool.hpp"
 #include "e2fastio/codec.hpp"
 #include "e2fastio/collect_sink.hpp"
@@ -178,6 +179,32 @@ std::vector<float> read_back_2d(MemorySink& sink, const ArraySpec& a) {
 }
 
 // ----------------------------------------------------------------- thread pool
+TEST(background_errors_keep_the_first_of_its_type_and_name_the_later_ones) {
+  BackgroundErrors errors;
+  errors.rethrow_first();  // nothing recorded: returns
+  auto record = [&](auto error) {
+    std::exception_ptr e = std::make_exception_ptr(error);
+    errors.record(e);
+    CHECK(e == nullptr);  // taken
+  };
+  record(std::invalid_argument("chunk a/c/0 is bad"));
+  CHECK(throws<std::invalid_argument>([&] { errors.rethrow_first(); }, "chunk a/c/0 is bad"));
+  errors.rethrow_first();  // reported once
+  record(IOError("writing a/c/1", ENOSPC));
+  for (std::size_t i = 0; i < BackgroundErrors::kNamed + 2; ++i) record(std::runtime_error("b/c/" + std::to_string(i)));
+  bool ok = false;
+  try {
+    errors.rethrow_first();
+  } catch (const IOError& x) {  // the first one's type and errno
+    const std::string m = x.what();
+    ok = x.error_code() == ENOSPC && m.find("writing a/c/1") == 0 && m.find("and 10 more chunk(s) failed since: b/c/0;") !=
+         std::string::npos && m.find("b/c/7; ...)") != std::string::npos && m.find("b/c/8") == std::string::npos;
+    if (!ok) std::cerr << "message: " << m << "\n";
+  }
+  CHECK(ok);
+  errors.rethrow_first();
+}
+
 TEST(pool_runs_every_task_and_reports_first_error) {
   ThreadPool pool(3);
   TaskGroup g;

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "e2fastio/background_errors.hpp"
 #include "e2fastio/buffer_pool.hpp"
 #include "e2fastio/codec.hpp"
 #include "e2fastio/device_staging.hpp"
@@ -150,7 +151,6 @@ class Engine {
   void validate_requests(const std::vector<Request>& requests) const;
   void dispatch_ordered(const std::shared_ptr<Batch>& batch, std::size_t j);
   void job_finished(const std::string& order_key);
-  void record_error(std::exception_ptr& e);  // takes it (leaves `e` empty) under the lock
   std::shared_ptr<Batch> stage(const std::vector<Request>& requests, bool copy_host);
   void dispatch_batch(const std::shared_ptr<Batch>& batch);
   void ensure_usable() const;  // refuse new work on an inherited engine
@@ -168,10 +168,7 @@ class Engine {
   std::size_t pending_ = 0;
   std::uint64_t finished_ = 0;
   std::condition_variable progress_cv_;
-  std::exception_ptr bg_error_;  // the first background error since the last check()
-  static constexpr std::size_t kLaterErrorsNamed = 8;
-  std::size_t bg_later_ = 0;                // errors after it
-  std::vector<std::string> bg_later_what_;  // the first kLaterErrorsNamed of them (each names its chunk)
+  BackgroundErrors errors_;  // of background chunks, until check()
   std::unordered_map<std::string, std::deque<std::function<void()>>> key_waiters_;
   DeviceStager stager_;  // device-to-host copies and their fences
   // Fork: the process that created the engine, and whether it was abandoned.

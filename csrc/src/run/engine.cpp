@@ -117,9 +117,7 @@ void Engine::abandon_after_fork() noexcept {
   writers_->abandon_after_fork();
   leak_in_place(key_waiters_);
   stager_.abandon_after_fork();
-  leak_in_place(bg_error_);
-  leak_in_place(bg_later_what_);
-  bg_later_ = 0;
+  errors_.abandon_after_fork();
   leak_in_place(async_mu_);
   leak_in_place(async_cv_);
   pending_ = 0;
@@ -320,25 +318,6 @@ void Engine::write_batch(const std::vector<Request>& requests) {
 
 // ------------------------------------------------------------------ non-blocking
 
-void Engine::record_error(std::exception_ptr& e) {
-  std::string what;  // kept if it is not the first (built outside the lock; errors are rare)
-  try {
-    std::rethrow_exception(e);
-  } catch (const std::exception& x) {
-    what = x.what();
-  } catch (...) {
-    what = "unknown error";
-  }
-  std::lock_guard<std::mutex> lk(async_mu_);
-  if (!bg_error_) {
-    bg_error_ = std::move(e);  // no reference left with this thread once the lock is released
-  } else {
-    ++bg_later_;
-    if (bg_later_what_.size() < kLaterErrorsNamed) bg_later_what_.push_back(std::move(what));
-  }
-  e = nullptr;
-}
-
 std::shared_ptr<Engine::Batch> Engine::stage(const std::vector<Request>& requests, bool copy_host) {
   ensure_usable();
   E2F_EXPECT(ring_ != nullptr, "this engine was created without a staging ring (non-blocking writes are off)");
@@ -467,7 +446,7 @@ void Engine::dispatch_ordered(const std::shared_ptr<Batch>& batch, std::size_t j
           } catch (...) {
             err = std::current_exception();
           }  // as below: no reference left once the error is handed over
-          if (err) record_error(err);
+          if (err) errors_.record(err);
           lease->release();
           batch->job_done();
           job_finished(order_key);
@@ -483,7 +462,7 @@ void Engine::dispatch_ordered(const std::shared_ptr<Batch>& batch, std::size_t j
     } catch (...) {
       err = std::current_exception();
     }  // the handler's reference is dropped here, before the error is handed over
-    if (err) record_error(err);
+    if (err) errors_.record(err);
     batch->job_done();
     job_finished(order_key);
   };
@@ -515,31 +494,7 @@ void Engine::job_finished(const std::string& order_key) {
 
 void Engine::check() {
   if (inherited()) return;  // the parent's errors are the parent's to report
-  std::exception_ptr e;
-  std::size_t later = 0;
-  std::vector<std::string> named;
-  {
-    std::lock_guard<std::mutex> lk(async_mu_);
-    e = bg_error_;
-    bg_error_ = nullptr;
-    std::swap(later, bg_later_);
-    named.swap(bg_later_what_);
-  }
-  if (!e) return;
-  if (later == 0) std::rethrow_exception(e);
-  // The first error, of its own type, naming the chunks that failed after it.
-  std::string more = " (and " + std::to_string(later) + " more chunk(s) failed since: ";
-  for (std::size_t i = 0; i < named.size(); ++i) more += (i ? "; " : "") + named[i];
-  more += later > named.size() ? "; ...)" : ")";
-  try {
-    std::rethrow_exception(e);
-  } catch (const IOError& x) {
-    throw IOError(x.context() + more, x.error_code());
-  } catch (const std::invalid_argument& x) {
-    throw std::invalid_argument(x.what() + more);
-  } catch (const std::exception& x) {
-    throw std::runtime_error(x.what() + more);
-  }
+  errors_.rethrow_first();
 }
 
 void Engine::flush() {

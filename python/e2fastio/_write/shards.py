@@ -11,7 +11,8 @@ Two policies, chosen by the backend:
   when the write returns; incomplete ones are written there and then.
 * Earth2Studio's ``AsyncZarrBackend``: shards gather until complete, at most
   `max_inflight` under assembly; a merge with stored data is warned about
-  once per array (:meth:`Shards.gather_until_complete`).
+  once per array (:meth:`Shards.gather_until_complete`). Its ``shard_coords``
+  give each new array's shard shape (:func:`shard_shape`).
 
 Multi-rank runs note which shards each rank wrote (:meth:`Shards.note`);
 ``close`` compares the notes across ranks (:mod:`e2fastio._write.ranks`).
@@ -21,7 +22,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -122,3 +124,50 @@ class Shards:
 
     def stats(self) -> _core.ShardStats | None:
         return self._sink.stats() if self._sink is not None else None
+
+
+def shard_shape(name: str, array_coords: Mapping[str, np.ndarray], chunked: Mapping[str, int], dtype: np.dtype[Any],
+                shard_coords: Mapping[str, int], parallel_coords: Mapping[str, Any]) -> tuple[int, ...] | None:
+    """The shard shape of a new array from AsyncZarrBackend's `shard_coords` (Earth2Studio's rules), or None.
+
+    Coordinates not named get their chunk size (parallel coordinates) or
+    their full length (the others); a named size must be a multiple of the
+    chunk size, and cover the whole length of a non-parallel coordinate.
+    """
+    if not shard_coords:
+        return None
+    unmatched = set(shard_coords) - set(array_coords)
+    if unmatched:
+        logger.warning(f"shard_coords keys {sorted(unmatched)} do not appear in array '{name}' and will be "
+                       "ignored. The array will be unsharded along those coordinates.")
+    shards: list[int] = []
+    for key, values in array_coords.items():
+        chunk = int(chunked[key])
+        size = len(values)
+        if key not in shard_coords:
+            shards.append(chunk if key in parallel_coords else size)
+            continue
+        shard = int(shard_coords[key])
+        if shard % chunk != 0:
+            raise ValueError(
+                f"Shard size {shard} for coordinate '{key}' of array '{name}' must be a multiple of its chunk "
+                f"size {chunk}. Coordinates in `parallel_coords` have a chunk size of 1, others default to their "
+                "full length unless set via `chunked_coords`."
+            )
+        if key not in parallel_coords and shard < size:
+            raise ValueError(
+                f"Shard size {shard} for coordinate '{key}' of array '{name}' is smaller than its length {size}. "
+                "Non-parallel coordinates are always written as a single slice so their shard size must cover "
+                f"the full dimension. Set the shard size to at least {size} or add '{key}' to `parallel_coords`."
+            )
+        if shard > size:
+            logger.warning(f"Shard size {shard} for coordinate '{key}' of array '{name}' exceeds its length "
+                           f"{size}, the shard will be truncated")
+        shards.append(shard)
+    if tuple(shards) == tuple(int(chunked[k]) for k in array_coords):
+        logger.debug("Shard shape of array %s matches its chunk shape, not sharding", name)
+        return None
+    nbytes = int(np.prod(shards)) * np.dtype(dtype).itemsize
+    logger.info(f"Array {name} sharded with shape {tuple(shards)}, each in flight shard buffer holds "
+                f"{nbytes / 1e9:.2f} GB of host memory")
+    return tuple(shards)

@@ -1,4 +1,13 @@
-"""``AsyncZarrBackend``: Earth2Studio's non-blocking Zarr backend, on the native pipeline."""
+"""``AsyncZarrBackend``: Earth2Studio's non-blocking Zarr backend, on the native pipeline.
+
+An adapter over a :class:`~e2fastio.ZarrBackend` (and its pipeline, through
+public names only). Size (over 500 lines, the class about 420 besides its
+docstring): Earth2Studio's AsyncZarrBackend has the largest surface of its
+backends, and each part is kept here: the location arguments (``store``,
+``file_name``, the deprecated ``fs_factory``) and their errors, parallel
+coordinates, array creation from the first write, the ``pool_size`` throttle,
+its lifecycle (``close`` suspends), and the coroutine API.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +27,7 @@ import zarr.storage
 
 from e2fastio._write import inputs, ranks
 from e2fastio._write.budget import NONBLOCKING_SPLIT, engine_kwargs, split_buffer
+from e2fastio._write.shards import shard_shape
 from e2fastio._write.zarr_arrays import dimension_names
 from e2fastio._write.zarr_nodes import read_whole
 from e2fastio.backends.zarr import ZarrBackend
@@ -385,58 +395,13 @@ class AsyncZarrBackend:
         chunked = {k: min(int(self._z.chunks.get(k, len(v))), max(1, len(v))) for k, v in full.items()}
         groups: dict[tuple[int, ...] | None, list[str]] = {}
         for name in names:
-            groups.setdefault(self._compute_shards(name, full, chunked, dtype), []).append(name)
+            shards = shard_shape(name, full, chunked, dtype, self.shard_coords, self.parallel_coords)
+            groups.setdefault(shards, []).append(name)
         if not names:
             self._z.add_array(full, [], dtype=dtype)
         for shards, group in groups.items():
             kw: dict[str, Any] = {} if shards is None else {"shards": shards}
             self._z.add_array(full, group, dtype=dtype, **kw)
-
-    def _compute_shards(self, name: str, array_coords: Mapping[str, np.ndarray], chunked: Mapping[str, int],
-                        dtype: np.dtype[Any]) -> tuple[int, ...] | None:
-        """The shard shape of a new array from `shard_coords` (Earth2Studio's rules), or None: unsharded.
-
-        Coordinates not named get their chunk size (parallel coordinates) or
-        their full length (the others); a named size must be a multiple of the
-        chunk size, and cover the whole length of a non-parallel coordinate.
-        """
-        if not self.shard_coords:
-            return None
-        unmatched = set(self.shard_coords) - set(array_coords)
-        if unmatched:
-            logger.warning(f"shard_coords keys {sorted(unmatched)} do not appear in array '{name}' and will be "
-                           "ignored. The array will be unsharded along those coordinates.")
-        shards: list[int] = []
-        for key, values in array_coords.items():
-            chunk = int(chunked[key])
-            size = len(values)
-            if key not in self.shard_coords:
-                shards.append(chunk if key in self.parallel_coords else size)
-                continue
-            shard = int(self.shard_coords[key])
-            if shard % chunk != 0:
-                raise ValueError(
-                    f"Shard size {shard} for coordinate '{key}' of array '{name}' must be a multiple of its chunk "
-                    f"size {chunk}. Coordinates in `parallel_coords` have a chunk size of 1, others default to their "
-                    "full length unless set via `chunked_coords`."
-                )
-            if key not in self.parallel_coords and shard < size:
-                raise ValueError(
-                    f"Shard size {shard} for coordinate '{key}' of array '{name}' is smaller than its length {size}. "
-                    "Non-parallel coordinates are always written as a single slice so their shard size must cover "
-                    f"the full dimension. Set the shard size to at least {size} or add '{key}' to `parallel_coords`."
-                )
-            if shard > size:
-                logger.warning(f"Shard size {shard} for coordinate '{key}' of array '{name}' exceeds its length "
-                               f"{size}, the shard will be truncated")
-            shards.append(shard)
-        if tuple(shards) == tuple(int(chunked[k]) for k in array_coords):
-            logger.debug("Shard shape of array %s matches its chunk shape, not sharding", name)
-            return None
-        nbytes = int(np.prod(shards)) * np.dtype(dtype).itemsize
-        logger.info(f"Array {name} sharded with shape {tuple(shards)}, each in flight shard buffer holds "
-                    f"{nbytes / 1e9:.2f} GB of host memory")
-        return tuple(shards)
 
     def _sync_chunks(self) -> None:
         """New arrays take `chunked_coords` as it is now (users may set it after construction)."""

@@ -4,7 +4,7 @@ An Icechunk repository is a versioned Zarr store: writes go into a writable
 session and become a snapshot only when committed. This backend is a
 :class:`~e2fastio.ZarrBackend` whose store is such a session's store: the
 native encoder threads cut and encode the chunks, and the upload path
-(:class:`e2fastio.stores.remote.Uploader`) hands them to the session store on
+(:class:`e2fastio.stores.uploads.Uploader`) hands them to the session store on
 zarr-python's event loop. ``commit`` waits for every pending chunk, commits
 the session and opens a new one on the same branch.
 

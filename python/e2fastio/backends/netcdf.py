@@ -6,6 +6,10 @@ compressed, byte-shuffled and deflated (zlib, as HDF5's filters 2 and 1) by
 the native pool, then stored with HDF5's direct chunk write from the caller's
 thread (HDF5 is not thread-safe). Every NetCDF-4 reader opens the result
 without plugins.
+
+An adapter: Earth2Studio's surface, the file, its dimensions and coordinate
+variables here; chunks go through :class:`e2fastio.netcdf.pipeline.NetCDFPipeline`,
+the HDF5 side lives in :mod:`e2fastio.netcdf`.
 """
 
 from __future__ import annotations
@@ -13,16 +17,13 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
 import numpy as np
 
-from e2fastio import _core
 from e2fastio._write import inputs
 from e2fastio._write.budget import engine_kwargs, split_buffer
 from e2fastio._write.engine import EngineHandle
@@ -33,6 +34,14 @@ from e2fastio.errors import (
     ArrayNotFoundError,
     ReadOnlyError,
 )
+from e2fastio.netcdf.files import (
+    early_allocation,
+    import_h5netcdf,
+    open_h5py,
+    open_options,
+    per_rank_file_name,
+)
+from e2fastio.netcdf.pipeline import NetCDFPipeline
 from e2fastio.netcdf.root import Dataset, Variable, netcdf_dtype
 
 logger = logging.getLogger(__name__)
@@ -43,7 +52,6 @@ TIME_UNITS = "hours since 0001-01-01 00:00:00.0"
 _EPOCH = np.datetime64("0001-01-01T00:00:00", "s")
 _TD_UNITS = {"h": "hours", "m": "minutes", "s": "seconds", "D": "days"}
 _REV_TD_UNITS = {v: k for k, v in _TD_UNITS.items()}
-_DEFAULT_BACKEND_KWARGS = {"mode": "r+", "diskless": False}
 
 
 # Backends of this process with a file open on disk, by real path: a second
@@ -74,177 +82,6 @@ def _close_earlier_writers(path: str) -> None:
                 f"backend_kwargs mode 'w': {path} is still open by an earlier NetCDF4Backend (id {id(earlier):#x}) "
                 f"and closing it failed ({type(err).__name__}: {err}); the file was not truncated. Handle that "
                 "backend's error (call its close() again to see it) before recreating the file") from err
-
-
-def _idle(engine: _core.Engine) -> bool:
-    return engine.pending_chunks == 0
-
-
-class _Collector:
-    """A backend's ``CollectSink`` (encoded chunks waiting for HDF5), made anew in a forked child.
-
-    The sink pairs its lock with condition variables, so a fork can leave it
-    held by a parent's thread that the child does not have: a child writing
-    through the backend gets a sink of its own, and the parent's is kept (never
-    destroyed there), as the child's engine keeps the parent's.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._pid = os.getpid()
-        self._sink = _core.CollectSink(capacity)
-
-    @property
-    def sink(self) -> _core.CollectSink:
-        if self._pid != os.getpid():
-            _parents_collectors.append(self._sink)
-            self._sink, self._pid = _core.CollectSink(self.capacity), os.getpid()
-        return self._sink
-
-    def stats(self) -> dict[str, Any]:
-        return dict(self.sink.stats())
-
-    def close(self) -> int:
-        """No consumer any more: held chunks are dropped, encoders waiting for room fail (never hang).
-        Returns how many encoded chunks it dropped."""
-        return self.sink.close()
-
-
-_parents_collectors: list[_core.CollectSink] = []
-
-
-def _import_h5netcdf() -> Any:
-    try:
-        import h5netcdf
-    except ImportError as err:  # pragma: no cover - h5netcdf is a test dependency
-        raise ImportError(
-            "e2fastio.NetCDF4Backend requires the optional 'h5netcdf' package: pip install h5netcdf"
-        ) from err
-    return h5netcdf
-
-
-@dataclass(frozen=True)
-class _OpenOptions:
-    """``backend_kwargs`` read with netCDF4.Dataset's meaning."""
-
-    mode: str  # "r", "w", "x" (create, never overwrite) or "a" ("r+" too: append, create when missing)
-    diskless: bool
-    persist: bool
-    auto_complex: bool
-
-
-def _open_options(backend_kwargs: Mapping[str, Any] | None, path: str) -> _OpenOptions:
-    """Check `backend_kwargs` as netCDF4.Dataset would take them; refuse what cannot be honoured."""
-    if backend_kwargs is None:
-        backend_kwargs = _DEFAULT_BACKEND_KWARGS
-    if not isinstance(backend_kwargs, Mapping):
-        raise TypeError(f"backend_kwargs must be a dict of netCDF4.Dataset arguments, got {type(backend_kwargs)}")
-    kw = dict(backend_kwargs)
-    mode = kw.pop("mode", "r")  # netCDF4.Dataset's default
-    # A trailing "s" asks for unbuffered shared access, which netCDF4 ignores for NETCDF4 files.
-    base = mode[:-1] if isinstance(mode, str) and mode.endswith("s") and mode[:-1] in ("r", "w", "a", "r+") else mode
-    if base not in ("r", "w", "x", "a", "r+"):
-        raise ValueError(f"backend_kwargs['mode'] must be 'r', 'w', 'x', 'a' or 'r+' (netCDF4.Dataset's modes), "
-                         f"got {mode!r}")
-    if base == "r+":
-        base = "a"
-    if base == "w" and not kw.pop("clobber", True):
-        base = "x"
-    kw.pop("clobber", None)
-    fmt = kw.pop("format", "NETCDF4")
-    if fmt != "NETCDF4":
-        raise ValueError(
-            f"backend_kwargs['format']={fmt!r}: e2fastio writes NETCDF4 (HDF5) files only, as Earth2Studio does "
-            "(it replaces any format with 'NETCDF4'); drop the argument or pass format='NETCDF4'"
-        )
-    diskless = bool(kw.pop("diskless", False))
-    persist = bool(kw.pop("persist", False)) and diskless  # netCDF4: persist only means something when diskless
-    auto_complex = bool(kw.pop("auto_complex", False))
-    kw.pop("keepweakref", None)  # only how netCDF4's Python objects refer to each other; nothing to do here
-    if kw.pop("memory", None) is not None:
-        raise ValueError("backend_kwargs['memory'] (netCDF4's in-memory buffer) is not supported by e2fastio; "
-                         "use backend_kwargs={'mode': 'w', 'diskless': True} for a file kept in memory")
-    encoding = kw.pop("encoding", None)
-    if encoding is not None:
-        try:
-            same = path.encode(encoding) == os.fsencode(path)
-        except (LookupError, UnicodeError) as err:
-            raise ValueError(f"backend_kwargs['encoding']={encoding!r} cannot encode file_name {path!r}") from err
-        if not same:
-            raise ValueError(f"backend_kwargs['encoding']={encoding!r} names file_name with other bytes than the "
-                             "file system's encoding; e2fastio opens files by the file system's encoding only")
-    if kw.pop("parallel", False):
-        raise ValueError("backend_kwargs['parallel']=True (MPI-parallel HDF5) is not supported; in a multi-rank run "
-                         "give each rank its own file with '{rank}' in file_name")
-    for name in ("comm", "info"):
-        if kw.pop(name, None) is not None:
-            raise ValueError(f"backend_kwargs[{name!r}] is an MPI argument of parallel access, which e2fastio "
-                             "does not support")
-    if kw:
-        raise TypeError(f"backend_kwargs has argument(s) {sorted(kw)} that e2fastio's NetCDF4Backend does not take; "
-                        "it takes netCDF4.Dataset's mode, clobber, format, diskless, persist, keepweakref, "
-                        "encoding and auto_complex (see the class docstring)")
-    return _OpenOptions(mode=base, diskless=diskless, persist=persist, auto_complex=auto_complex)
-
-
-_H5Z_FILTER_DEFLATE = 1
-_H5Z_FILTER_SHUFFLE = 2
-
-
-@dataclass(frozen=True)
-class _Filter:
-    """One HDF5 filter of a dataset's pipeline."""
-
-    code: int  # HDF5 filter id (1 deflate, 2 shuffle, 3 fletcher32, 32001 blosc, ...)
-    name: str
-    values: tuple[int, ...]  # client data (deflate: the level)
-    optional: bool  # H5Z_FLAG_OPTIONAL: HDF5 skips it where it cannot apply it
-
-
-def _filter_pipeline(ds: Any) -> list[_Filter]:
-    """A chunked h5py dataset's HDF5 filters, in the order they are applied when writing.
-
-    Read from the dataset creation property list: h5py's ``_filters`` dict
-    loses the order, and turns deflate level 0 into its default.
-    """
-    import h5py
-
-    dcpl = ds.id.get_create_plist()
-    out = []
-    for i in range(dcpl.get_nfilters()):
-        code, flags, values, name = dcpl.get_filter(i)
-        label = name.decode("ascii", "replace") if isinstance(name, bytes) else str(name)
-        out.append(_Filter(int(code), label, tuple(int(v) for v in values), bool(flags & h5py.h5z.FLAG_OPTIONAL)))
-    return out
-
-
-def _native_filters(pipeline: list[_Filter]) -> tuple[bool, int, bool] | None:
-    """(deflate, deflate level, shuffle) for a pipeline the core encodes exactly, else None.
-
-    The core writes none, deflate, or shuffle then deflate (netCDF-C's order);
-    anything else (shuffle alone, deflate then shuffle, other filters) is
-    left to HDF5.
-    """
-    codes = [f.code for f in pipeline]
-    if not codes:
-        return False, 0, False
-    if codes not in ([_H5Z_FILTER_DEFLATE], [_H5Z_FILTER_SHUFFLE, _H5Z_FILTER_DEFLATE]):
-        return None
-    level = pipeline[-1].values[:1]
-    if not level or not 0 <= level[0] <= 9:
-        return None
-    return True, level[0], len(codes) == 2
-
-
-def _check_filters_available(name: str, pipeline: list[_Filter]) -> None:
-    """Refuse a variable with a required filter this process's HDF5 cannot apply, naming it."""
-    import h5py
-
-    missing = [f"{f.name} (HDF5 filter {f.code})" for f in pipeline
-               if not f.optional and not h5py.h5z.filter_avail(f.code)]
-    if missing:
-        raise ValueError(f"variable {name!r} uses HDF5 filter(s) {missing} that this process's HDF5 cannot apply; "
-                         "load the plugin (for instance `import hdf5plugin`) before writing to it")
 
 
 class NetCDF4Backend(Lifecycle):
@@ -351,10 +188,10 @@ class NetCDF4Backend(Lifecycle):
         process_group: Any = None,
         blocking: bool = True,
     ) -> None:
-        h5netcdf = _import_h5netcdf()
-        file_name = _per_rank_file_name(file_name, process_group)
+        h5netcdf = import_h5netcdf()
+        file_name = per_rank_file_name(file_name, process_group)
         path = os.fspath(file_name)
-        opts = _open_options(backend_kwargs, path)
+        opts = open_options(backend_kwargs, path)
         if compression not in (None, "zlib"):
             raise ValueError(f"compression must be None or 'zlib', got {compression!r}")
         if not isinstance(complevel, int) or not 1 <= complevel <= 9:
@@ -395,7 +232,7 @@ class NetCDF4Backend(Lifecycle):
             # Our own HDF5 file access: no raw-data sieve buffer (contiguous data is
             # written in place by the core, HDF5 must never serve stale bytes of it),
             # 4 KiB-aligned large allocations (O_DIRECT), no file lock.
-            self._h5file, created = _open_h5py(path, opts.mode, align=compression is None)
+            self._h5file, created = open_h5py(path, opts.mode, align=compression is None)
             ncmode = "w" if created else ("r" if opts.mode == "r" else "a")
             self._nc = h5netcdf.File(self._h5file, ncmode, decode_vlen_strings=True)
             _open_on_disk[id(self)] = self
@@ -405,25 +242,37 @@ class NetCDF4Backend(Lifecycle):
         self.shuffle = shuffle
         self.chunks = dict(chunks or {})
         ring = budget["the staging ring"]
-        self._engine = EngineHandle(ekw["threads"], ring + budget["encode buffers"], ring_bytes=ring,
-                                    background=not blocking)
+        engine = EngineHandle(ekw["threads"], ring + budget["encode buffers"], ring_bytes=ring,
+                              background=not blocking)
         self.blocking = blocking
-        self.flush_timeout = 600.0
-        self._collector = _Collector(budget["chunks waiting for HDF5"])
-        self._max_encoded = 0  # the largest encoded chunk any variable written natively can give
-        self._regions: dict[str, tuple[_core.ArraySpec, _core.FileRegionSink] | None] = {}
+        self._pipeline = NetCDFPipeline(self._nc, path, engine, budget["chunks waiting for HDF5"],
+                                        blocking=blocking, in_place=self._h5file is not None)
         # Closed at exit when still open (Earth2Studio's workflows never close their backend, and
         # h5netcdf's own close at interpreter teardown fails once h5py is gone). A non-blocking one
         # is kept alive until then: its encoded chunks reach HDF5 through this object only.
-        self._start_lifecycle(where=str(self.file_name), engine=self._engine, nonblocking=not blocking,
-                              keep_alive=not blocking, release=self._collector.close)
-        self._specs: dict[str, _core.ArraySpec | None] = {}  # None: HDF5 filters the variable's chunks
+        self._start_lifecycle(where=str(self.file_name), engine=engine, nonblocking=not blocking,
+                              keep_alive=not blocking, release=self._pipeline.collector.close,
+                              outcomes=self._pipeline.outcomes)
         self.coords: OrderedDict[str, np.ndarray] = OrderedDict()
         self._selector = inputs.Selector(
             self.coords, "NetCDF store", lambda k: self._nc.variables[k].shape if k in self._nc.variables else None)
         for dim in self._nc.dimensions:
             if dim in self._nc.variables:
                 self.coords[dim] = self._decode_coord(self._nc.variables[dim])
+
+    @property
+    def pipeline(self) -> NetCDFPipeline:
+        """The write pipeline underneath (engine, collector, per-variable specs); see ``e2fastio.netcdf.pipeline``."""
+        return self._pipeline
+
+    @property
+    def flush_timeout(self) -> float:
+        """Seconds ``flush``/``close`` wait for pending chunks (default 600)."""
+        return self._pipeline.flush_timeout
+
+    @flush_timeout.setter
+    def flush_timeout(self, seconds: float) -> None:
+        self._pipeline.flush_timeout = float(seconds)
 
     # ------------------------------------------------------------------ coordinates
     @staticmethod
@@ -504,7 +353,7 @@ class NetCDF4Backend(Lifecycle):
     def flush(self) -> None:
         """Store pending writes and hand HDF5's buffers to the OS: another process then reads everything."""
         self._check_open("flush")
-        self._drain()
+        self._pipeline.drain()
         if self._writable:
             self._nc.flush()  # h5netcdf's metadata (_NCProperties)
             self._nc._h5file.flush()  # h5netcdf does not flush HDF5's caches itself
@@ -527,7 +376,7 @@ class NetCDF4Backend(Lifecycle):
         _open_on_disk.pop(id(self), None)
         pending_error: Exception | None = None
         try:
-            self._drain()
+            self._pipeline.drain()
         except Exception as err:  # raised after the file is closed
             pending_error = err
         try:
@@ -537,14 +386,13 @@ class NetCDF4Backend(Lifecycle):
                 if self._h5file is not None and self._h5file.id.valid:
                     self._h5file.close()
         finally:
-            self._collector.close()  # encoders still waiting for room (after an error) give up
-            self._engine.close()
+            self._pipeline.close()  # encoders still waiting for room (after an error) give up
         if pending_error is not None:
             raise pending_error
 
     def stats(self) -> dict[str, object]:
         """The engine's figures, and the collector's (encoded chunks waiting for HDF5) under ``"collector"``."""
-        return {**self._engine.stats(), "collector": self._collector.stats()}
+        return self._pipeline.stats()
 
     # ------------------------------------------------------------------ arrays
     @serialized
@@ -590,13 +438,13 @@ class NetCDF4Backend(Lifecycle):
                 # variable at its first write (writing every byte twice); unwritten parts
                 # read back as 0 (file holes).
                 # Storage allocated at creation: its place in the file is known, so
-                # writes go there directly (see _write_in_place).
-                kw = {"dcpl": _early_allocation()} if self._h5file is not None else {}
+                # writes go there directly (NetCDFPipeline.region).
+                kw = {"dcpl": early_allocation()} if self._h5file is not None else {}
                 self._nc.create_variable(name, dims, dtype=dtype, fill_time="never", **kw)
             if h is not None:
                 whole = [np.arange(s, dtype=np.int64) for s in shape]
                 h = inputs.cast_for_array(h, np.dtype(self._nc.variables[name].dtype), name)
-                self._store(inputs.WritePlan([(name, h)], OrderedDict(), whole, []))
+                self._pipeline.write(inputs.WritePlan([(name, h)], OrderedDict(), whole, []))
         self._nc.flush()  # h5netcdf's file properties (_NCProperties) in a new file
         self._publish()
 
@@ -604,38 +452,6 @@ class NetCDF4Backend(Lifecycle):
         default = [1] * max(len(shape) - 2, 0) + list(shape[-2:])
         out = tuple(min(int(self.chunks.get(d, default[i])), max(shape[i], 1)) for i, d in enumerate(dims))
         return tuple(max(c, 1) for c in out)
-
-    def _spec(self, name: str) -> _core.ArraySpec | None:
-        """The core's description of a chunked variable, or None when HDF5 must filter its chunks itself."""
-        if name in self._specs:
-            return self._specs[name]
-        var = self._nc.variables[name]
-        ds = var._h5ds
-        dtype = np.dtype(ds.dtype)
-        pipeline = _filter_pipeline(ds)
-        native = _native_filters(pipeline)
-        if native is None:
-            _check_filters_available(name, pipeline)
-            logger.info("variable %r: HDF5 filter pipeline %s is written through HDF5 (single-threaded); "
-                        "the native encoder writes shuffle + deflate, deflate, or none",
-                        name, [f"{f.name}{list(f.values)}" for f in pipeline])
-            self._specs[name] = None
-            return None
-        codec = _core.CodecSpec()
-        codec.itemsize = dtype.itemsize
-        codec.big_endian = dtype.byteorder == ">"
-        codec.deflate, codec.deflate_level, codec.hdf5_shuffle = native
-        spec = _core.ArraySpec()
-        spec.path = name
-        spec.shape = list(ds.shape)
-        spec.chunks = list(ds.chunks)
-        spec.codec = codec
-        fill = ds.fillvalue if ds.fillvalue is not None else 0
-        spec.fill_value = np.asarray(fill, dtype=dtype.newbyteorder("=")).tobytes()
-        spec.validate()
-        self._specs[name] = spec
-        self._max_encoded = max(self._max_encoded, spec.max_encoded_chunk_bytes())
-        return spec
 
     @serialized
     def write(self, x: Any, coords: CoordSystem, array_name: str | list[str]) -> None:
@@ -646,7 +462,7 @@ class NetCDF4Backend(Lifecycle):
                                  extra_kinds="c", check_name=_check_name)
         for name in plan.missing:
             self.add_array(plan.coords, name)
-        self._store(plan)
+        self._pipeline.write(plan)
         if self.blocking:
             self._publish()
 
@@ -657,156 +473,18 @@ class NetCDF4Backend(Lifecycle):
             return None, np.dtype("float32")
         return tuple(var.dimensions), np.dtype(var.dtype)
 
-    def _store(self, plan: inputs.WritePlan) -> None:
-        batch: list[_core.HostRequest] = []
-        index = plan.index
-        for name, arr in plan.items:
-            var = self._nc.variables[name]
-            assert isinstance(arr, np.ndarray)  # planned with device_ok=False
-            if arr.dtype.kind == "c":
-                self._drain()
-                _write_box(var, index, arr)  # complex (nc-complex compound type): through HDF5
-                continue
-            if var._h5ds.chunks is None:
-                region = self._region(name)
-                if region is None or 0 in var.shape:
-                    self._drain()
-                    _write_box(var, index, arr)  # contiguous layout HDF5 writes (diskless, big-endian)
-                else:
-                    batch.append((region[0], region[1], arr, index))
-                continue
-            spec = self._spec(name)
-            if spec is None:  # a filter pipeline the core does not reproduce: HDF5 applies it
-                self._drain()
-                _write_box(var, index, arr)
-            elif inputs.first_partial_chunk(index, spec.shape, spec.chunks) is None:
-                batch.append((spec, self._collector.sink, arr, index))
-            else:
-                self._drain()  # HDF5 merges partial chunks: pending writes of them first
-                _write_box(var, index, arr)  # partial chunks: HDF5 merges (single-threaded)
-        if not batch:
-            return
-        engine = self._engine.get()
-        if self.blocking and all(isinstance(sink, _core.FileRegionSink) for _, sink, _, _ in batch):
-            engine.write_batch(batch)  # in place, straight from the caller's data: no staging copy
-            return
-        # Staging waits while the ring is full, and ring space comes back only as chunks finish, which
-        # encoders waiting for room in the collector cannot: first make sure that every chunk still
-        # pending fits into the collector (storing chunks meanwhile), so staging never waits for us.
-        self._hand_over(until=self._room_to_stage)
-        if self.blocking:
-            engine.submit(batch)  # staged: the caller's data may change from here on
-            self._hand_over(until=_idle)
-            engine.check()
-            return
-        with self._staging(engine.check):  # an earlier write's failure, raised once this one is staged
-            engine.submit(batch)
-            self._hand_over()  # what is ready; the rest at the next call
-
-    def _room_to_stage(self, engine: _core.Engine) -> bool:
-        """Whether every pending chunk fits into the collector as it stands (or none is pending)."""
-        pending = engine.pending_chunks
-        sink = self._collector.sink
-        return pending == 0 or sink.held_bytes + pending * self._max_encoded <= sink.capacity
-
-    def _hand_over(self, until: Callable[[_core.Engine], bool] | None = None) -> None:
-        """Store encoded chunks with HDF5 from this (the caller's) thread: HDF5 is not thread-safe.
-
-        Without `until`, store the chunks that are ready and return. With it,
-        store chunks as they finish until ``until(engine)`` holds: between
-        them the thread sleeps in the engine (GIL released) until a chunk
-        finishes or none is pending, never polling. Encoders waiting for room
-        in the collector go on as chunks are taken out, so waiting here never
-        deadlocks. Every chunk is stored even if another failed; then the
-        first failure is raised as an ``OSError`` naming its chunk key (HDF5's
-        own message names only the file).
-        """
-        if not self._engine.started:
-            return
-        engine = self._engine.get()
-        sink = self._collector.sink
-        deadline = time.monotonic() + self.flush_timeout
-        failure: OSError | None = None
-        while True:
-            seen = engine.finished_chunks
-            failure = self._store_ready(sink, failure)
-            if until is None:
-                break
-            if until(engine):
-                failure = self._store_ready(sink, failure)  # collected before the condition held
-                break
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"{engine.pending_chunks} chunk(s) still pending after {self.flush_timeout:g} s "
-                                   f"({self.file_name})") from failure
-            engine.wait_progress(seen, left)
-        if failure is not None:
-            raise failure
-
-    def _store_ready(self, sink: _core.CollectSink, failure: OSError | None) -> OSError | None:
-        """Store every chunk the collector holds now, oldest first; returns the first failure so far."""
-        while (item := sink.pop()) is not None:
-            key, data = item  # data: a read-only view of the encoded bytes, handed to HDF5 as they are
-            name, _, *cc = key.split("/")
-            spec = self._specs[name]
-            assert spec is not None  # only variables with a spec have chunks encoded
-            offsets = tuple(int(c) * ch for c, ch in zip(cc, spec.chunks, strict=True))
-            try:
-                self._nc.variables[name]._h5ds.id.write_direct_chunk(offsets, data, filter_mask=0)
-            except OSError as err:  # e.g. ENOSPC: the other chunks are still tried
-                if failure is None:
-                    failure = OSError(err.errno, f"writing chunk {key!r} to {self.file_name}: {err.strerror or err}")
-                    failure.__cause__ = err
-        return failure
-
     def _pending(self) -> int:
-        """Chunks not in the file yet: being encoded, or encoded and waiting for HDF5 (the caller's thread)."""
-        return super()._pending() + int(self._collector.stats().get("held_chunks", 0))
+        return self._pipeline.pending()
 
     def _drain(self) -> None:
-        """Non-blocking: store everything pending; raise a background error (once)."""
-        if self.blocking or not self._engine.started:
-            return
-        self._hand_over(until=_idle)
-        self._background(self._engine.get().check)
-
-    def _region(self, name: str) -> tuple[_core.ArraySpec, _core.FileRegionSink] | None:
-        """(spec, sink) writing a contiguous variable in place, or None (HDF5 writes it then).
-
-        The variable's bytes sit at a fixed file offset in C order; the core
-        cuts writes into one-field "chunks" (each a contiguous byte range) and
-        writes them there on the pool (O_DIRECT interior, pwrite edges); partial
-        fields are merged with what the file holds (pread). HDF5 holds no raw
-        data of it (no sieve buffer), so nothing it caches goes stale.
-        """
-        if name in self._regions:
-            return self._regions[name]
-        region = None
-        ds = self._nc.variables[name]._h5ds
-        dtype = np.dtype(ds.dtype)
-        offset = ds.id.get_offset() if self._h5file is not None else None
-        if offset is not None and dtype.byteorder != ">" and dtype.kind in "fiub" and ds.ndim >= 1:
-            shape = list(ds.shape)
-            chunks = [1] * max(len(shape) - 2, 0) + shape[-2:]
-            codec = _core.CodecSpec()
-            codec.itemsize = dtype.itemsize
-            spec = _core.ArraySpec()
-            spec.path = name
-            spec.shape = shape
-            spec.chunks = [max(c, 1) for c in chunks]
-            spec.codec = codec
-            spec.fill_value = bytes(dtype.itemsize)
-            spec.validate()
-            sink = _core.FileRegionSink(self.file_name, int(offset), name, spec.shape, spec.chunks, dtype.itemsize)
-            region = (spec, sink)
-        self._regions[name] = region
-        return region
+        """Store every pending non-blocking write (``root``'s hook before it reads or writes data)."""
+        self._pipeline.drain()
 
     @serialized
     def read(self, coords: CoordSystem, array_name: str, device: Any = "cpu") -> tuple[Any, CoordSystem]:
         """Read `array_name` at `coords` as a torch tensor on `device`."""
         self._check_open("read")
-        self._drain()
+        self._pipeline.drain()
         _, index = self._selector.select(coords, "reading")
         if array_name not in self._nc.variables:
             raise ArrayNotFoundError(f"array_name={array_name!r} is not a variable of {self.file_name} "
@@ -858,102 +536,3 @@ def _add_array_inputs(array_name: Any, data: Any) -> tuple[list[str], list[np.nd
     return names, [None if d is None else _host_array(d, "data") for d in datas]
 
 
-def _open_h5py(path: str, mode: str, align: bool) -> tuple[Any, bool]:
-    """An h5py File as h5netcdf would open it, with our file-access properties, and whether it was created.
-
-    `mode`: "r" (read only), "w" (create or truncate), "x" (create, never
-    overwrite) or "a" (open for writing, create when missing).
-    """
-    import h5py
-
-    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
-    fapl.set_fclose_degree(h5py.h5f.CLOSE_STRONG)
-    fapl.set_sieve_buf_size(0)
-    if align:
-        fapl.set_alignment(1 << 20, 4096)  # large objects (variable data) on 4 KiB boundaries
-    try:
-        fapl.set_file_locking(False, True)
-    except AttributeError:  # pragma: no cover - HDF5 < 1.12.1: locking is the environment's business
-        pass
-    path_b = os.fsencode(path)
-    if mode in ("r", "a") and os.path.exists(path):
-        access = h5py.h5f.ACC_RDONLY if mode == "r" else h5py.h5f.ACC_RDWR
-        return h5py.File(h5py.h5f.open(path_b, access, fapl=fapl)), False
-    fcpl = h5py.h5p.create(h5py.h5p.FILE_CREATE)  # h5netcdf's track_order=True
-    order = h5py.h5p.CRT_ORDER_TRACKED | h5py.h5p.CRT_ORDER_INDEXED
-    fcpl.set_link_creation_order(order)
-    fcpl.set_attr_creation_order(order)
-    flags = h5py.h5f.ACC_EXCL if mode == "x" else h5py.h5f.ACC_TRUNC
-    return h5py.File(h5py.h5f.create(path_b, flags, fapl=fapl, fcpl=fcpl)), True
-
-
-def _early_allocation() -> Any:
-    import h5py
-
-    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-    return dcpl
-
-
-def _write_box(var: Any, index: list[np.ndarray], arr: np.ndarray) -> None:
-    """Orthogonal write through HDF5: a box directly, else read the bounding box, merge, write back."""
-    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in index)
-    contiguous = (len(i) == b.stop - b.start and (len(i) < 2 or bool(np.all(np.diff(i) == 1)))
-                  for i, b in zip(index, box, strict=True))
-    if all(contiguous):
-        _write_c_pieces(var._h5ds, box, arr)
-        return
-    block = np.asarray(var[box])
-    block[np.ix_(*[i - i.min() for i in index])] = arr
-    var[box] = block
-
-
-def _write_c_pieces(ds: Any, box: tuple[slice, ...], arr: np.ndarray) -> None:
-    """Write `arr` into `box` as its largest C-contiguous pieces.
-
-    h5py copies a strided source element by element, and a contiguous copy
-    would fault in fresh pages every write; the pieces of a split_coords view
-    (one member's field, say) are contiguous already and go to HDF5 as they are.
-    """
-    lead = 0
-    while lead < arr.ndim and not arr[(0,) * lead].flags.c_contiguous:
-        lead += 1
-    if lead == arr.ndim:  # no contiguous piece larger than one element
-        ds[box] = np.ascontiguousarray(arr)
-        return
-    for idx in np.ndindex(*arr.shape[:lead]):
-        sub = tuple(slice(b.start + i, b.start + i + 1) for b, i in zip(box[:lead], idx, strict=True)) + box[lead:]
-        ds[sub] = arr[idx].reshape((1,) * lead + arr.shape[lead:])
-
-
-def _per_rank_file_name(file_name: str | os.PathLike[str], process_group: Any) -> str | os.PathLike[str]:
-    """`file_name` with ``{rank}``/``{world_size}`` filled in; with a group, a name per rank or a clear error.
-
-    HDF5 files cannot be written by several processes at once without an
-    MPI-enabled HDF5 (parallel HDF5 is not what netCDF4/h5py wheels ship), so
-    ranks never share a NetCDF file. ``"forecast_{rank:03d}.nc"`` gives each rank
-    its own complete NetCDF-4 file (open them together with
-    ``xarray.open_mfdataset``); ``ZarrBackend`` writes one shared store instead.
-    Without a group (the default) a name without ``{rank}`` is the caller's
-    business, as in Earth2Studio.
-    """
-    from e2fastio._write.ranks import rank_and_size, resolve_group
-
-    group = resolve_group(process_group)
-    name = os.fspath(file_name)
-    if group is None and "{rank" not in name and "{world_size" not in name:
-        return file_name
-    rank, size = rank_and_size(process_group)
-    if group is not None and "{rank" not in name:
-        raise ValueError(
-            f"file_name={name!r}: {size} ranks cannot write one NetCDF4 file (HDF5 needs MPI for that); put "
-            "'{rank}' in file_name for one file per rank (e.g. 'forecast_{rank:03d}.nc'), use ZarrBackend for "
-            "one shared store, or leave process_group=None if each rank already writes its own file"
-        )
-    try:
-        return name.format(rank=rank, world_size=size)
-    except (KeyError, IndexError, ValueError) as err:
-        raise ValueError(
-            f"file_name={name!r}: only {{rank}} and {{world_size}} are replaced in a file name; write other braces "
-            f"twice ('{{{{' and '}}}}') ({type(err).__name__}: {err})"
-        ) from None

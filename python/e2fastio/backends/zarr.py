@@ -1,4 +1,11 @@
-"""``ZarrBackend``: Earth2Studio's Zarr IO backend, with chunks written by native threads."""
+"""``ZarrBackend``: Earth2Studio's Zarr IO backend, with chunks written by native threads.
+
+An adapter: Earth2Studio's surface and the store's nodes (root group,
+members, coordinates, ``add_array``) here; every chunk goes through
+:class:`e2fastio._write.pipeline.ZarrPipeline`. Size: the class is about 340
+lines besides its docstring; a third of it is ``add_array``, whose metadata
+requests must all run in one round (one round trip on an object store).
+"""
 
 from __future__ import annotations
 
@@ -50,7 +57,7 @@ class ZarrBackend(Lifecycle):
         whose mapping lives in native memory); an object-store URL such as
         ``"s3://bucket/forecast.zarr"`` (opened with ``obstore.store.from_url``
         and `store_kwargs`); an obstore store; or any writable zarr ``Store``.
-        Chunks for object stores are uploaded by :class:`e2fastio.stores.remote.Uploader`
+        Chunks for object stores are uploaded by :class:`e2fastio.stores.uploads.Uploader`
         with bounded concurrency and retries.
     chunks : dict[str, int], optional
         Chunk size per dimension; dimensions not listed get one chunk.

@@ -6,6 +6,10 @@ from :mod:`e2fastio.baselines`, labelled as one) and once with e2fastio's
 drop-in for it. Every store is read back and compared field by field; the
 report gives the time until the outputs are durable, what IO added to the
 model's own time, throughput, size, compression, peak memory and files.
+
+Size (over 700 lines): one module for the whole seed example, so that the
+cases, the pairing, the measuring and the report read as one script does;
+it is the demo, not part of the write path.
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ never hold the same file open for writing, so ``root`` is an adapter with the
 same surface instead: variables and dimensions by name, attributes, masked
 reads, writes, ``sync``, ``close``, ``isopen``. ``isinstance(root,
 netCDF4.Dataset)`` is false.
+
+Size (over 500 lines): the surface above is what Earth2Studio code and its
+users touch on ``root``; it stays in one module so that what differs from
+``netCDF4.Dataset`` can be read in one place.
 """
 
 from __future__ import annotations
