@@ -351,3 +351,36 @@ def test_an_earlier_backend_that_cannot_close_keeps_its_file(tmp_path):
 
     with netCDF4.Dataset(path) as ds:  # what the earlier backend wrote is still there
         np.testing.assert_array_equal(ds["t2m"][:], np.ones((1, 4, 8), np.float32))
+
+
+def test_an_unreferenced_earlier_backend_gives_its_file_name_back_quietly(tmp_path, caplog, monkeypatch):
+    # netCDF4's Dataset closes when its last reference goes; a backend sits in reference cycles
+    # (its root refers back to it), so it is collected first: no warning, nothing refused.
+    # Earth2Studio's own tests open "inmemory.nc" (diskless) once per test case in one process.
+    monkeypatch.chdir(tmp_path)
+    c = _small_coords()
+    for kwargs in ({"mode": "w", "diskless": True, "persist": False}, {"mode": "w"}):
+        for _ in range(3):
+            io = NetCDF4Backend("same.nc", backend_kwargs=kwargs)
+            io.add_array(c, "t2m", data=np.ones((1, 4, 8), np.float32))
+            del io
+            with caplog.at_level("WARNING", logger="e2fastio.backends.netcdf"):
+                io = NetCDF4Backend("same.nc", backend_kwargs=kwargs)
+            assert "still open" not in caplog.text
+            assert "t2m" not in io
+            io.close()
+
+
+def test_an_in_memory_file_in_use_is_never_closed_for_another_of_its_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    c = _small_coords()
+    first = NetCDF4Backend("mem.nc", backend_kwargs={"mode": "w", "diskless": True, "persist": False})
+    first.add_array(c, "t2m", data=np.ones((1, 4, 8), np.float32))
+    for kwargs in ({"mode": "w", "diskless": True}, {"mode": "w"}):
+        with pytest.raises(PermissionError, match=r"file_name 'mem.nc' is open in another NetCDF4Backend.*close "
+                                                  r"that backend first"):
+            NetCDF4Backend("mem.nc", backend_kwargs=kwargs)
+    assert not first.closed
+    np.testing.assert_array_equal(first.read(c, "t2m")[0].numpy(), np.ones((1, 4, 8), np.float32))
+    first.close()
+    NetCDF4Backend("mem.nc", backend_kwargs={"mode": "w", "diskless": True}).close()

@@ -15,6 +15,7 @@ the HDF5 side lives in :mod:`e2fastio.netcdf`.
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import weakref
@@ -54,32 +55,49 @@ _TD_UNITS = {"h": "hours", "m": "minutes", "s": "seconds", "D": "days"}
 _REV_TD_UNITS = {v: k for k, v in _TD_UNITS.items()}
 
 
-# Backends of this process with a file open on disk, by real path: a second
-# backend that recreates (mode 'w') a file an earlier one still holds open
-# closes that one first (see _close_earlier_writers).
-_open_on_disk: weakref.WeakValueDictionary[int, NetCDF4Backend] = weakref.WeakValueDictionary()
+# Backends of this process with a file open (on disk or in memory), by id: a
+# second backend that recreates (mode 'w') a file an earlier one still holds
+# open deals with that one first (see _close_earlier_writers).
+_open_files: weakref.WeakValueDictionary[int, NetCDF4Backend] = weakref.WeakValueDictionary()
 
 
-def _close_earlier_writers(path: str) -> None:
-    """Close this process's backends that still hold `path` open, before mode 'w' truncates it.
+def _close_earlier_writers(path: str, diskless: bool) -> None:
+    """Deal with this process's backends that still hold `path` open, before mode 'w' recreates it.
 
-    HDF5 refuses to truncate a file that is open in the same process ("unable
-    to truncate a file which is already open"): re-running a notebook cell that
-    opens the same file with mode 'w' met that every time, because the previous
-    backend is still referenced by the variable about to be reassigned. Its
-    writes are stored first (nothing it was given is lost before the file is
-    replaced); if that fails, its error is raised and nothing is truncated.
+    HDF5 refuses to create a file that is open in the same process under the
+    same name ("unable to truncate a file which is already open"), in memory
+    too. netCDF4's Dataset closes when its last reference goes; a backend is
+    in reference cycles, so an unreferenced earlier backend is collected first
+    (its file closes as netCDF4's would). One still referenced: a file on disk
+    is closed, its writes stored first (re-running a notebook cell that opens
+    the same file with mode 'w' met this every time, the previous backend still
+    held by the variable about to be reassigned); if that fails, its error is
+    raised and nothing is truncated. An in-memory file is never closed for
+    another: its data exists nowhere else, so this is refused, as netCDF4 does.
     """
     real = os.path.realpath(path)
-    for earlier in [b for b in list(_open_on_disk.values()) if b._real_path == real and not b._closed]:
+
+    def earlier() -> list[NetCDF4Backend]:
+        return [b for b in list(_open_files.values()) if b._real_path == real and not b._closed]
+
+    if not earlier():
+        return
+    gc.collect()
+    for other in earlier():
+        if other._diskless and not other._on_disk or diskless:
+            raise PermissionError(
+                errno.EACCES,
+                f"{os.strerror(errno.EACCES)}: file_name {path!r} is open in another NetCDF4Backend of this process "
+                f"(id {id(other):#x}, {'in memory' if other._diskless else 'on disk'}), and HDF5 holds one file per "
+                "name; close that backend first (io.close()) or give this one another file_name", path)
         logger.warning("NetCDF4Backend: %s is still open by an earlier NetCDF4Backend (id %#x); closing it (its "
                        "writes are stored first) so that mode 'w' can recreate the file. Close a backend when "
-                       "done with it: io.close(), or use it in a `with` block.", path, id(earlier))
+                       "done with it: io.close(), or use it in a `with` block.", path, id(other))
         try:
-            earlier.close()
+            other.close()
         except Exception as err:
             raise RuntimeError(
-                f"backend_kwargs mode 'w': {path} is still open by an earlier NetCDF4Backend (id {id(earlier):#x}) "
+                f"backend_kwargs mode 'w': {path} is still open by an earlier NetCDF4Backend (id {id(other):#x}) "
                 f"and closing it failed ({type(err).__name__}: {err}); the file was not truncated. Handle that "
                 "backend's error (call its close() again to see it) before recreating the file") from err
 
@@ -216,11 +234,11 @@ class NetCDF4Backend(Lifecycle):
                                   "never overwrites; use mode 'w' to replace it or 'a' to append)", path)
         self.file_name = path
         self._real_path = os.path.realpath(path)
-        if opts.mode == "w" and not opts.diskless:
-            _close_earlier_writers(path)
-        self._writable = opts.mode != "r"
         self._diskless = opts.diskless
         self._on_disk = not opts.diskless or opts.persist
+        if opts.mode == "w":
+            _close_earlier_writers(path, opts.diskless)
+        self._writable = opts.mode != "r"
         self._auto_complex = opts.auto_complex
         self._closed = False
         self._h5file = None
@@ -235,7 +253,7 @@ class NetCDF4Backend(Lifecycle):
             self._h5file, created = open_h5py(path, opts.mode, align=compression is None)
             ncmode = "w" if created else ("r" if opts.mode == "r" else "a")
             self._nc = h5netcdf.File(self._h5file, ncmode, decode_vlen_strings=True)
-            _open_on_disk[id(self)] = self
+        _open_files[id(self)] = self
         self.root = Dataset(self._nc, path, self)
         self.compression = compression
         self.complevel = complevel
@@ -373,7 +391,7 @@ class NetCDF4Backend(Lifecycle):
         """Close the file and stop the encoder threads. Idempotent."""
         if not self._end_lifecycle():
             return
-        _open_on_disk.pop(id(self), None)
+        _open_files.pop(id(self), None)
         pending_error: Exception | None = None
         try:
             self._pipeline.drain()
