@@ -41,6 +41,20 @@ def _step(c: OrderedDict[str, np.ndarray], k: int) -> OrderedDict[str, np.ndarra
     return out
 
 
+def _thread_policies(name: str) -> list[int]:
+    """Scheduling policies of this process's threads called `name`."""
+    out = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if f.read().strip() != name:
+                    continue
+            out.append(os.sched_getscheduler(int(tid)))
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return out
+
+
 def _thread_nices(name: str) -> list[int]:
     """Nice values of this process's threads called `name` (field 19 of /proc/<tid>/stat)."""
     out = []
@@ -118,10 +132,17 @@ def test_nonblocking_threads_run_below_the_caller_and_blocking_ones_at_its_prior
         io.flush()
         assert native_threads(reach=before_pool + 2) >= before_pool + 2
         assert native_threads("e2fastio-write", reach=before_write + 2) >= before_write + 2
-        assert io.pipeline.engine.stats()["nice"] == (BACKGROUND_NICE if not blocking else 0)
+        stats = io.pipeline.engine.stats()
+        assert stats["nice"] == (BACKGROUND_NICE if not blocking else 0)
         # This backend's threads are the only ones of their names with this priority.
         assert _thread_nices("e2fastio-pool").count(expect) >= 2
         assert _thread_nices("e2fastio-write").count(expect) >= 2
+        # Non-blocking: under SCHED_IDLE too (2 encoders, 2 writers); blocking: the caller's policy.
+        policy = os.SCHED_IDLE if not blocking else os.sched_getscheduler(0)
+        assert stats["sched_idle_threads"] == (4 if not blocking else 0)
+        assert _thread_policies("e2fastio-pool").count(policy) >= 2
+        assert _thread_policies("e2fastio-write").count(policy) >= 2
+        assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the caller's own policy is untouched
         assert os.getpriority(os.PRIO_PROCESS, 0) == caller  # the caller's own priority is untouched
         io.close()
         assert native_threads(settle_to=before_pool) == before_pool

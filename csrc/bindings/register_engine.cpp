@@ -88,10 +88,11 @@ void register_engine(py::module_& m) {
           "The most bytes one encoded chunk of this array can take.");
 
   py::class_<Engine, std::shared_ptr<Engine>>(m, "Engine")
-      .def(py::init<unsigned, std::size_t, std::size_t, int>(), py::arg("threads"), py::arg("max_buffer_bytes"),
-           py::arg("ring_bytes") = 0, py::arg("nice") = 0)
+      .def(py::init<unsigned, std::size_t, std::size_t, int, bool>(), py::arg("threads"),
+           py::arg("max_buffer_bytes"), py::arg("ring_bytes") = 0, py::arg("nice") = 0, py::arg("idle_sched") = false)
       .def_property_readonly("threads", &Engine::threads)
       .def_property_readonly("nice", &Engine::nice)
+      .def_property_readonly("idle_sched_threads", &Engine::idle_sched_threads)
       .def_property_readonly("writer_threads", &Engine::writer_threads)
       .def("staging_bytes_per_chunk", &Engine::staging_bytes_per_chunk)
       .def(

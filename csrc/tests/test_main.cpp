@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <dlfcn.h>
 #include <pthread.h>
+#include <sched.h>
 #include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -221,6 +222,21 @@ TEST(pool_runs_every_task_and_reports_first_error) {
   CHECK(g2.pending() == 0);
   pool.shutdown();
   pool.shutdown();  // idempotent
+}
+
+TEST(a_background_pool_runs_under_sched_idle_from_its_first_task) {
+  ThreadPool idle(2, "e2f-test-idle", 19, true);
+  CHECK(idle.idle_threads() == 2);  // every worker set up before the constructor returned
+  ThreadPool normal(2, "e2f-test-norm", 0, true);  // idle_sched only with a lower priority
+  CHECK(normal.idle_threads() == 0);
+  std::atomic<int> idle_policy{-1}, normal_policy{-1};
+  TaskGroup g;
+  idle.submit(g.wrap([&] { idle_policy = sched_getscheduler(0); }));
+  normal.submit(g.wrap([&] { normal_policy = sched_getscheduler(0); }));
+  g.wait();
+  CHECK(idle_policy.load() == SCHED_IDLE);
+  CHECK(normal_policy.load() == sched_getscheduler(0));
+  CHECK(sched_getscheduler(0) != SCHED_IDLE);  // the creator keeps its own policy
 }
 
 // ----------------------------------------------------------------- staging bound

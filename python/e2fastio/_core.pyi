@@ -309,12 +309,16 @@ class RingStats(TypedDict):
 class Engine:
     """The chunk pipeline: encoder threads, encode buffers and (for non-blocking writes) a staging ring."""
 
-    def __init__(self, threads: _Int, max_buffer_bytes: _Int, ring_bytes: _Int = 0, nice: _Int = 0) -> None: ...
+    def __init__(self, threads: _Int, max_buffer_bytes: _Int, ring_bytes: _Int = 0, nice: _Int = 0,
+                 idle_sched: bool = False) -> None: ...
     @property
     def threads(self) -> int: ...
     @property
     def nice(self) -> int:
         """How much lower than their creator's the priority of the engine's threads is (nice value)."""
+    @property
+    def idle_sched_threads(self) -> int:
+        """Engine threads (encoders and writers) running under SCHED_IDLE (Linux)."""
     @property
     def writer_threads(self) -> int:
         """Threads of the writer stage (storing chunks to local files); 0 until it started."""

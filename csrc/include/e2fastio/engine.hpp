@@ -39,7 +39,8 @@ class Engine {
   // `max_buffer_bytes` becomes the staging ring, the rest encode buffers.
   // `nice` > 0 lowers the scheduling priority of the engine's threads
   // (encoders and writers) by that much, for background work that must not
-  // slow the thread that submits it (see ThreadPool).
+  // slow the thread that submits it (see ThreadPool); with `idle_sched` they
+  // also run under SCHED_IDLE (Linux): only on cores no normal thread wants.
   //
   // Threads: `threads` encoder threads ("e2fastio-pool") plan nothing, they
   // gather, encode and, for sinks whose writes wait on a device
@@ -51,7 +52,8 @@ class Engine {
   // wait for a lease (backpressure) when writers fall behind. A chunk counts
   // as done (write_batch returns, flush() returns, its same-key successor
   // starts) only once it is stored.
-  Engine(unsigned threads, std::size_t max_buffer_bytes, std::size_t ring_bytes = 0, int nice = 0);
+  Engine(unsigned threads, std::size_t max_buffer_bytes, std::size_t ring_bytes = 0, int nice = 0,
+         bool idle_sched = false);
   ~Engine();
 
   // Write `slab` at the orthogonal selection `index[d]` (one target index per
@@ -109,6 +111,8 @@ class Engine {
 
   unsigned threads() const noexcept { return pool_.size(); }
   int nice() const noexcept { return pool_.nice(); }
+  // Engine threads (encoders and writers) running under SCHED_IDLE.
+  unsigned idle_sched_threads() const noexcept;
   unsigned writer_threads() const;  // 0 once shut down
   BufferPool& buffers() noexcept { return *buffers_; }
   EngineStats stats() const;

@@ -1,6 +1,7 @@
 // A fixed pool of native worker threads. Workers never touch Python objects.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <deque>
@@ -22,7 +23,9 @@ class ThreadPool {
   // nice value is per thread; threads a worker starts inherit it), so that
   // work queued here yields the CPU to the threads that queued it. It cannot
   // be raised back later without privileges, hence fixed at construction.
-  explicit ThreadPool(unsigned nthreads, const char* name = kThreadName, int nice = 0);
+  // `idle_sched` (with `nice` > 0): each worker also puts itself under
+  // SCHED_IDLE (Linux), where it runs only on a core no normal thread wants.
+  explicit ThreadPool(unsigned nthreads, const char* name = kThreadName, int nice = 0, bool idle_sched = false);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
@@ -32,6 +35,8 @@ class ThreadPool {
   void submit(std::function<void()> task);
   unsigned size() const noexcept { return static_cast<unsigned>(workers_.size()); }
   int nice() const noexcept { return nice_; }
+  // Workers that run under SCHED_IDLE (they set it themselves as they start).
+  unsigned idle_threads() const noexcept { return idle_threads_.load(); }
   // Finish queued work and join all workers. Idempotent.
   void shutdown();
   // In a forked child: forget the parent's worker threads and leak the queued
@@ -44,6 +49,10 @@ class ThreadPool {
   void run();
   const char* name_;
   int nice_;
+  bool idle_sched_;
+  std::atomic<unsigned> idle_threads_{0};
+  std::size_t started_ = 0;  // workers that have set themselves up (guarded by mu_)
+  std::condition_variable started_cv_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::function<void()>> queue_;

@@ -30,11 +30,11 @@ void leak_in_place(T& obj) {
 
 }  // namespace
 
-Engine::Engine(unsigned threads, std::size_t max_buffer_bytes, std::size_t ring_bytes, int nice)
-    : pool_(threads, ThreadPool::kThreadName, nice),
+Engine::Engine(unsigned threads, std::size_t max_buffer_bytes, std::size_t ring_bytes, int nice, bool idle_sched)
+    : pool_(threads, ThreadPool::kThreadName, nice, idle_sched),
       // Started here, on the creator's thread, like the encoders: the same
       // priority, and no thread start inside the first write.
-      writers_(std::make_unique<ThreadPool>(std::max(2u, pool_.size()), "e2fastio-write", nice)),
+      writers_(std::make_unique<ThreadPool>(std::max(2u, pool_.size()), "e2fastio-write", nice, idle_sched)),
       buffers_(std::make_unique<BufferPool>(ring_bytes > 0 && ring_bytes < max_buffer_bytes
                                                 ? max_buffer_bytes - ring_bytes
                                                 : max_buffer_bytes)),
@@ -77,6 +77,10 @@ void Engine::shutdown() {
 }
 
 unsigned Engine::writer_threads() const { return inherited() ? 0 : writers_->size(); }
+
+unsigned Engine::idle_sched_threads() const noexcept {
+  return inherited() ? 0 : pool_.idle_threads() + writers_->idle_threads();
+}
 
 ThreadPool& Engine::writers() { return *writers_; }
 

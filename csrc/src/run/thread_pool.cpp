@@ -2,6 +2,7 @@
 
 #ifdef __linux__
 #include <pthread.h>
+#include <sched.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -16,10 +17,15 @@
 
 namespace e2fastio {
 
-ThreadPool::ThreadPool(unsigned nthreads, const char* name, int nice) : name_(name), nice_(std::max(0, nice)) {
+ThreadPool::ThreadPool(unsigned nthreads, const char* name, int nice, bool idle_sched)
+    : name_(name), nice_(std::max(0, nice)), idle_sched_(idle_sched) {
   if (nthreads == 0) nthreads = 1;
   workers_.reserve(nthreads);
   for (unsigned i = 0; i < nthreads; ++i) workers_.emplace_back([this] { run(); });
+  // Returns once every worker has named itself and set its priority: what
+  // stats report is then true from the start.
+  std::unique_lock<std::mutex> lk(mu_);
+  started_cv_.wait(lk, [&] { return started_ == workers_.size(); });
 }
 
 ThreadPool::~ThreadPool() { shutdown(); }
@@ -47,8 +53,20 @@ void ThreadPool::run() {
     errno = 0;
     const int cur = ::getpriority(PRIO_PROCESS, tid);
     if (errno == 0) (void)::setpriority(PRIO_PROCESS, tid, std::min(19, cur + nice_));
+    if (idle_sched_) {
+      // SCHED_IDLE: this thread runs on a core only when no normal thread
+      // wants it, and never preempts one when it wakes; the nice value above
+      // stays as the fallback where the policy is refused.
+      sched_param param{};
+      if (pthread_setschedparam(pthread_self(), SCHED_IDLE, &param) == 0) idle_threads_.fetch_add(1);
+    }
   }
 #endif
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    ++started_;
+  }
+  started_cv_.notify_all();
   for (;;) {
     std::function<void()> task;
     {
@@ -86,6 +104,7 @@ void ThreadPool::abandon_after_fork() noexcept {
   ::new (static_cast<void*>(&queue_)) std::deque<std::function<void()>>();
   ::new (static_cast<void*>(&mu_)) std::mutex();
   ::new (static_cast<void*>(&cv_)) std::condition_variable();
+  ::new (static_cast<void*>(&started_cv_)) std::condition_variable();
   stop_ = true;
   abandoned_ = true;
 }
