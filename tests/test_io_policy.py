@@ -41,16 +41,26 @@ def _step(c: OrderedDict[str, np.ndarray], k: int) -> OrderedDict[str, np.ndarra
     return out
 
 
-def _thread_policies(name: str) -> list[int]:
-    """Scheduling policies of this process's threads called `name`."""
+def _threads_named(name: str) -> list[int]:
+    """Ids of this process's threads called `name` (/proc/self/task/<tid>/comm)."""
     out = []
     for tid in os.listdir("/proc/self/task"):
         try:
             with open(f"/proc/self/task/{tid}/comm") as f:
-                if f.read().strip() != name:
-                    continue
-            out.append(os.sched_getscheduler(int(tid)))
+                if f.read().strip() == name:
+                    out.append(int(tid))
         except (FileNotFoundError, ProcessLookupError):
+            continue
+    return out
+
+
+def _thread_policies(name: str) -> list[int]:
+    """Scheduling policies of this process's threads called `name`."""
+    out = []
+    for tid in _threads_named(name):
+        try:
+            out.append(os.sched_getscheduler(tid))
+        except (ProcessLookupError, OSError):
             continue
     return out
 
@@ -58,11 +68,8 @@ def _thread_policies(name: str) -> list[int]:
 def _thread_nices(name: str) -> list[int]:
     """Nice values of this process's threads called `name` (field 19 of /proc/<tid>/stat)."""
     out = []
-    for tid in os.listdir("/proc/self/task"):
+    for tid in _threads_named(name):
         try:
-            with open(f"/proc/self/task/{tid}/comm") as f:
-                if f.read().strip() != name:
-                    continue
             with open(f"/proc/self/task/{tid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
         except (FileNotFoundError, ProcessLookupError):

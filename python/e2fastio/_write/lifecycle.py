@@ -250,6 +250,7 @@ class Lifecycle:
     _closed: bool = False
     _warn_at_exit: bool = False
     _where: str = "?"
+    _pipeline: Any  # the backend's write pipeline (ZarrPipeline, NetCDFPipeline): has a flush_timeout
 
     if TYPE_CHECKING:
 
@@ -325,6 +326,15 @@ class Lifecycle:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def flush_timeout(self) -> float:
+        """Seconds ``flush``/``close`` wait for pending chunks (default 600)."""
+        return float(self._pipeline.flush_timeout)
+
+    @flush_timeout.setter
+    def flush_timeout(self, seconds: float) -> None:
+        self._pipeline.flush_timeout = float(seconds)
 
     def _check_open(self, what: str) -> None:
         if self._closed:

@@ -192,6 +192,8 @@ class NetCDF4Backend(Lifecycle):
     interpreter exit.
     """
 
+    _pipeline: NetCDFPipeline
+
     def __init__(
         self,
         file_name: str | os.PathLike[str],
@@ -282,15 +284,6 @@ class NetCDF4Backend(Lifecycle):
     def pipeline(self) -> NetCDFPipeline:
         """The write pipeline underneath (engine, collector, per-variable specs); see ``e2fastio.netcdf.pipeline``."""
         return self._pipeline
-
-    @property
-    def flush_timeout(self) -> float:
-        """Seconds ``flush``/``close`` wait for pending chunks (default 600)."""
-        return self._pipeline.flush_timeout
-
-    @flush_timeout.setter
-    def flush_timeout(self, seconds: float) -> None:
-        self._pipeline.flush_timeout = float(seconds)
 
     # ------------------------------------------------------------------ coordinates
     @staticmethod

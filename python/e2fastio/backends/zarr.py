@@ -125,6 +125,8 @@ class ZarrBackend(Lifecycle):
         coordinate through `process_group`).
     """
 
+    _pipeline: ZarrPipeline
+
     def __init__(
         self,
         file_name: str | os.PathLike[str] | Store | ObjectStore | Location | None = None,
@@ -228,15 +230,6 @@ class ZarrBackend(Lifecycle):
         """The write pipeline underneath (engine, uploads, shards): for AsyncZarrBackend, IceChunkBackend
         and diagnostics; see ``e2fastio._write.pipeline``."""
         return self._pipeline
-
-    @property
-    def flush_timeout(self) -> float:
-        """Seconds ``flush``/``close`` wait for pending chunks (default 600)."""
-        return self._pipeline.flush_timeout
-
-    @flush_timeout.setter
-    def flush_timeout(self, seconds: float) -> None:
-        self._pipeline.flush_timeout = float(seconds)
 
     # ------------------------------------------------------------------ mapping protocol
     def __contains__(self, item: str) -> bool:
