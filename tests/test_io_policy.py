@@ -19,7 +19,7 @@ import pytest
 import zarr
 
 from e2fastio import ZarrBackend
-from e2fastio._write.engine import BACKGROUND_NICE
+from e2fastio._write.engine import BACKGROUND_NICE, BACKGROUND_SCHED_IDLE
 from e2fastio.errors import BackgroundWriteError
 
 BLOSC = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
@@ -144,9 +144,11 @@ def test_nonblocking_threads_run_below_the_caller_and_blocking_ones_at_its_prior
         # This backend's threads are the only ones of their names with this priority.
         assert _thread_nices("e2fastio-pool").count(expect) >= 2
         assert _thread_nices("e2fastio-write").count(expect) >= 2
-        # Non-blocking: under SCHED_IDLE too (2 encoders, 2 writers); blocking: the caller's policy.
-        policy = os.SCHED_IDLE if not blocking else os.sched_getscheduler(0)
-        assert stats["sched_idle_threads"] == (4 if not blocking else 0)
+        # SCHED_IDLE only when opted in (E2FASTIO_BACKGROUND_SCHED=idle), for non-blocking ones
+        # (2 encoders, 2 writers); otherwise the caller's policy.
+        idle = not blocking and BACKGROUND_SCHED_IDLE
+        policy = os.SCHED_IDLE if idle else os.sched_getscheduler(0)
+        assert stats["sched_idle_threads"] == (4 if idle else 0)
         assert _thread_policies("e2fastio-pool").count(policy) >= 2
         assert _thread_policies("e2fastio-write").count(policy) >= 2
         assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the caller's own policy is untouched

@@ -21,17 +21,19 @@ _live_lock = threading.Lock()
 # overhead was 1.7% against 4.2% at 10, lower in each of 5 paired rounds
 # (docs/benchmarks.md); data still lands within 0.2 s of the last step.
 BACKGROUND_NICE = 19
-# And each of them under SCHED_IDLE (Linux): it runs only on a core no normal
-# thread wants, and never preempts one when it wakes, so a caller whose step
-# keeps every core busy (torch's intra-op threads, which wait for their
-# slowest member) loses no core to it in the middle of an operation. With a
-# model step half torch ops on both cores (bench_async.py --busy-kind torch
-# --sched-ab, 6 rounds): loop overhead median -0.6% against 4.6% at nice 19
-# alone, lower in every round; with a pure-Python busy step and with an idle
-# (sleeping) step level; data durable as soon after the last step
-# (docs/benchmarks.md). The nice value stays set: it is what applies where
-# the policy is refused.
-BACKGROUND_SCHED_IDLE = True
+# Opt-in (E2FASTIO_BACKGROUND_SCHED=idle): each of them under SCHED_IDLE
+# (Linux) as well, where it runs only on a core no normal thread wants and
+# never preempts one when it wakes, so a caller whose step keeps every core
+# busy (torch's intra-op threads, which wait for their slowest member) loses
+# no core to it in the middle of an operation. With a model step half torch
+# ops on both cores (bench_async.py --busy-kind torch --sched-ab, 6 rounds):
+# loop overhead median -0.6% against 4.6% at nice 19 alone, lower in every
+# round; level with a pure-Python busy step and with an idle step. Not the
+# default: when other processes keep every core busy, SCHED_IDLE threads get
+# almost nothing (weight 3 against nice 19's 15) and cannot be raised back
+# without privileges; 8 writes of 4 MB and a flush beside two busy processes
+# took 5.0 s against 1.0 s at nice 19 (0.04 s idle). docs/benchmarks.md.
+BACKGROUND_SCHED_IDLE = os.environ.get("E2FASTIO_BACKGROUND_SCHED", "nice") == "idle"
 
 
 class EngineHandle:
