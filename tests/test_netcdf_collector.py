@@ -111,15 +111,33 @@ def test_a_tiny_budget_bounds_the_collector_and_never_deadlocks(tmp_path, blocki
 def test_close_after_a_timed_out_write_lets_waiting_encoders_go(tmp_path):
     """A blocking write that gives up (flush_timeout 0) leaves encoders waiting for room in the
     collector; close() must not wait for them forever: the collector is closed first, their chunks
-    fail, the pool stops, the process exits."""
-    out = _run_workload(tmp_path / "t.nc", True, 4, budget=384 << 10, flush_timeout=0.0)
-    assert out["outcome"].startswith("timeout:") and "still pending" in out["outcome"], out
-    assert out["closed"] == "ok", out
+    fail, the pool stops, the process exits.
+
+    A write can also finish inside its first hand-over, when the caller pops chunks as fast as the
+    encoders make them (seen once in about ten full runs): then the scenario did not arise, and the
+    workload runs again (each run must still close cleanly)."""
+    outs = []
+    for attempt in range(4):
+        out = _run_workload(tmp_path / f"t{attempt}.nc", True, 4, budget=384 << 10, flush_timeout=0.0)
+        assert out["closed"] == "ok", out
+        outs.append(out)
+        if out["outcome"] != "ok":
+            break
+    assert out["outcome"].startswith("timeout:") and "still pending" in out["outcome"], outs
+
+
+def _run_until_timed_out(path, **kw):
+    """The collected-backend workload, again while its write finished before timing out (see above)."""
+    for attempt in range(4):
+        out = _run_workload(path.with_name(f"{path.stem}{attempt}.nc"), True, 4, **kw)
+        if out["outcome"] != "ok":
+            break
+    return out
 
 
 def test_a_backend_collected_after_a_timed_out_write_lets_waiting_encoders_go(tmp_path):
     """The same, never closed: the finalizer closes the collector before it waits for the pool."""
-    out = _run_workload(tmp_path / "g.nc", True, 4, budget=384 << 10, flush_timeout=0.0, end="collect")
+    out = _run_until_timed_out(tmp_path / "g.nc", budget=384 << 10, flush_timeout=0.0, end="collect")
     assert out["outcome"].startswith("timeout:"), out
     assert out["collector"]["held_bytes"] == 0, out
     assert "garbage-collected without close() and a background write had failed" in out["closed"], out
