@@ -258,8 +258,8 @@ class Lifecycle:
             """Implemented by each backend."""
 
     def _start_lifecycle(self, *, where: str, engine: Any, uploader: Any = None, nonblocking: bool,
-                         keep_alive: bool = False, timeout: float = 600.0, release: Any = None,
-                         outcomes: Outcomes | None = None) -> None:
+                         outcomes: Outcomes, keep_alive: bool = False, timeout: float = 600.0,
+                         release: Any = None) -> None:
         """Register for the exit close and for collection without close().
 
         `keep_alive`: the backend itself is needed to finish its work (held
@@ -268,14 +268,14 @@ class Lifecycle:
         `release`: called first by that finalizer, so that pool threads waiting
         for the backend itself (NetCDF encoders waiting for the caller's thread
         to take chunks to HDF5) give up instead of holding the pool forever.
-        `outcomes`: the write pipeline's (else one counting the engine's failed chunks).
+        `outcomes`: the write pipeline's (what the user has been told about its writes).
         """
         self._closed = False
         self._where = where
         self._kind = type(self).__name__  # as the user knows it (AsyncZarrBackend names its ZarrBackend so)
         self._warn_at_exit = nonblocking
         self._lifecycle_engine = engine
-        self._outcomes = outcomes if outcomes is not None else Outcomes(self._failed_so_far)
+        self._outcomes = outcomes
         with _lock:
             (_exit_strong.add if keep_alive else _exit_weak.add)(self)
         self._finalizer = weakref.finalize(self, _reap, type(self).__name__, where, engine, uploader,
@@ -352,9 +352,6 @@ class Lifecycle:
 
     def _staging(self, *checks: Any) -> contextlib.AbstractContextManager[None]:
         return self._outcomes.staging(*checks)
-
-    def _failed_so_far(self) -> int:
-        return int(self._lifecycle_engine.stats().get("failed_chunks", 0))
 
     # -- context manager
     def __enter__(self: _L) -> _L:
