@@ -125,7 +125,7 @@ trap 'if [[ -n "$P312" ]]; then kill "$P312" 2>/dev/null || true; wait "$P312" 2
 "$PY" -m pip install --quiet "torch==2.13.0"
 # Earth2Studio (the 'compare' extra) so the interop tests run; skip with E2FASTIO_NO_COMPARE=1.
 # One pip call: each `pip install .` builds the extension again.
-EXTRAS=test,bench
+EXTRAS=test,bench,gpu  # gpu: nvCOMP's wheel, whose library the loader test opens (no GPU needed)
 [[ -n "${E2FASTIO_NO_COMPARE:-}" ]] || EXTRAS=$EXTRAS,compare
 "$PY" -m pip install --quiet ".[$EXTRAS]"
 

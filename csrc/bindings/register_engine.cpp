@@ -3,11 +3,13 @@
 #include <pybind11/stl.h>
 
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "e2fastio/engine.hpp"
 #include "e2fastio/error.hpp"
 #include "e2fastio/host_memory.hpp"
+#include "e2fastio/nvcomp.hpp"
 #include "registers.hpp"
 
 namespace py = pybind11;
@@ -32,6 +34,31 @@ std::vector<std::vector<int64_t>> to_index(const py::handle& obj) {
     idx.emplace_back(a.data(), a.data() + a.size());
   }
   return idx;
+}
+
+// [(ArraySpec, Sink, (device_ptr, shape, itemsize), index), ...]: C-contiguous device data.
+Converted convert_device(const py::list& requests) {
+  Converted c;
+  c.specs.reserve(requests.size());
+  for (const auto& item : requests) {
+    auto t = item.cast<py::tuple>();
+    E2F_EXPECT(t.size() == 4, "each request is (ArraySpec, Sink, (ptr, shape, itemsize), index)");
+    c.specs.push_back(t[0].cast<ArraySpec>());
+    auto dev = t[2].cast<py::tuple>();
+    Slab slab;
+    slab.data = reinterpret_cast<const uint8_t*>(dev[0].cast<std::uintptr_t>());
+    slab.shape = dev[1].cast<std::vector<int64_t>>();
+    slab.itemsize = dev[2].cast<std::size_t>();
+    slab.strides.assign(slab.shape.size(), 0);
+    int64_t st = static_cast<int64_t>(slab.itemsize);
+    for (std::size_t d = slab.shape.size(); d-- > 0;) {
+      slab.strides[d] = st;
+      st *= slab.shape[d];
+    }
+    c.requests.push_back(Engine::Request{nullptr, t[1].cast<std::shared_ptr<Sink>>(), std::move(slab), to_index(t[3])});
+  }
+  for (std::size_t i = 0; i < c.requests.size(); ++i) c.requests[i].array = &c.specs[i];
+  return c;
 }
 
 Converted convert(const py::list& requests) {
@@ -115,33 +142,49 @@ void register_engine(py::module_& m) {
           "Stage [(ArraySpec, Sink, data, index), ...] and return; chunks are stored in the background.")
       .def(
           "submit_device",
-          [](Engine& e, const py::list& requests, std::uintptr_t stream) {
+          [](Engine& e, const py::list& requests, std::uintptr_t stream, bool compress) {
             // requests: [(ArraySpec, Sink, (device_ptr, shape, itemsize), index), ...]
-            Converted c;
-            c.specs.reserve(requests.size());
-            for (const auto& item : requests) {
-              auto t = item.cast<py::tuple>();
-              E2F_EXPECT(t.size() == 4, "each request is (ArraySpec, Sink, (ptr, shape, itemsize), index)");
-              c.specs.push_back(t[0].cast<ArraySpec>());
-              auto dev = t[2].cast<py::tuple>();
-              Slab slab;
-              slab.data = reinterpret_cast<const uint8_t*>(dev[0].cast<std::uintptr_t>());
-              slab.shape = dev[1].cast<std::vector<int64_t>>();
-              slab.itemsize = dev[2].cast<std::size_t>();
-              slab.strides.assign(slab.shape.size(), 0);
-              int64_t st = static_cast<int64_t>(slab.itemsize);
-              for (std::size_t d = slab.shape.size(); d-- > 0;) {
-                slab.strides[d] = st;
-                st *= slab.shape[d];
-              }
-              c.requests.push_back(Engine::Request{nullptr, t[1].cast<std::shared_ptr<Sink>>(), std::move(slab), to_index(t[3])});
-            }
-            for (std::size_t i = 0; i < c.requests.size(); ++i) c.requests[i].array = &c.specs[i];
+            Converted c = convert_device(requests);
             py::gil_scoped_release nogil;
-            return e.submit_device(c.requests, reinterpret_cast<void*>(stream));
+            return e.submit_device(c.requests, reinterpret_cast<void*>(stream), compress);
           },
-          py::arg("requests"), py::arg("stream"),
-          "Stage device data (C-contiguous, C pointers) through the pinned ring on the engine's copy stream.")
+          py::arg("requests"), py::arg("stream"), py::arg("compress") = false,
+          "Stage device data (C-contiguous, C pointers) through the pinned ring on the engine's copy stream; "
+          "with compress=True, data laid out and shuffled as device_layout() says is compressed on the device "
+          "(nvCOMP zstd into Blosc1 chunks) and only compressed bytes are copied.")
+      .def(
+          "device_layout",
+          [](const Engine& e, const py::tuple& request) {
+            py::list one;
+            one.append(request);
+            Converted c = convert_device(one);
+            const DeviceLayout d = e.device_layout(c.requests[0]);
+            py::dict out;
+            out["ok"] = d.ok;
+            out["why"] = d.why;
+            out["nchunks"] = d.nchunks;
+            out["chunk_nbytes"] = d.chunk_nbytes;
+            out["blocksize"] = d.blocksize;
+            out["typesize"] = d.typesize;
+            out["shuffle"] = d.shuffle;
+            return out;
+          },
+          py::arg("request"),
+          "Whether (ArraySpec, Sink, (device_ptr, shape, itemsize), index) can be compressed on the device, "
+          "and how its chunks and Blosc blocks lie in the data (or why not).")
+      .def("device_encode_stats",
+           [](const Engine& e) {
+             const DeviceEncodeStats s = e.device_encode_stats();
+             py::dict d;
+             d["chunks"] = s.chunks;
+             d["blocks"] = s.blocks;
+             d["raw_blocks"] = s.raw_blocks;
+             d["failed_blocks"] = s.failed_blocks;
+             d["memcpyed_chunks"] = s.memcpyed_chunks;
+             d["bytes_in"] = s.bytes_in;
+             d["bytes_to_host"] = s.bytes_to_host;
+             return d;
+           })
       .def("copies_done", &Engine::copies_done, "Device submits whose copies completed (in order).")
       .def_property_readonly("cuda_available", &Engine::cuda_available)
       .def("flush", &Engine::flush, py::call_guard<py::gil_scoped_release>(),
@@ -178,6 +221,7 @@ void register_engine(py::module_& m) {
              d["chunks_merged"] = s.chunks_merged;
              d["bytes_in"] = s.bytes_in;
              d["bytes_out"] = s.bytes_out;
+             d["bytes_from_device"] = s.bytes_from_device;
              return d;
            })
       .def("buffer_stats",
@@ -198,6 +242,25 @@ void register_engine(py::module_& m) {
       .def("shutdown", &Engine::shutdown, py::call_guard<py::gil_scoped_release>())
       .def("abandon_after_fork", &Engine::abandon_after_fork);
 
+  m.def(
+      "nvcomp_status",
+      [](const std::vector<std::string>& candidates) {
+        // The first call loads (or fails to load) nvCOMP for the process; later candidates are ignored.
+        nvcomp::set_candidates(candidates);
+        std::string why;
+        const nvcomp::Api* nv = nvcomp::api(&why);
+        py::dict d;
+        d["available"] = nv != nullptr;
+        d["path"] = nv ? nv->path : std::string();
+        d["version"] = nv ? std::to_string(nv->version / 1000) + "." + std::to_string(nv->version % 1000 / 100) + "." +
+                                std::to_string(nv->version % 100)
+                          : std::string();
+        d["reason"] = why;
+        d["device_reason"] = DeviceEncoder::unavailable_reason();  // "" when CUDA and nvCOMP both work
+        return d;
+      },
+      py::arg("candidates") = std::vector<std::string>{},
+      "Load nvCOMP 6 (E2FASTIO_NVCOMP, then `candidates`, then libnvcomp.so.6) and say what was found.");
   m.def("host_cache_stats", [] {
     const host_memory::Stats s = host_memory::stats();
     py::dict d;

@@ -6,6 +6,14 @@
 // to copies, make the next copy fail, and make the Nth call of any function
 // fail (fake_cuda_fail_call, or FAKE_CUDA_FAIL="cudaEventRecord:2,..." in the
 // environment, counted from the process start).
+//
+// It is a fake nvCOMP 6 too (E2FASTIO_NVCOMP may point at this library): the
+// batched zstd compressor runs on the stream's worker with the CPU zstd
+// inside c-blosc, over "device" memory that is host memory. It checks what
+// the real one leaves undefined (alignments, temp size, output capacity) and
+// reports misuse as a per-chunk status plus a counter a test asserts zero;
+// fake_nvcomp_fail_block(n) makes the nth block compressed from now on fail
+// with a status, and FAKE_CUDA_FAIL arms nvcomp* launch failures alike.
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -18,6 +26,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <vector>
 
 namespace {
 
@@ -170,6 +179,31 @@ int cudaHostAlloc(void** p, size_t n, unsigned) {
   return *p ? 0 : 2;
 }
 int cudaFreeHost(void* p) {
+  std::free(p);
+  return 0;
+}
+std::atomic<long long> g_device_bytes{0};  // "device" memory allocated and not freed
+std::mutex g_device_mu;
+std::unordered_map<void*, size_t>& device_allocs() {
+  static auto* m = new std::unordered_map<void*, size_t>;
+  return *m;
+}
+int cudaMalloc(void** p, size_t n) {
+  if (int e = injected("cudaMalloc")) return e;
+  *p = std::aligned_alloc(256, (n + 255) / 256 * 256 + 256);
+  if (!*p) return 2;  // cudaErrorMemoryAllocation
+  std::lock_guard<std::mutex> lk(g_device_mu);
+  device_allocs()[*p] = n;
+  g_device_bytes += static_cast<long long>(n);
+  return 0;
+}
+int cudaFree(void* p) {
+  if (!p) return 0;
+  std::lock_guard<std::mutex> lk(g_device_mu);
+  auto it = device_allocs().find(p);
+  if (it == device_allocs().end()) return 1;  // cudaErrorInvalidValue: not ours
+  g_device_bytes -= static_cast<long long>(it->second);
+  device_allocs().erase(it);
   std::free(p);
   return 0;
 }
@@ -328,4 +362,115 @@ void fake_cuda_fail_next_copy_async() { g_fail_async = 1; }
 int fake_cuda_live_streams() { return g_live_streams.load(); }
 unsigned long long fake_cuda_copies() { return g_copies.load(); }
 unsigned long long fake_cuda_host_allocs() { return g_host_allocs.load(); }
+long long fake_cuda_device_bytes() { return g_device_bytes.load(); }
+}  // extern "C"
+
+// ---------------------------------------------------------------- fake nvCOMP 6
+extern "C" {  // zstd, bundled inside libblosc.a
+size_t ZSTD_compress(void* dst, size_t cap, const void* src, size_t n, int level);
+unsigned ZSTD_isError(size_t code);
+}
+
+namespace {
+struct NvcompOpts {
+  char reserved[64];
+};
+struct NvcompAlign {
+  size_t input, output, temp;
+};
+constexpr int kNvSuccess = 0, kNvInvalidValue = 10, kNvOutputTooSmall = 15, kNvAlignment = 17,
+              kNvCannotCompress = 19;
+constexpr size_t kInAlign = 4, kOutAlign = 8, kTempAlign = 8, kMaxChunk = (size_t{1} << 24);
+std::atomic<unsigned long long> g_nv_launches{0}, g_nv_blocks{0}, g_nv_misuse{0}, g_nv_in_bytes{0};
+std::atomic<long long> g_nv_fail_block{0};  // > 0: the nth block from now fails
+size_t max_out(size_t n) { return n + n / 128 + 1024; }  // at least ZSTD_compressBound(n)
+bool opts_zeroed(const NvcompOpts& o) {
+  for (char c : o.reserved)
+    if (c) return false;
+  return true;
+}
+}  // namespace
+
+extern "C" {
+struct FakeNvcompProperties {
+  unsigned version, cudart_version;
+};
+int nvcompGetProperties(FakeNvcompProperties* p) {
+  const char* v = std::getenv("FAKE_NVCOMP_VERSION");  // e.g. 5000, to test the version pin
+  p->version = v ? static_cast<unsigned>(std::atoi(v)) : 6000;
+  p->cudart_version = 12080;
+  return kNvSuccess;
+}
+const char* nvcompGetStatusString(int s) {
+  switch (s) {
+    case kNvSuccess: return "nvcompSuccess";
+    case kNvInvalidValue: return "nvcompErrorInvalidValue";
+    case kNvOutputTooSmall: return "nvcompErrorOutputBufferTooSmall";
+    case kNvAlignment: return "nvcompErrorAlignment";
+    case kNvCannotCompress: return "nvcompErrorCannotCompress";
+    case kInjectedError: return "injected failure (fake nvCOMP)";
+    default: return "nvcompError (fake)";
+  }
+}
+int nvcompBatchedZstdCompressGetRequiredAlignments(NvcompOpts o, NvcompAlign* a) {
+  if (!opts_zeroed(o) || !a) return kNvInvalidValue;
+  *a = {kInAlign, kOutAlign, kTempAlign};
+  return kNvSuccess;
+}
+int nvcompBatchedZstdCompressGetTempSize(size_t n, size_t max_chunk, NvcompOpts o, size_t* temp, size_t, void*) {
+  if (int e = injected("nvcompBatchedZstdCompressGetTempSize")) return e;
+  if (!opts_zeroed(o) || !temp || max_chunk > kMaxChunk) return kNvInvalidValue;
+  *temp = 64 * n + 256;
+  return kNvSuccess;
+}
+int nvcompBatchedZstdCompressGetMaxOutputChunkSize(size_t max_chunk, NvcompOpts o, size_t* out) {
+  if (!opts_zeroed(o) || !out || max_chunk > kMaxChunk) return kNvInvalidValue;
+  *out = max_out(max_chunk);
+  return kNvSuccess;
+}
+int nvcompBatchedZstdCompressAsync(const void* const* in_ptrs, const size_t* in_bytes, size_t max_chunk, size_t n,
+                                   void* temp, size_t temp_bytes, void* const* out_ptrs, size_t* out_bytes,
+                                   NvcompOpts o, int* statuses, void* s) {
+  if (int e = injected("nvcompBatchedZstdCompressAsync")) return e;
+  if (!opts_zeroed(o) || max_chunk > kMaxChunk || !in_ptrs || !in_bytes || !out_ptrs || !out_bytes) return kNvInvalidValue;
+  if (temp_bytes < 64 * n + 256 || reinterpret_cast<uintptr_t>(temp) % kTempAlign) {
+    g_nv_misuse.fetch_add(1);
+    return kNvInvalidValue;
+  }
+  g_nv_launches.fetch_add(1);
+  // The pointer and size arrays are read when the stream gets here, as on a device.
+  stream_of(s)->push([=] {
+    for (size_t i = 0; i < n; ++i) {
+      int st = kNvSuccess;
+      const size_t len = in_bytes[i];
+      if (reinterpret_cast<uintptr_t>(in_ptrs[i]) % kInAlign || reinterpret_cast<uintptr_t>(out_ptrs[i]) % kOutAlign) {
+        st = kNvAlignment;
+        g_nv_misuse.fetch_add(1);
+      } else if (len > max_chunk) {
+        st = kNvInvalidValue;
+        g_nv_misuse.fetch_add(1);
+      } else if (g_nv_fail_block.load() > 0 && g_nv_fail_block.fetch_sub(1) == 1) {
+        st = kNvCannotCompress;
+      } else {
+        const size_t c = ZSTD_compress(out_ptrs[i], max_out(max_chunk), in_ptrs[i], len, 3);
+        if (ZSTD_isError(c)) {
+          st = kNvOutputTooSmall;
+        } else {
+          out_bytes[i] = c;
+          g_nv_in_bytes.fetch_add(len);
+        }
+      }
+      if (statuses) statuses[i] = st;
+      g_nv_blocks.fetch_add(1);
+    }
+  });
+  return kNvSuccess;
+}
+
+// ---- test controls
+void fake_nvcomp_fail_block(long long nth) { g_nv_fail_block = nth; }
+unsigned long long fake_nvcomp_launches() { return g_nv_launches.load(); }
+unsigned long long fake_nvcomp_blocks() { return g_nv_blocks.load(); }
+unsigned long long fake_nvcomp_misuse() { return g_nv_misuse.load(); }
+unsigned long long fake_nvcomp_bytes_in() { return g_nv_in_bytes.load(); }
 }

@@ -47,6 +47,7 @@
 #include "e2fastio/staging_ring.hpp"
 #include "e2fastio/thread_pool.hpp"
 #include "e2fastio/upload_sink.hpp"
+#include "harness.hpp"
 
 using namespace e2fastio;
 
@@ -76,43 +77,9 @@ extern "C" int fsync(int fd) {
 
 namespace {
 
-int g_failures = 0;
-std::vector<std::pair<std::string, std::function<void()>>>& registry() {
-  static std::vector<std::pair<std::string, std::function<void()>>> r;
-  return r;
-}
-struct Register {
-  Register(const char* name, std::function<void()> fn) { registry().emplace_back(name, std::move(fn)); }
-};
-
-#define TEST(name)                                    \
-  void name();                                        \
-  Register reg_##name(#name, name);                   \
-  void name()
-
-#define CHECK(cond)                                                                  \
-  do {                                                                               \
-    if (!(cond)) {                                                                   \
-      std::cerr << __FILE__ << ":" << __LINE__ << ": CHECK failed: " #cond "\n";     \
-      ++g_failures;                                                                  \
-    }                                                                                \
-  } while (0)
-
-template <class E, class F>
-bool throws(F&& f, const char* needle = nullptr) {
-  try {
-    f();
-  } catch (const E& e) {
-    if (needle && std::string(e.what()).find(needle) == std::string::npos) {
-      std::cerr << "  exception text '" << e.what() << "' lacks '" << needle << "'\n";
-      return false;
-    }
-    return true;
-  } catch (...) {
-    return false;
-  }
-  return false;
-}
+using e2f_test::g_failures;
+using e2f_test::registry;
+using e2f_test::throws;
 
 std::string make_tempdir() {
   char tmpl[] = "/tmp/e2fastio-cpp-XXXXXX";
@@ -2114,6 +2081,7 @@ TEST(writer_stage_writes_directory_chunks_exactly_and_fsynced_before_reporting) 
 int main(int argc, char** argv) {
   // Every CUDA call in these tests goes to the fake runtime (loaded like the real one).
   setenv("E2FASTIO_CUDART", E2FASTIO_FAKE_CUDART, 1);
+  setenv("E2FASTIO_NVCOMP", E2FASTIO_FAKE_CUDART, 1);  // and its fake nvCOMP
   std::size_t ran = 0;
   for (auto& [name, fn] : registry()) {
     if (argc > 1 && name.find(argv[1]) == std::string::npos) continue;  // a name filter, for debugging

@@ -286,6 +286,25 @@ class EngineStats(TypedDict):
     chunks_merged: int
     bytes_in: int
     bytes_out: int
+    bytes_from_device: int
+
+class DeviceLayout(TypedDict):
+    ok: bool
+    why: str
+    nchunks: int
+    chunk_nbytes: int
+    blocksize: int
+    typesize: int
+    shuffle: bool
+
+class DeviceEncodeStats(TypedDict):
+    chunks: int
+    blocks: int
+    raw_blocks: int
+    failed_blocks: int
+    memcpyed_chunks: int
+    bytes_in: int
+    bytes_to_host: int
 
 class BufferStats(TypedDict):
     capacity: int
@@ -329,8 +348,14 @@ class Engine:
     def submit(self, requests: list[HostRequest]) -> None:
         """Stage [(ArraySpec, Sink, data, index), ...] and return; chunks are stored in the background."""
 
-    def submit_device(self, requests: list[DeviceRequest], stream: _Int) -> int:
-        """Stage device data (C-contiguous, C pointers) through the pinned ring on the engine's copy stream."""
+    def submit_device(self, requests: list[DeviceRequest], stream: _Int, compress: bool = False) -> int:
+        """Stage device data (C-contiguous, C pointers) through the pinned ring on the engine's copy stream;
+        with compress=True, compress it on the device first (nvCOMP zstd into Blosc1 chunks)."""
+
+    def device_layout(self, request: DeviceRequest) -> DeviceLayout:
+        """Whether a device request can be compressed on the device, and how its chunks and blocks lie."""
+
+    def device_encode_stats(self) -> DeviceEncodeStats: ...
 
     def copies_done(self) -> int:
         """Device submits whose copies completed (in order)."""
@@ -372,6 +397,16 @@ class HostCacheStats(TypedDict):
     cached_blocks: int
     hits: int
     misses: int
+
+class NvcompStatus(TypedDict):
+    available: bool
+    path: str
+    version: str
+    reason: str
+    device_reason: str
+
+def nvcomp_status(candidates: Sequence[str] = ...) -> NvcompStatus:
+    """Load nvCOMP 6 (E2FASTIO_NVCOMP, then `candidates`, then libnvcomp.so.6) and say what was found."""
 
 def host_cache_stats() -> HostCacheStats:
     """The process-wide cache of staging memory that destroyed engines left warm for the next ones."""

@@ -16,13 +16,17 @@ using Stream = void*;
 using Event = void*;
 constexpr Error kSuccess = 0;
 constexpr unsigned kHostAllocPortable = 1;
+constexpr unsigned kHostAllocMapped = 2;  // device-accessible (the same address under unified addressing)
 constexpr unsigned kEventDisableTiming = 2;
 constexpr unsigned kStreamNonBlocking = 1;
 constexpr int kMemcpyDeviceToHost = 2;
+constexpr int kMemcpyDeviceToDevice = 3;
 
 struct Api {
   Error (*HostAlloc)(void**, std::size_t, unsigned) = nullptr;
   Error (*FreeHost)(void*) = nullptr;
+  Error (*Malloc)(void**, std::size_t) = nullptr;
+  Error (*Free)(void*) = nullptr;
   Error (*StreamCreateWithFlags)(Stream*, unsigned) = nullptr;
   Error (*StreamDestroy)(Stream) = nullptr;
   Error (*StreamSynchronize)(Stream) = nullptr;

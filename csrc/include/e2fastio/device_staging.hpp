@@ -5,11 +5,13 @@
 #pragma once
 
 #include <cstddef>
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "e2fastio/cuda.hpp"
@@ -49,24 +51,24 @@ class DeviceStager {
 
   // Queue `copies` on the copy stream after the producer's pending work, and
   // make the producer stream wait for them (later work there may free or
-  // overwrite the sources). Returns the submit's fence and sets `seq` to its
-  // number (1, 2, ...). If a call fails after a copy was queued, the copy
-  // stream is synchronised before the error propagates: the caller releases
-  // the destination memory while unwinding, and the device must no longer be
-  // writing into it.
-  std::shared_ptr<CopyFence> copy(const std::vector<DeviceCopy>& copies, void* producer_stream, std::uint64_t& seq);
-  // How many submits (in order) have completed their copies.
-  std::uint64_t copies_done();
-  // The count as last seen, without a lock or a CUDA call (a forked child).
-  std::uint64_t copies_done_unlocked() const noexcept { return done_; }
+  // overwrite the sources). Returns the submit's fence; `seq` (given by the
+  // caller, increasing) names it in oldest_pending(). If a call fails after a
+  // copy was queued, the copy stream is synchronised before the error
+  // propagates: the caller releases the destination memory while unwinding,
+  // and the device must no longer be writing into it.
+  std::shared_ptr<CopyFence> copy(const std::vector<DeviceCopy>& copies, void* producer_stream, std::uint64_t seq);
+  // The oldest submit whose copies have not completed (UINT64_MAX: none).
+  std::uint64_t oldest_pending();
+  // Bytes queued for copying from the device so far.
+  std::uint64_t bytes_copied() const noexcept { return bytes_.load(); }
   // Leak the parent's stream, fences and lock in a forked child (see Engine::abandon_after_fork).
   void abandon_after_fork() noexcept;
 
  private:
   std::mutex mu_;
   void* stream_ = nullptr;
-  std::uint64_t submits_ = 0, done_ = 0;
-  std::deque<std::shared_ptr<CopyFence>> fences_;
+  std::deque<std::pair<std::uint64_t, std::shared_ptr<CopyFence>>> fences_;  // (seq, fence), oldest first
+  std::atomic<std::uint64_t> bytes_{0};
 };
 
 }  // namespace e2fastio

@@ -18,6 +18,7 @@
 #include "e2fastio/background_errors.hpp"
 #include "e2fastio/buffer_pool.hpp"
 #include "e2fastio/codec.hpp"
+#include "e2fastio/device_encode.hpp"
 #include "e2fastio/device_staging.hpp"
 #include "e2fastio/plan.hpp"
 #include "e2fastio/sink.hpp"
@@ -31,6 +32,19 @@ struct EngineStats {
   std::uint64_t chunks_merged = 0;   // partial chunks read-modify-written
   std::uint64_t bytes_in = 0;        // raw bytes encoded
   std::uint64_t bytes_out = 0;       // encoded bytes stored
+  std::uint64_t bytes_from_device = 0;  // raw bytes copied device -> host (device submits not compressed there)
+};
+
+// Whether one request can be compressed on the device (Engine::device_layout):
+// its chunks tile the data in order (chunk j is bytes [j * chunk_nbytes, ...)),
+// each whole and inside the array, the codec is Blosc zstd with byte shuffle
+// or none, and every block starts where nvCOMP can read it. The caller
+// shuffles each chunk's blocks (blosc1_shuffle_block) before submitting.
+struct DeviceLayout {
+  bool ok = false;
+  std::string why;  // when not ok
+  std::size_t nchunks = 0, chunk_nbytes = 0, blocksize = 0, typesize = 1;
+  bool shuffle = false;
 };
 
 class Engine {
@@ -83,9 +97,18 @@ class Engine {
   // producer stream then waits for the copy, so later work there may free or
   // overwrite the source. Encoder threads start on a chunk only after its
   // copy completed. Returns a sequence number for copies_done().
-  std::uint64_t submit_device(const std::vector<Request>& requests, void* producer_stream);
+  //
+  // With `compress_on_device`, each request's data must be laid out as
+  // device_layout() says and already shuffled per block: nvCOMP compresses
+  // every block on the device (DeviceEncoder), only compressed bytes are
+  // copied, and the chunks are stored as Blosc1 zstd chunks. The device data
+  // must then stay unchanged until copies_done() reaches the returned number.
+  std::uint64_t submit_device(const std::vector<Request>& requests, void* producer_stream,
+                              bool compress_on_device = false);
   // How many device submits (in order) have completed their copies.
   std::uint64_t copies_done();
+  DeviceLayout device_layout(const Request& r) const;
+  DeviceEncodeStats device_encode_stats() const { return encoder_.stats(); }
   bool cuda_available() const;
 
   void flush();           // wait until every submitted chunk is stored, then check()
@@ -156,6 +179,8 @@ class Engine {
   void dispatch_ordered(const std::shared_ptr<Batch>& batch, std::size_t j);
   void job_finished(const std::string& order_key);
   std::shared_ptr<Batch> stage(const std::vector<Request>& requests, bool copy_host);
+  std::shared_ptr<Batch> stage_for_device_encode(const std::vector<Request>& requests,
+                                                 std::vector<DeviceChunk>& chunks);
   void dispatch_batch(const std::shared_ptr<Batch>& batch);
   void ensure_usable() const;  // refuse new work on an inherited engine
 
@@ -174,7 +199,11 @@ class Engine {
   std::condition_variable progress_cv_;
   BackgroundErrors errors_;  // of background chunks, until check()
   std::unordered_map<std::string, std::deque<std::function<void()>>> key_waiters_;
-  DeviceStager stager_;  // device-to-host copies and their fences
+  DeviceStager stager_;     // device-to-host copies and their fences
+  DeviceEncoder encoder_;   // chunks compressed on the device (nvCOMP), and their copies
+  std::mutex device_mu_;    // device submits take their sequence numbers in order under it
+  std::uint64_t device_seq_ = 0;
+  std::atomic<std::uint64_t> copies_done_{0};  // as last computed (a forked child reads only this)
   // Fork: the process that created the engine, and whether it was abandoned.
   const long owner_pid_;
   bool abandoned_ = false;

@@ -1,5 +1,7 @@
 #include "e2fastio/engine.hpp"
 
+#include "e2fastio/nvcomp.hpp"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -121,6 +123,8 @@ void Engine::abandon_after_fork() noexcept {
   writers_->abandon_after_fork();
   leak_in_place(key_waiters_);
   stager_.abandon_after_fork();
+  encoder_.abandon_after_fork();
+  leak_in_place(device_mu_);
   errors_.abandon_after_fork();
   leak_in_place(async_mu_);
   leak_in_place(async_cv_);
@@ -154,6 +158,7 @@ EngineStats Engine::stats() const {
   s.chunks_merged = chunks_merged_.load();
   s.bytes_in = bytes_in_.load();
   s.bytes_out = bytes_out_.load();
+  s.bytes_from_device = stager_.bytes_copied();
   return s;
 }
 
@@ -172,6 +177,10 @@ struct Engine::Batch {
   std::atomic<std::size_t> remaining{0};
   int blosc_threads = 1;
   std::shared_ptr<CopyFence> fence;  // device submits: chunks wait for the copy
+  // Compressed on the device: chunk j's Blosc1 bytes land at enc_dst[j] (in
+  // the slot); chunks wait for `encoded`, which also gives their sizes.
+  std::shared_ptr<DeviceEncoded> encoded;
+  std::vector<uint8_t*> enc_dst;
   // Called as each job ends (stored or failed), before it counts as finished:
   // the last one gives the ring slot back, so that once flush() has seen
   // every job finish, every slot of that work is free again (the tasks'
@@ -388,7 +397,8 @@ void Engine::submit(const std::vector<Request>& requests) { dispatch_batch(stage
 
 bool Engine::cuda_available() const { return cuda::available(); }
 
-std::uint64_t Engine::submit_device(const std::vector<Request>& requests, void* producer_stream) {
+std::uint64_t Engine::submit_device(const std::vector<Request>& requests, void* producer_stream,
+                                    bool compress_on_device) {
   std::string why;
   E2F_EXPECT(cuda::api(&why) != nullptr, "a device tensor was passed but the CUDA runtime is unavailable: " + why);
   for (const auto& r : requests) {
@@ -397,6 +407,16 @@ std::uint64_t Engine::submit_device(const std::vector<Request>& requests, void* 
       E2F_EXPECT(r.slab.shape[d] <= 1 || r.slab.strides[d] == st, "device data must be C-contiguous");
       st *= r.slab.shape[d];
     }
+  }
+  if (compress_on_device) {
+    std::vector<DeviceChunk> chunks;
+    auto batch = stage_for_device_encode(requests, chunks);
+    std::lock_guard<std::mutex> lk(device_mu_);
+    const std::uint64_t seq = ++device_seq_;
+    // If this throws, nothing was queued: unwinding releases the slot.
+    batch->encoded = encoder_.submit(std::move(chunks), producer_stream, seq);
+    dispatch_batch(batch);  // each chunk waits for its bytes to land in the slot
+    return seq;
   }
   auto batch = stage(requests, false);
   std::vector<DeviceCopy> copies;
@@ -409,7 +429,11 @@ std::uint64_t Engine::submit_device(const std::vector<Request>& requests, void* 
   // If this throws, unwinding releases the slot (with `batch`) only after any
   // copy already queued into it has finished (the stager waits for that).
   std::uint64_t seq = 0;
-  batch->fence = stager_.copy(copies, producer_stream, seq);
+  {
+    std::lock_guard<std::mutex> lk(device_mu_);
+    seq = ++device_seq_;
+    batch->fence = stager_.copy(copies, producer_stream, seq);
+  }
   if (batch->jobs.empty()) {
     // Nothing to encode, but the slot must outlive the copy.
     pool_.submit([batch]() noexcept {
@@ -424,8 +448,107 @@ std::uint64_t Engine::submit_device(const std::vector<Request>& requests, void* 
 }
 
 std::uint64_t Engine::copies_done() {
-  if (inherited()) return stager_.copies_done_unlocked();  // never a CUDA call or a parent's lock in a child
-  return stager_.copies_done();
+  if (inherited()) return copies_done_.load();  // never a CUDA call or a parent's lock in a child
+  std::lock_guard<std::mutex> lk(device_mu_);
+  const std::uint64_t oldest = std::min(stager_.oldest_pending(), encoder_.oldest_pending());
+  const std::uint64_t done = oldest == UINT64_MAX ? device_seq_ : oldest - 1;
+  copies_done_.store(done);
+  return done;
+}
+
+DeviceLayout Engine::device_layout(const Request& r) const {
+  DeviceLayout d;
+  auto no = [&d](std::string why) {
+    d.ok = false;
+    d.why = std::move(why);
+    return d;
+  };
+  const CodecSpec& c = r.array->codec;
+  if (!c.blosc || c.cname != "zstd") return no("the codec is not Blosc zstd (nvCOMP writes zstd blocks only)");
+  if (c.shuffle == Shuffle::bit) return no("bitshuffle is done on the host");
+  if (c.big_endian) return no("big-endian chunks are byte-swapped on the host");
+  if (c.clevel == 0) return no("clevel 0 stores chunks uncompressed");
+  try {
+    validate_request(r);
+  } catch (const std::exception& e) {
+    return no(e.what());
+  }
+  int64_t st = static_cast<int64_t>(r.slab.itemsize);
+  std::size_t total = r.slab.itemsize;
+  for (std::size_t k = r.slab.shape.size(); k-- > 0;) {
+    if (r.slab.shape[k] > 1 && r.slab.strides[k] != st) return no("the data is not C-contiguous");
+    st *= r.slab.shape[k];
+    total *= static_cast<std::size_t>(r.slab.shape[k]);
+  }
+  const std::vector<Request> one{r};
+  std::vector<std::vector<DimPlan>> plans;
+  std::vector<ChunkJob> jobs;
+  plan_jobs(one, plans, jobs);
+  const std::size_t n = r.array->chunk_nbytes();
+  if (jobs.empty() || jobs.size() * n != total) return no("the data does not cover whole chunks");
+  for (std::size_t j = 0; j < jobs.size(); ++j) {
+    const ChunkJob& job = jobs[j];
+    if (!job.direct || !job.full || job.edge)
+      return no("a chunk is written in part, reaches past the array's end, or is not one block of the data");
+    if (static_cast<std::size_t>(job.src_offset) != j * n) return no("the chunks are not in the data's order");
+  }
+  const Blosc1Layout L = blosc1_zstd_layout(n, c.typesize, c.clevel, c.blocksize);
+  if (L.memcpyed) return no("chunks under 128 bytes are stored uncompressed");
+  if (L.blocksize > (std::size_t{1} << 24)) return no("Blosc blocks over 16 MiB exceed nvCOMP's zstd chunk limit");
+  const std::string unavailable = DeviceEncoder::unavailable_reason();
+  if (!unavailable.empty()) return no(unavailable);
+  nvcomp::Alignments align{};
+  if (nvcomp::api()->ZstdCompressGetRequiredAlignments(nvcomp::ZstdOpts{}, &align) != nvcomp::kSuccess)
+    return no("nvcompBatchedZstdCompressGetRequiredAlignments failed");
+  const std::size_t a = std::max<std::size_t>(align.input, 1);
+  if (reinterpret_cast<std::uintptr_t>(r.slab.data) % a || n % a || L.blocksize % a)
+    return no("blocks would start off nvCOMP's " + std::to_string(a) + "-byte input alignment");
+  d.ok = true;
+  d.nchunks = jobs.size();
+  d.chunk_nbytes = n;
+  d.blocksize = L.blocksize;
+  d.typesize = L.typesize;
+  d.shuffle = c.shuffle == Shuffle::byte;
+  return d;
+}
+
+std::shared_ptr<Engine::Batch> Engine::stage_for_device_encode(const std::vector<Request>& requests,
+                                                               std::vector<DeviceChunk>& chunks) {
+  ensure_usable();
+  E2F_EXPECT(ring_ != nullptr, "this engine was created without a staging ring (non-blocking writes are off)");
+  validate_requests(requests);
+  std::vector<Blosc1Layout> layouts;
+  std::size_t total = 0;
+  for (const auto& r : requests) {
+    const DeviceLayout d = device_layout(r);
+    E2F_EXPECT(d.ok, "array '" + r.array->path + "' cannot be compressed on the device: " + d.why);
+    layouts.push_back(blosc1_zstd_layout(d.chunk_nbytes, r.array->codec.typesize, r.array->codec.clevel,
+                                         r.array->codec.blocksize));
+    total += d.nchunks * align_up(layouts.back().max_chunk_bytes(), StagingRing::kAlign);
+  }
+  auto batch = std::make_shared<Batch>();
+  batch->specs.reserve(requests.size());
+  for (const auto& r : requests) batch->specs.push_back(*r.array);
+  // The slot holds each chunk at its largest (a memcpyed chunk); only the
+  // compressed bytes are copied into it.
+  batch->ring = ring_.get();
+  batch->slot = ring_->reserve(std::max<std::size_t>(total, 1));
+  warm_ring_ahead(static_cast<std::size_t>(batch->slot.data - ring_->base()) + total, total);
+  batch->requests.reserve(requests.size());
+  for (std::size_t i = 0; i < requests.size(); ++i)
+    batch->requests.push_back(Request{&batch->specs[i], requests[i].sink, requests[i].slab, requests[i].index});
+  plan_jobs(batch->requests, batch->plans, batch->jobs);
+  uint8_t* dst = const_cast<uint8_t*>(batch->slot.data);
+  std::size_t r = 0;
+  for (const ChunkJob& job : batch->jobs) {
+    while (job.req != &batch->requests[r]) ++r;
+    const Blosc1Layout& L = layouts[r];
+    chunks.push_back({job.req->slab.data + job.src_offset, dst, L, batch->requests[r].array->codec.shuffle == Shuffle::byte});
+    batch->enc_dst.push_back(dst);
+    dst += align_up(L.max_chunk_bytes(), StagingRing::kAlign);
+  }
+  batch->remaining = batch->jobs.size();
+  return batch;
 }
 
 void Engine::dispatch_ordered(const std::shared_ptr<Batch>& batch, std::size_t j) {
@@ -438,8 +561,24 @@ void Engine::dispatch_ordered(const std::shared_ptr<Batch>& batch, std::size_t j
     try {
       if (batch->fence) batch->fence->wait();
       const ChunkJob& job = batch->jobs[j];
-      auto lease = lease_for(job);  // on the encoder: waits while the pool is full
-      Encoded enc = encode_job(job, lease->data() ? lease.get() : nullptr, batch->blosc_threads);
+      std::shared_ptr<Lease> lease;
+      Encoded enc;
+      if (batch->encoded) {
+        // Compressed on the device: the chunk already lies in the slot.
+        enc.key = job.req->array->chunk_key(job.coords);
+        try {
+          batch->encoded->wait();
+        } catch (...) {
+          rethrow_for_chunk(enc.key, *job.req->sink);
+        }
+        enc.data = batch->enc_dst[j];
+        enc.nbytes = batch->encoded->cbytes[j];
+        enc.raw_nbytes = job.req->array->chunk_nbytes();
+        lease = std::make_shared<Lease>();
+      } else {
+        lease = lease_for(job);  // on the encoder: waits while the pool is full
+        enc = encode_job(job, lease->data() ? lease.get() : nullptr, batch->blosc_threads);
+      }
       if (ThreadPool* writers = writers_for(*job.req->sink)) {
         // The store finishes the job: the batch (ring slot, spec, sink) and
         // the lease (encoded bytes) live until then.

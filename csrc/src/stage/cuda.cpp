@@ -59,6 +59,7 @@ Loaded load() {
   }
   Api& a = L.api;
   bool ok = bind(h, "cudaHostAlloc", a.HostAlloc, L.why) && bind(h, "cudaFreeHost", a.FreeHost, L.why) &&
+            bind(h, "cudaMalloc", a.Malloc, L.why) && bind(h, "cudaFree", a.Free, L.why) &&
             bind(h, "cudaStreamCreateWithFlags", a.StreamCreateWithFlags, L.why) &&
             bind(h, "cudaStreamDestroy", a.StreamDestroy, L.why) &&
             bind(h, "cudaStreamSynchronize", a.StreamSynchronize, L.why) &&

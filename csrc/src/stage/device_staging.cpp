@@ -33,7 +33,7 @@ DeviceStager::~DeviceStager() {
 }
 
 std::shared_ptr<CopyFence> DeviceStager::copy(const std::vector<DeviceCopy>& copies, void* producer_stream,
-                                              std::uint64_t& seq) {
+                                              std::uint64_t seq) {
   std::string why;
   const cuda::Api* api = cuda::api(&why);
   E2F_EXPECT(api != nullptr, "a device tensor was passed but the CUDA runtime is unavailable: " + why);
@@ -57,6 +57,7 @@ std::shared_ptr<CopyFence> DeviceStager::copy(const std::vector<DeviceCopy>& cop
       cuda::check(api->MemcpyAsync(c.dst, c.src, c.nbytes, cuda::kMemcpyDeviceToHost, stream),
                   "cudaMemcpyAsync (device to host)");
       copy_queued = true;
+      bytes_.fetch_add(c.nbytes);
     }
     cuda::check(api->EventRecord(fence->done, stream), "cudaEventRecord on the copy stream");
     // 3. Later work on the producer stream (which may free or overwrite the source) waits for the copy.
@@ -70,26 +71,24 @@ std::shared_ptr<CopyFence> DeviceStager::copy(const std::vector<DeviceCopy>& cop
     throw;
   }
   std::lock_guard<std::mutex> lk(mu_);
-  fences_.push_back(fence);
-  seq = ++submits_;
+  fences_.emplace_back(seq, fence);
   return fence;
 }
 
-std::uint64_t DeviceStager::copies_done() {
+std::uint64_t DeviceStager::oldest_pending() {
   const cuda::Api* api = cuda::api();
   std::lock_guard<std::mutex> lk(mu_);
   while (api && !fences_.empty()) {
-    if (api->EventQuery(fences_.front()->done) != cuda::kSuccess) break;
+    if (api->EventQuery(fences_.front().second->done) != cuda::kSuccess) break;
     fences_.pop_front();
-    ++done_;
   }
-  return done_;
+  return fences_.empty() ? UINT64_MAX : fences_.front().first;
 }
 
 void DeviceStager::abandon_after_fork() noexcept {
   // Fences hold the parent's CUDA events, the lock may be held by a parent
   // thread, the stream is the parent's: build fresh members over them.
-  ::new (static_cast<void*>(&fences_)) std::deque<std::shared_ptr<CopyFence>>();
+  ::new (static_cast<void*>(&fences_)) std::deque<std::pair<std::uint64_t, std::shared_ptr<CopyFence>>>();
   ::new (static_cast<void*>(&mu_)) std::mutex();
   stream_ = nullptr;
 }

@@ -74,6 +74,7 @@ class EngineHandle:
         out: dict[str, Any] = {**e.stats(), "buffers": e.buffer_stats(), "threads": e.threads,
                                "writer_threads": e.writer_threads, "nice": e.nice,
                                "sched_idle_threads": e.idle_sched_threads}
+        out["device_encode"] = e.device_encode_stats()
         if e.has_ring:
             out["ring"] = e.ring_stats()
             out["pending_chunks"] = e.pending_chunks

@@ -10,9 +10,10 @@ A write flows one way:
 2. requests (:meth:`ZarrPipeline.write`): per array its target (the stored
    spec, chunk and shard geometry, :class:`Target`), its sink (the store's, or
    the shard sink), rank ownership checks of a multi-rank run;
-3. engine: one batch of every array's chunks (host data), or one device
-   batch (CUDA tensors copied on the engine's stream); a blocking write waits
-   for it, a non-blocking one returns once it is staged;
+3. engine: one batch of every array's chunks (host data), or device batches
+   (CUDA tensors copied on the engine's stream, or compressed on the device
+   first where ``device_compression`` allows: :mod:`e2fastio._write.device_encode`);
+   a blocking write waits for it, a non-blocking one returns once it is staged;
 4. outcomes: a background failure is raised at the next write, flush or
    close (:class:`e2fastio._write.lifecycle.Outcomes`), after everything
    else was stored.
@@ -34,7 +35,7 @@ import numpy as np
 import zarr
 
 from e2fastio import _core
-from e2fastio._write import inputs, ranks
+from e2fastio._write import device_encode, inputs, ranks
 from e2fastio._write.engine import EngineHandle
 from e2fastio._write.lifecycle import Outcomes
 from e2fastio._write.shards import Shards
@@ -75,7 +76,7 @@ class ZarrPipeline:
     """
 
     def __init__(self, root: zarr.Group, location: Location, engine: EngineHandle, *, blocking: bool,
-                 coord: ranks.Coordinator | None) -> None:
+                 coord: ranks.Coordinator | None, device_compression: bool | str = "auto") -> None:
         self.root = root
         self.engine = engine
         self.sink = location.sink
@@ -88,6 +89,8 @@ class ZarrPipeline:
         self.outcomes = Outcomes(self.failed_so_far)
         self._targets: dict[str, Target] = {}
         self._device_refs: deque[tuple[int, list[Any]]] = deque()
+        self.device_compression = device_compression
+        self._host_reasons: dict[str, int] = {}  # why device writes were compressed on the host, and how often
 
     # ------------------------------------------------------------------ targets
     def target(self, name: str) -> Target:
@@ -189,15 +192,53 @@ class ZarrPipeline:
         if len(devices) != 1:
             raise ValueError(f"x: all tensors of one write must be on one device, got {sorted(map(str, devices))}")
         (device,) = devices
+        keep = list(tensors)
+        plain: list[_core.DeviceRequest] = []
+        compressed: list[_core.DeviceRequest] = []
         with torch.cuda.device(device):
+            for request, tensor in zip(requests, tensors, strict=True):
+                layout = self._device_layout(engine, request)
+                if layout is None:
+                    plain.append(request)
+                    continue
+                if layout["shuffle"] and layout["typesize"] > 1:
+                    buf = device_encode.shuffle_blocks(tensor, layout["nchunks"], layout["chunk_nbytes"],
+                                                       layout["blocksize"], layout["typesize"])
+                else:
+                    buf = tensor.clone()  # private: the device encoder reads it after this call returns
+                keep.append(buf)
+                spec, sink, _, index = request
+                compressed.append((spec, sink, (buf.data_ptr(), list(tensor.shape), tensor.element_size()), index))
             stream = torch.cuda.current_stream(device).cuda_stream
-            seq = engine.submit_device(requests, stream)
-        # The producer stream already waits for the copy; holding the tensors
-        # until it completed also covers memory freed to other streams.
-        self._device_refs.append((seq, tensors))
+            seq = 0
+            if plain:
+                seq = engine.submit_device(plain, stream)
+            if compressed:
+                seq = engine.submit_device(compressed, stream, compress=True)
+        # The producer stream already waits for plain copies; holding the tensors
+        # (and the shuffled buffers the device encoder reads) until their copies
+        # completed also covers memory freed to other streams.
+        self._device_refs.append((seq, keep))
         done = engine.copies_done()
         while self._device_refs and self._device_refs[0][0] <= done:
             self._device_refs.popleft()
+
+    def _device_layout(self, engine: _core.Engine, request: _core.DeviceRequest) -> _core.DeviceLayout | None:
+        """How a device write is compressed on the device, or None (noting why) to go the host way."""
+        if self.device_compression is False:
+            return None
+        status = device_encode.nvcomp_info()
+        if not status["available"] or status["device_reason"]:
+            why = status["reason"] or status["device_reason"]
+        else:
+            layout = engine.device_layout(request)
+            if layout["ok"]:
+                return layout
+            why = layout["why"]
+        if why not in self._host_reasons:
+            logger.info("device writes compressed on the host: %s", why)
+        self._host_reasons[why] = self._host_reasons.get(why, 0) + 1
+        return None
 
     # ------------------------------------------------------------------ waiting, errors, stopping
     def drain(self, hold: Mapping[str, Sequence[tuple[int, ...]]] | None = None) -> None:
@@ -328,6 +369,8 @@ class ZarrPipeline:
 
     def stats(self) -> dict[str, object]:
         out = self.engine.stats()
+        out["device_encode"] = {**out.get("device_encode", {}), "mode": self.device_compression,
+                                "host_reasons": dict(self._host_reasons)}
         if self.uploader is not None:
             out["uploads"] = self.uploader.stats()
         shard_stats = self.shards.stats()

@@ -162,6 +162,9 @@ class AsyncZarrBackend:
         `store`; a store passed in keeps its own client's retries inside ours).
     process_group, distributed_timeout, consolidate_metadata : optional, keyword-only
         Multi-rank writes into one store, as for :class:`e2fastio.ZarrBackend`.
+    device_compression : {"auto", True, False}, optional, keyword-only
+        Compress CUDA tensors on the GPU (nvCOMP zstd into Blosc1 chunks), as
+        for :class:`e2fastio.ZarrBackend`.
     """
 
     def __init__(
@@ -188,6 +191,7 @@ class AsyncZarrBackend:
         process_group: Any = None,
         distributed_timeout: float = 600.0,
         consolidate_metadata: bool = False,
+        device_compression: bool | str = "auto",
     ) -> None:
         for dim, shard_size in dict(shard_coords).items():
             if shard_size <= 0:
@@ -258,7 +262,8 @@ class AsyncZarrBackend:
         self._z = ZarrBackend(location, chunks=chunks, backend_kwargs={"overwrite": mode == "w"},
                               zarr_codecs=zarr_codecs, threads=threads, max_buffer_bytes=budget - shard_bytes,
                               blocking=blocking, process_group=process_group,
-                              distributed_timeout=distributed_timeout, consolidate_metadata=consolidate_metadata)
+                              distributed_timeout=distributed_timeout, consolidate_metadata=consolidate_metadata,
+                              device_compression=device_compression)
         self._z.flush_timeout = self.async_timeout
         # Shards accumulate until complete (not one write each, as ZarrBackend's blocking writes do);
         # incomplete ones are written at flush/close.

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
-from e2fastio._write import inputs, ranks
+from e2fastio._write import device_encode, inputs, ranks
 from e2fastio._write.budget import NONBLOCKING_SPLIT, engine_kwargs, split_buffer
 from e2fastio._write.engine import EngineHandle
 from e2fastio._write.lifecycle import Lifecycle, serialized
@@ -123,6 +123,15 @@ class ZarrBackend(Lifecycle):
     consolidate_metadata : bool, optional
         At ``close``, write consolidated metadata (only rank 0 when ranks
         coordinate through `process_group`).
+    device_compression : {"auto", True, False}, optional
+        Non-blocking writes of CUDA tensors to arrays stored as Blosc zstd
+        (byte shuffle or none): compress on the GPU with nvCOMP 6 (the
+        ``gpu`` extra) so that only compressed bytes cross PCIe, into
+        standard Blosc1 chunks. ``"auto"`` (default) does so where it can and
+        compresses on the host otherwise (other codecs, bitshuffle, a write
+        that covers chunks in part, no nvCOMP); ``True`` also raises at once
+        when nvCOMP does not load; ``False`` always compresses on the host.
+        ``stats()["device_encode"]`` counts each way and says why.
     """
 
     _pipeline: ZarrPipeline
@@ -146,6 +155,7 @@ class ZarrBackend(Lifecycle):
         process_group: Any = None,
         distributed_timeout: float = 600.0,
         consolidate_metadata: bool = False,
+        device_compression: bool | str = "auto",
     ) -> None:
         if not isinstance(chunks, Mapping):
             raise TypeError(f"chunks must be a dict of dimension name to chunk size, got {type(chunks).__name__}")
@@ -157,6 +167,7 @@ class ZarrBackend(Lifecycle):
         if not isinstance(fsync, bool):
             raise TypeError(f"fsync must be True or False, got {fsync!r}")
         check_group_kwargs(backend_kwargs)
+        device_encode.check_choice(device_compression)
         # Checked before the store is opened (a local one is created): a bad value leaves nothing behind.
         group = ranks.resolve_group(process_group)
         self.blocking = blocking
@@ -188,7 +199,8 @@ class ZarrBackend(Lifecycle):
                 loc.uploader.close()
             raise
         self.zarr_codecs = zarr_codecs
-        self._pipeline = ZarrPipeline(self.root, loc, engine, blocking=blocking, coord=coord)
+        self._pipeline = ZarrPipeline(self.root, loc, engine, blocking=blocking, coord=coord,
+                                      device_compression=device_compression)
         self._metadata.sync([""])
         # Closed at exit when still open (collective steps of an opted-in multi-rank run are not
         # attempted at exit for blocking backends: the other ranks may be gone); finished by a
