@@ -42,6 +42,8 @@ COMPETITORS = ["no IO", "e2fastio ZarrBackend(blocking=False)", "e2fastio AsyncZ
 PROBE_WRITES = 12
 NICE_AB = "e2fastio ZarrBackend(blocking=False), threads at nice "
 SCHED_IDLE_AB = "e2fastio ZarrBackend(blocking=False), threads under SCHED_IDLE (E2FASTIO_BACKGROUND_SCHED=idle)"
+# The same backend compressing CUDA tensors on the host (the default compresses them on the GPU where nvCOMP loads).
+HOST_COMPRESSION_AB = "e2fastio ZarrBackend(blocking=False), device_compression=False"
 
 def _have_earth2studio() -> bool:
     try:
@@ -205,6 +207,10 @@ def worker(name: str, size: dict, step_s: float, path: str, max_buffer_bytes: in
         e2fastio._write.engine.BACKGROUND_SCHED_IDLE = True
         io = e2fastio.ZarrBackend(path, chunks={"time": 1, "lead_time": 1}, backend_kwargs={"overwrite": True},
                                   zarr_codecs=codec, blocking=False, max_buffer_bytes=max_buffer_bytes)
+    elif name == HOST_COMPRESSION_AB:  # --device-compression-ab
+        io = e2fastio.ZarrBackend(path, chunks={"time": 1, "lead_time": 1}, backend_kwargs={"overwrite": True},
+                                  zarr_codecs=codec, blocking=False, max_buffer_bytes=max_buffer_bytes,
+                                  device_compression=False)
     elif name == "e2fastio ZarrBackend(blocking=False)":
         io = e2fastio.ZarrBackend(path, chunks={"time": 1, "lead_time": 1}, backend_kwargs={"overwrite": True},
                                   zarr_codecs=codec, blocking=False, max_buffer_bytes=max_buffer_bytes)
@@ -234,6 +240,7 @@ def worker(name: str, size: dict, step_s: float, path: str, max_buffer_bytes: in
     write_s = []
     if busy_iters:
         busy_work(_PROBE_UNITS[BUSY_KIND])  # warm up outside the timed loop (torch's threads and allocator)
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     for k in range(steps):
         if busy_iters:  # the step's CPU part: fixed work on this thread
@@ -251,7 +258,9 @@ def worker(name: str, size: dict, step_s: float, path: str, max_buffer_bytes: in
     if io is not None:
         io.close()
     durable = time.perf_counter() - t1
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_s = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)  # every thread of this process
+    peak = ru1.ru_maxrss * 1024
     probe = None
     if (device != "cpu" or probe_on_cpu) and name.startswith("e2fastio"):
         codec2 = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
@@ -262,9 +271,14 @@ def worker(name: str, size: dict, step_s: float, path: str, max_buffer_bytes: in
         except Exception as e:  # a probe failure must not lose the run's numbers
             probe = {"error": repr(e)}
     nbytes = steps * w.fields[0].nbytes
-    out = {"loop_s": loop, "durable_after_last_step_s": durable, "peak_rss_growth_bytes": peak - base_rss,
+    stats = io.stats() if hasattr(io, "stats") else {}
+    stored = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs) if io else 0
+    # Bytes that crossed from the device: raw copies plus the compressed blocks of chunks compressed there.
+    d2h = stats.get("bytes_from_device", 0) + stats.get("device_encode", {}).get("bytes_to_host", 0)
+    out = {"cpu_s": cpu_s, "stored_bytes": stored, "device_to_host_bytes": d2h,
+           "loop_s": loop, "durable_after_last_step_s": durable, "peak_rss_growth_bytes": peak - base_rss,
            "bytes": nbytes, "write_s_median": statistics.median(write_s) if write_s else 0.0,
-           "write_s_max": max(write_s) if write_s else 0.0, "stats": io.stats() if hasattr(io, "stats") else {}}
+           "write_s_max": max(write_s) if write_s else 0.0, "stats": stats}
     if device != "cpu":
         out["pinned_d2h_gbps"] = pinned_d2h_gbps(w.fields[0].nbytes)
         out["write_gbps_median"] = w.fields[0].nbytes / out["write_s_median"] / 1e9 if write_s else 0.0
@@ -294,6 +308,10 @@ def main(argv: list[str] | None = None) -> dict:
                     "(blocking=False) with its threads at each (an A/B of the priority of background threads)")
     ap.add_argument("--sched-ab", action="store_true", help="also run e2fastio ZarrBackend (blocking=False) with "
                     "its threads under SCHED_IDLE (E2FASTIO_BACKGROUND_SCHED=idle): an A/B of the background policy")
+    ap.add_argument("--device-compression-ab", action="store_true", help="also run e2fastio ZarrBackend "
+                    "(blocking=False) with device_compression=False: with --device cuda, compression on the GPU "
+                    "(the default, where nvCOMP loads) beside compression on the host; reports bytes copied from "
+                    "the device, CPU seconds of the process, stored bytes and time until durable for both")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--path", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -322,6 +340,8 @@ def main(argv: list[str] | None = None) -> dict:
     competitors += [f"{NICE_AB}{int(v)}" for v in args.nice_ab.split(",") if v.strip()]
     if args.sched_ab:
         competitors.append(SCHED_IDLE_AB)
+    if args.device_compression_ab:
+        competitors.append(HOST_COMPRESSION_AB)
     samples: dict[str, list[dict]] = {n: [] for n in competitors}
     failed: set[str] = set()
     with tempfile.TemporaryDirectory() as tmp:
@@ -363,6 +383,9 @@ def main(argv: list[str] | None = None) -> dict:
             "overhead_pct": 100 * (loop - base) / base,
             "durable_after_last_step_s": statistics.median(s["durable_after_last_step_s"] for s in samples[n]),
             "peak_rss_growth_mib": statistics.median(s["peak_rss_growth_bytes"] for s in samples[n]) / 2**20,
+            "cpu_s": statistics.median(s["cpu_s"] for s in samples[n]),
+            "stored_bytes": statistics.median(s["stored_bytes"] for s in samples[n]),
+            "device_to_host_bytes": statistics.median(s["device_to_host_bytes"] for s in samples[n]),
             "samples": samples[n],
         }
     busy_txt = (f" ({100 * args.busy:.0f}% busy: {args.busy_kind} work started from the caller's thread)"
@@ -395,6 +418,21 @@ def main(argv: list[str] | None = None) -> dict:
             if probes:
                 print("    where write spends its time (one run, cProfile, by own time):")
                 print("\n".join("      " + ln for ln in probes[-1]["profile"].splitlines()[:30] if ln.strip()))
+    if args.device_compression_ab and "e2fastio ZarrBackend(blocking=False)" in table and HOST_COMPRESSION_AB in table:
+        gpu, host = table["e2fastio ZarrBackend(blocking=False)"], table[HOST_COMPRESSION_AB]
+        enc = gpu["samples"][-1]["stats"].get("device_encode", {})
+        steps_n = size["steps"]
+        print("\ncompression on the GPU (default) / on the host (device_compression=False):")
+        print(f"  chunks compressed on the device: {enc.get('chunks', 0)}; host-way reasons: {enc.get('host_reasons')}")
+        g_d2h, h_d2h = gpu["device_to_host_bytes"], host["device_to_host_bytes"]
+        print(f"  bytes from the device: {g_d2h / 1e9:.3f} GB / {h_d2h / 1e9:.3f} GB"
+              f" = {h_d2h / max(g_d2h, 1):.2f}x fewer (target >= 3x)")
+        print(f"  host CPU per step: {gpu['cpu_s'] / steps_n:.3f} s / {host['cpu_s'] / steps_n:.3f} s"
+              f" = {host['cpu_s'] / max(gpu['cpu_s'], 1e-9):.2f}x lower (target >= 5x)")
+        print(f"  durable after the last step: {gpu['durable_after_last_step_s']:.3f} s / "
+              f"{host['durable_after_last_step_s']:.3f} s (target: no worse)")
+        print(f"  stored: {gpu['stored_bytes'] / 1e6:.1f} MB / {host['stored_bytes'] / 1e6:.1f} MB"
+              f" = {gpu['stored_bytes'] / max(host['stored_bytes'], 1):.3f} (target <= 1.10)")
     record = {"benchmark": "bench_async", "machine": common.machine(), "git": common.git_rev(),
               "command": " ".join([os.path.basename(sys.executable)] + sys.argv), "size": size,
               "step_seconds": args.step_seconds, "busy": args.busy, "busy_iters": busy_iters,

@@ -8,6 +8,12 @@
 #   bash scripts/gpu_check.sh prepare   # here, with the network: cp312 wheels into .whl/ (git-ignored)
 #   bash scripts/gpu_check.sh run       # there (carry .whl): build, test, benchmark; results under $OUT
 #
+# GPU_SET=device (at prepare) carries nvCOMP instead of the peers (a machine's carry holds 64 MiB, and
+# nvCOMP's wheel alone is 43 MB): run then builds, runs the CUDA and fake-CUDA tests and benchmarks
+# compression on the GPU against compression on the host (bench_async --device-compression-ab: bytes
+# from the device, host CPU seconds, stored bytes, time until durable). Rehearse it here with
+# GPU_SET=device PYVER=3.11 DEVICE=cpu BENCH_ARGS=--quick (the CUDA tests then skip).
+#
 # PYVER (default 3.12) picks the wheels' Python; DEVICE (default cuda) the
 # benchmark's device, so the whole sequence can be rehearsed on a CPU machine
 # (PYVER=3.11 DEVICE=cpu; the cuda tests then skip). THREADS (default 2,4,8,16)
@@ -22,9 +28,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 PYVER=${PYVER:-3.12}
-WHEELS=(zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0 blosc==1.11.4
-        # the peers: Earth2Studio 0.19 (and what its io module imports beyond that image) and tensorstore
-        earth2studio==0.19.0 loguru==0.7.3 cftime==1.6.6.1 lz4==4.4.5 netCDF4==1.7.2 tensorstore==0.1.86)
+WHEELS=(zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0 blosc==1.11.4)
+if [[ "${GPU_SET:-peers}" == device ]]; then
+  WHEELS+=(nvidia-libnvcomp-cu12==6.0.0.12)  # nvCOMP 6 for CUDA 12 drivers and newer
+else
+  # the peers: Earth2Studio 0.19 (and what its io module imports beyond that image) and tensorstore
+  WHEELS+=(earth2studio==0.19.0 loguru==0.7.3 cftime==1.6.6.1 lz4==4.4.5 netCDF4==1.7.2 tensorstore==0.1.86)
+fi
 
 case "${1:-}" in
   prepare)
@@ -65,6 +75,16 @@ case "${1:-}" in
     rc_tests=${PIPESTATUS[0]}
     timeout 120 "$PY" -m pytest tests/test_fake_cuda.py -p no:cacheprovider -v 2>&1 | tee -a "$OUT/pytest_cuda.log"
     rc_tests=$(( rc_tests || PIPESTATUS[0] ))
+    if ls .whl/nvidia_libnvcomp_*.whl >/dev/null 2>&1; then  # GPU_SET=device: compression on the GPU vs on the host
+      timeout 60 "$PY" -m pytest tests/test_device_encode.py -p no:cacheprovider -v 2>&1 | tee -a "$OUT/pytest_cuda.log"
+      rc_tests=$(( rc_tests || PIPESTATUS[0] ))
+      timeout "${ASYNC_TIMEOUT:-300}" "$PY" benchmarks/bench_async.py --device "${DEVICE:-cuda}" --repeats 2 \
+        --device-compression-ab --skip "AsyncZarr,Earth2Studio,stand-in" ${BENCH_ARGS:-} \
+        --json "$OUT/bench_device_compression.json" 2>&1 | tee "$OUT/bench_device_compression.log"
+      rc_bench=${PIPESTATUS[0]}
+      echo "tests rc=$rc_tests, device-compression benchmark rc=$rc_bench"
+      exit $(( rc_tests || rc_bench ))
+    fi
     # The encoder pool at 2..16 threads against Earth2Studio 0.19 and tensorstore (seed size, 4 distinct steps cycled).
     timeout "${ZARR_TIMEOUT:-240}" "$PY" benchmarks/bench_zarr.py --modes compressed --repeats 2 --distinct-steps 4 \
       --threads "${THREADS:-2,4,8,16}" --skip "zarr-python slices" ${ZARR_ARGS:-} --json "$OUT/bench_zarr_threads.json" \

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <memory>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "e2fastio/blosc1.hpp"
@@ -202,6 +203,43 @@ TEST(device_encode_copy_failure_surfaces_at_flush_naming_the_chunk) {
   CHECK(e2f_test::throws<std::runtime_error>([&] { eng.flush(); }, "t2m/c/"));
   CHECK(mem->size() == 0);
   CHECK(eng.ring_stats().used_bytes == 0);
+}
+
+TEST(device_encode_memory_is_two_scratch_sets_reused_and_freed_with_the_engine) {
+  const cuda::Api* api = cuda::api();
+  if (!api) return;
+  Fake fake;
+  auto hold = fake.fn<void(void*, int)>("fake_cuda_hold_stream");
+  auto device_bytes = fake.fn<long long()>("fake_cuda_device_bytes");
+  const long long before = device_bytes();
+  auto engine = std::make_unique<Engine>(2, 64 << 20, 32 << 20);
+  auto mem = std::make_shared<MemorySink>();
+  const ArraySpec a = grid_array(2, 181, 360);
+  const std::vector<float> data = fields(2, 181 * 360);
+  Slab probe{reinterpret_cast<const std::uint8_t*>(data.data()), {2, 181, 360}, {181 * 360 * 4, 360 * 4, 4}, 4};
+  const DeviceLayout d = engine->device_layout({&a, mem, probe, {range(2), range(181), range(360)}});
+  const std::vector<std::uint8_t> dev = shuffled_like_the_caller(data, d);
+  Slab s{dev.data(), {2, 181, 360}, {181 * 360 * 4, 360 * 4, 4}, 4};
+  cuda::Stream producer = nullptr;
+  CHECK(api->StreamCreateWithFlags(&producer, 0) == 0);
+  hold(producer, 1);  // nothing compresses: every submit keeps its scratch set
+  engine->submit_device({{&a, mem, s, {range(2), range(181), range(360)}}}, producer, true);
+  const long long one_set = device_bytes() - before;
+  CHECK(one_set > 0);
+  engine->submit_device({{&a, mem, s, {range(2), range(181), range(360)}}}, producer, true);
+  CHECK(device_bytes() - before == 2 * one_set);
+  // A third submit waits for a set (backpressure), allocating nothing meanwhile.
+  std::thread third([&] { engine->submit_device({{&a, mem, s, {range(2), range(181), range(360)}}}, producer, true); });
+  CHECK(device_bytes() - before <= 2 * one_set);
+  hold(producer, 0);
+  third.join();
+  engine->flush();
+  CHECK(device_bytes() - before == 2 * one_set);  // reused, not grown
+  CHECK(chunks_read_back(*mem, a, data));
+  CHECK(engine->device_encode_stats().chunks == 6);
+  engine.reset();
+  CHECK(device_bytes() == before);  // freed with the engine
+  api->StreamDestroy(producer);
 }
 
 TEST(device_layout_says_why_a_write_goes_the_host_way) {

@@ -369,8 +369,10 @@ class ZarrPipeline:
 
     def stats(self) -> dict[str, object]:
         out = self.engine.stats()
-        out["device_encode"] = {**out.get("device_encode", {}), "mode": self.device_compression,
-                                "host_reasons": dict(self._host_reasons)}
+        enc: dict[str, Any] = dict(out.get("device_encode", {}))
+        # Chunks stored so far that were compressed on the host (every chunk of host data among them).
+        enc["host_chunks"] = int(out.get("chunks_written", 0)) - int(enc.get("chunks", 0))
+        out["device_encode"] = {**enc, "mode": self.device_compression, "host_reasons": dict(self._host_reasons)}
         if self.uploader is not None:
             out["uploads"] = self.uploader.stats()
         shard_stats = self.shards.stats()
