@@ -189,8 +189,11 @@ void register_engine(py::module_& m) {
       .def_property_readonly("cuda_available", &Engine::cuda_available)
       .def("flush", &Engine::flush, py::call_guard<py::gil_scoped_release>(),
            "Wait until every submitted chunk is stored; raise the first background error.")
-      .def("wait_idle", &Engine::wait_idle, py::arg("timeout"), py::call_guard<py::gil_scoped_release>(),
-           "Wait up to `timeout` seconds for every submitted chunk; False if some are still pending.")
+      .def("wait_idle", &Engine::wait_idle, py::arg("timeout"), py::arg("help") = false,
+           py::call_guard<py::gil_scoped_release>(),
+           "Wait up to `timeout` seconds for every submitted chunk; False if some are still pending. With "
+           "help=True the waiting thread runs queued chunk tasks itself meanwhile (never for a CollectSink "
+           "this thread consumes).")
       .def_property_readonly("finished_chunks", &Engine::finished_chunks,
                              "Non-blocking chunks finished (stored or failed) so far.")
       .def("wait_progress", &Engine::wait_progress, py::arg("seen"), py::arg("timeout"),

@@ -904,6 +904,40 @@ TEST(device_slots_are_reused_only_after_their_chunks_are_stored) {
   }
 }
 
+TEST(a_waiter_that_helps_stores_queued_chunks_while_every_encoder_is_busy) {
+  // The only encoder thread is held by a device job whose producer has not
+  // finished; host chunks queued behind it are stored by the thread waiting
+  // in wait_idle(help=true), at that thread's priority.
+  const cuda::Api* api = cuda::api();
+  if (!api) return;
+  FakeCuda fake;
+  auto hold = fake.fn<void(void*, int)>("fake_cuda_hold_stream");
+  Engine eng(1, 8 << 20, 4 << 20);
+  auto mem = std::make_shared<MemorySink>();
+  ArraySpec a = make_array({4, 64}, {1, 64}, true);
+  std::vector<float> dev(64, 1.0f), host(3 * 64, 2.0f);
+  cuda::Stream producer = nullptr;
+  CHECK(api->StreamCreateWithFlags(&producer, 0) == 0);
+  hold(producer, 1);
+  Slab d{reinterpret_cast<const uint8_t*>(dev.data()), {1, 64}, {256, 4}, 4};
+  eng.submit_device({{&a, mem, d, {{0}, iota(0, 64)}}}, producer);  // queued first: the encoder takes it and waits
+  Slab h{reinterpret_cast<const uint8_t*>(host.data()), {3, 64}, {256, 4}, 4};
+  eng.submit({{&a, mem, h, {iota(1, 3), iota(0, 64)}}});  // queued behind it
+  const std::uint64_t before = eng.finished_chunks();
+  bool idle = false;
+  std::thread waiter([&] { idle = eng.wait_idle(60.0, true); });
+  std::uint64_t done = before;
+  for (int i = 0; i < 6 && done < before + 3; ++i) done = eng.wait_progress(done, 10.0);  // wakes on each chunk
+  CHECK(done >= before + 3);  // the three host chunks, stored by the waiter
+  CHECK(mem->size() == 3);
+  hold(producer, 0);
+  waiter.join();
+  CHECK(idle);
+  eng.flush();
+  CHECK(mem->size() == 4);
+  api->StreamDestroy(producer);
+}
+
 TEST(device_copy_errors_surface) {
   const cuda::Api* api = cuda::api();
   if (!api) return;

@@ -365,7 +365,7 @@ class Engine:
     def flush(self) -> None:
         """Wait until every submitted chunk is stored; raise the first background error."""
 
-    def wait_idle(self, timeout: float) -> bool:
+    def wait_idle(self, timeout: float, help: bool = False) -> bool:
         """Wait up to `timeout` seconds for every submitted chunk; False if some are still pending."""
 
     @property

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <deque>
@@ -112,7 +113,13 @@ class Engine {
   bool cuda_available() const;
 
   void flush();           // wait until every submitted chunk is stored, then check()
-  bool wait_idle(double timeout_seconds);  // false when chunks are still pending after the timeout
+  // False when chunks are still pending after the timeout. With `help`, the
+  // waiting thread runs queued chunk tasks (encode, store) itself meanwhile,
+  // at its own priority, so that progress never rests on background threads
+  // alone (they may run at nice 19 or under SCHED_IDLE on a busy machine). A
+  // task started before the deadline runs to its end. Only for sinks whose
+  // writes never wait on the waiting thread (not a CollectSink it consumes).
+  bool wait_idle(double timeout_seconds, bool help = false);
   // Non-blocking progress: chunks finished (stored or failed) so far. A
   // consumer of a CollectSink waits with wait_progress() instead of polling:
   // every chunk written to a sink ends its job, so "a chunk may be ready"
@@ -183,6 +190,9 @@ class Engine {
                                                  std::vector<DeviceChunk>& chunks);
   void dispatch_batch(const std::shared_ptr<Batch>& batch);
   void ensure_usable() const;  // refuse new work on an inherited engine
+  void wake_helpers();         // a task was queued, or nothing is pending any more
+  // Run queued tasks on this thread until nothing is pending or `deadline`.
+  void help_until_idle(std::chrono::steady_clock::time_point deadline);
 
   ThreadPool pool_;
   std::unique_ptr<ThreadPool> writers_;  // never null; a pointer, so that abandoning leaves it in place
@@ -195,6 +205,9 @@ class Engine {
   mutable std::mutex async_mu_;
   std::condition_variable async_cv_;
   std::size_t pending_ = 0;
+  std::atomic<std::size_t> pending_now_{0};  // pending_, readable without async_mu_ (helpers)
+  std::mutex help_mu_;
+  std::condition_variable help_cv_;
   std::uint64_t finished_ = 0;
   std::condition_variable progress_cv_;
   BackgroundErrors errors_;  // of background chunks, until check()

@@ -33,6 +33,14 @@ class ThreadPool {
   // Queue a task. Tasks must not throw (wrap them with TaskGroup::wrap).
   // Throws std::runtime_error on a pool abandoned after fork (no thread would run it).
   void submit(std::function<void()> task);
+  // Run one queued task on the calling thread (a waiter lending a hand, at
+  // its own priority); false when none is queued.
+  bool run_one();
+  // Tasks queued and not yet taken (read without the lock).
+  std::size_t queued() const noexcept { return queued_.load(); }
+  // Called (outside the pool's lock) after each task is queued: lets a waiter
+  // that helps know there is work. Set before the first submit.
+  void on_queued(std::function<void()> hook) { on_queued_ = std::move(hook); }
   unsigned size() const noexcept { return static_cast<unsigned>(workers_.size()); }
   int nice() const noexcept { return nice_; }
   // Workers that run under SCHED_IDLE (they set it themselves as they start).
@@ -56,6 +64,8 @@ class ThreadPool {
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::function<void()>> queue_;
+  std::atomic<std::size_t> queued_{0};
+  std::function<void()> on_queued_;
   std::vector<std::thread> workers_;
   bool stop_ = false;
   bool abandoned_ = false;

@@ -41,6 +41,9 @@ Engine::Engine(unsigned threads, std::size_t max_buffer_bytes, std::size_t ring_
                                                 ? max_buffer_bytes - ring_bytes
                                                 : max_buffer_bytes)),
       owner_pid_(static_cast<long>(::getpid())) {
+  // A thread helping in wait_idle() learns of queued work (see help_until_idle).
+  pool_.on_queued([this] { wake_helpers(); });
+  writers_->on_queued([this] { wake_helpers(); });
   if (ring_bytes > 0) {
     E2F_EXPECT(ring_bytes < max_buffer_bytes, "the staging ring must be smaller than max_buffer_bytes");
     ring_ = std::make_unique<StagingRing>(ring_bytes, cuda::available());
@@ -129,6 +132,9 @@ void Engine::abandon_after_fork() noexcept {
   leak_in_place(async_mu_);
   leak_in_place(async_cv_);
   pending_ = 0;
+  pending_now_.store(0);
+  leak_in_place(help_mu_);
+  leak_in_place(help_cv_);
   // The ring's block may be page-locked memory of the parent's CUDA context,
   // and its lock and the buffer pool's may be held: neither is given back.
   (void)ring_.release();
@@ -389,6 +395,7 @@ void Engine::dispatch_batch(const std::shared_ptr<Batch>& batch) {
   {
     std::lock_guard<std::mutex> lk(async_mu_);
     pending_ += batch->jobs.size();
+    pending_now_.store(pending_);
   }
   for (std::size_t j = 0; j < batch->jobs.size(); ++j) dispatch_ordered(batch, j);
 }
@@ -631,7 +638,11 @@ void Engine::job_finished(const std::string& order_key) {
     }
   }
   ++finished_;
-  if (--pending_ == 0) async_cv_.notify_all();
+  pending_now_.store(--pending_);
+  if (pending_ == 0) {
+    async_cv_.notify_all();
+    wake_helpers();
+  }
   progress_cv_.notify_all();
 }
 
@@ -649,10 +660,31 @@ void Engine::flush() {
   check();
 }
 
-bool Engine::wait_idle(double timeout_seconds) {
+bool Engine::wait_idle(double timeout_seconds, bool help) {
   if (inherited()) return true;
+  const auto deadline =
+      std::chrono::steady_clock::now() +
+      std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(
+          std::min(std::max(0.0, timeout_seconds), 1e9)));
+  if (help) help_until_idle(deadline);
   std::unique_lock<std::mutex> lk(async_mu_);
-  return async_cv_.wait_for(lk, std::chrono::duration<double>(timeout_seconds), [this] { return pending_ == 0; });
+  return async_cv_.wait_until(lk, deadline, [this] { return pending_ == 0; });
+}
+
+void Engine::wake_helpers() {
+  { std::lock_guard<std::mutex> lk(help_mu_); }  // a helper checks its condition under this lock: no lost wake-up
+  help_cv_.notify_all();
+}
+
+void Engine::help_until_idle(std::chrono::steady_clock::time_point deadline) {
+  while (pending_now_.load() != 0 && std::chrono::steady_clock::now() < deadline) {
+    // Stores first: they finish chunks and give their memory back.
+    if (writers_->run_one() || pool_.run_one()) continue;
+    std::unique_lock<std::mutex> lk(help_mu_);
+    help_cv_.wait_until(lk, deadline, [this] {
+      return pending_now_.load() == 0 || pool_.queued() != 0 || writers_->queued() != 0;
+    });
+  }
 }
 
 std::uint64_t Engine::finished_chunks() const {

@@ -37,8 +37,23 @@ void ThreadPool::submit(std::function<void()> task) {
   {
     std::lock_guard<std::mutex> lk(mu_);
     queue_.push_back(std::move(task));
+    queued_.fetch_add(1);
   }
   cv_.notify_one();
+  if (on_queued_) on_queued_();
+}
+
+bool ThreadPool::run_one() {
+  std::function<void()> task;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (queue_.empty() || abandoned_) return false;
+    task = std::move(queue_.front());
+    queue_.pop_front();
+    queued_.fetch_sub(1);
+  }
+  task();
+  return true;
 }
 
 void ThreadPool::run() {
@@ -75,6 +90,7 @@ void ThreadPool::run() {
       if (queue_.empty()) return;  // stop_ and drained
       task = std::move(queue_.front());
       queue_.pop_front();
+      queued_.fetch_sub(1);
     }
     task();
   }
@@ -102,6 +118,7 @@ void ThreadPool::abandon_after_fork() noexcept {
   // No detach either: the threads' handles name threads of the parent.
   ::new (static_cast<void*>(&workers_)) std::vector<std::thread>();
   ::new (static_cast<void*>(&queue_)) std::deque<std::function<void()>>();
+  queued_.store(0);
   ::new (static_cast<void*>(&mu_)) std::mutex();
   ::new (static_cast<void*>(&cv_)) std::condition_variable();
   ::new (static_cast<void*>(&started_cv_)) std::condition_variable();

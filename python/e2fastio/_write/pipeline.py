@@ -252,7 +252,7 @@ class ZarrPipeline:
                     self.uploader.raise_failures()
             return
         engine = self.engine.get()
-        if not engine.wait_idle(self.flush_timeout):
+        if not engine.wait_idle(self.flush_timeout, help=True):  # this thread encodes and stores too
             raise TimeoutError(
                 f"{engine.pending_chunks} chunk(s) were still pending after {self.flush_timeout:g} s; "
                 "the store may be slow or unreachable (flush again to keep waiting)"
