@@ -58,7 +58,13 @@ std::uint32_t crc32c_portable(const std::uint8_t* p, std::size_t n, std::uint32_
 }
 
 #ifdef E2F_CRC32C_X86
-__attribute__((target("sse4.2"))) static std::uint32_t crc32c_sse42(const std::uint8_t* p, std::size_t n,
+// Newer clang (zig's, for the cross-built wheels) has CRC32 as a feature of its own beside SSE4.2.
+#if defined(__clang__) && __clang_major__ >= 14
+#define E2F_CRC32C_TARGET __attribute__((target("sse4.2,crc32")))
+#else
+#define E2F_CRC32C_TARGET __attribute__((target("sse4.2")))
+#endif
+E2F_CRC32C_TARGET static std::uint32_t crc32c_sse42(const std::uint8_t* p, std::size_t n,
                                                                      std::uint32_t crc) noexcept {
   std::uint64_t c = ~crc;
   while (n >= 8) {
