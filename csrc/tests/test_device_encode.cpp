@@ -82,6 +82,19 @@ std::vector<std::uint8_t> shuffled_like_the_caller(const std::vector<float>& dat
   return out;
 }
 
+// Two members of a 181 x 360 grid (two Blosc blocks a chunk), "device" data shuffled as the caller does.
+struct TwoMembers {
+  ArraySpec a = grid_array(2, 181, 360);
+  std::vector<float> data = fields(2, 181 * 360);
+  std::vector<std::uint8_t> dev;
+  Slab slab;
+  TwoMembers(const Engine& eng, const std::shared_ptr<MemorySink>& mem) {
+    Slab probe{reinterpret_cast<const std::uint8_t*>(data.data()), {2, 181, 360}, {181 * 360 * 4, 360 * 4, 4}, 4};
+    dev = shuffled_like_the_caller(data, eng.device_layout({&a, mem, probe, {range(2), range(181), range(360)}}));
+    slab = Slab{dev.data(), {2, 181, 360}, {181 * 360 * 4, 360 * 4, 4}, 4};
+  }
+};
+
 bool chunks_read_back(MemorySink& sink, const ArraySpec& a, const std::vector<float>& data) {
   const std::size_t n = a.chunk_nbytes();
   std::vector<std::uint8_t> enc, raw(n);
@@ -143,12 +156,10 @@ TEST(device_encode_stores_a_block_nvcomp_failed_on_raw_and_loses_nothing) {
   auto fail_block = fake.fn<void(long long)>("fake_nvcomp_fail_block");
   Engine eng(2, 64 << 20, 32 << 20);
   auto mem = std::make_shared<MemorySink>();
-  const ArraySpec a = grid_array(2, 181, 360);
-  const std::vector<float> data = fields(2, 181 * 360);
-  Slab probe{reinterpret_cast<const std::uint8_t*>(data.data()), {2, 181, 360}, {181 * 360 * 4, 360 * 4, 4}, 4};
-  const DeviceLayout d = eng.device_layout({&a, mem, probe, {range(2), range(181), range(360)}});
-  const std::vector<std::uint8_t> dev = shuffled_like_the_caller(data, d);
-  Slab s{dev.data(), {2, 181, 360}, {181 * 360 * 4, 360 * 4, 4}, 4};
+  const TwoMembers w(eng, mem);
+  const ArraySpec& a = w.a;
+  const std::vector<float>& data = w.data;
+  const Slab& s = w.slab;
   fail_block(2);  // the second block of this submit
   eng.submit_device({{&a, mem, s, {range(2), range(181), range(360)}}}, nullptr, true);
   eng.flush();
@@ -165,12 +176,10 @@ TEST(device_encode_launch_failure_raises_stores_nothing_and_frees_its_slot) {
   auto fail_call = fake.fn<void(const char*, int, int)>("fake_cuda_fail_call");
   Engine eng(2, 64 << 20, 32 << 20);
   auto mem = std::make_shared<MemorySink>();
-  const ArraySpec a = grid_array(2, 181, 360);
-  const std::vector<float> data = fields(2, 181 * 360);
-  Slab probe{reinterpret_cast<const std::uint8_t*>(data.data()), {2, 181, 360}, {181 * 360 * 4, 360 * 4, 4}, 4};
-  const DeviceLayout d = eng.device_layout({&a, mem, probe, {range(2), range(181), range(360)}});
-  const std::vector<std::uint8_t> dev = shuffled_like_the_caller(data, d);
-  Slab s{dev.data(), {2, 181, 360}, {181 * 360 * 4, 360 * 4, 4}, 4};
+  const TwoMembers w(eng, mem);
+  const ArraySpec& a = w.a;
+  const std::vector<float>& data = w.data;
+  const Slab& s = w.slab;
   fail_call("nvcompBatchedZstdCompressAsync", 1, 0);
   CHECK(e2f_test::throws<std::runtime_error>(
       [&] { eng.submit_device({{&a, mem, s, {range(2), range(181), range(360)}}}, nullptr, true); },
@@ -191,12 +200,10 @@ TEST(device_encode_copy_failure_surfaces_at_flush_naming_the_chunk) {
   auto fail_copy = fake.fn<void()>("fake_cuda_fail_next_copy_async");
   Engine eng(2, 64 << 20, 32 << 20);
   auto mem = std::make_shared<MemorySink>();
-  const ArraySpec a = grid_array(2, 181, 360);
-  const std::vector<float> data = fields(2, 181 * 360);
-  Slab probe{reinterpret_cast<const std::uint8_t*>(data.data()), {2, 181, 360}, {181 * 360 * 4, 360 * 4, 4}, 4};
-  const DeviceLayout d = eng.device_layout({&a, mem, probe, {range(2), range(181), range(360)}});
-  const std::vector<std::uint8_t> dev = shuffled_like_the_caller(data, d);
-  Slab s{dev.data(), {2, 181, 360}, {181 * 360 * 4, 360 * 4, 4}, 4};
+  const TwoMembers w(eng, mem);
+  const ArraySpec& a = w.a;
+  const std::vector<float>& data = w.data;
+  const Slab& s = w.slab;
   // A fresh stream fails its copies from the first failed one on (a sticky device error).
   fail_copy();
   eng.submit_device({{&a, mem, s, {range(2), range(181), range(360)}}}, nullptr, true);
@@ -214,12 +221,10 @@ TEST(device_encode_memory_is_two_scratch_sets_reused_and_freed_with_the_engine) 
   const long long before = device_bytes();
   auto engine = std::make_unique<Engine>(2, 64 << 20, 32 << 20);
   auto mem = std::make_shared<MemorySink>();
-  const ArraySpec a = grid_array(2, 181, 360);
-  const std::vector<float> data = fields(2, 181 * 360);
-  Slab probe{reinterpret_cast<const std::uint8_t*>(data.data()), {2, 181, 360}, {181 * 360 * 4, 360 * 4, 4}, 4};
-  const DeviceLayout d = engine->device_layout({&a, mem, probe, {range(2), range(181), range(360)}});
-  const std::vector<std::uint8_t> dev = shuffled_like_the_caller(data, d);
-  Slab s{dev.data(), {2, 181, 360}, {181 * 360 * 4, 360 * 4, 4}, 4};
+  const TwoMembers w(*engine, mem);
+  const ArraySpec& a = w.a;
+  const std::vector<float>& data = w.data;
+  const Slab& s = w.slab;
   cuda::Stream producer = nullptr;
   CHECK(api->StreamCreateWithFlags(&producer, 0) == 0);
   hold(producer, 1);  // nothing compresses: every submit keeps its scratch set

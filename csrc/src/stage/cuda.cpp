@@ -1,5 +1,7 @@
 #include "e2fastio/cuda.hpp"
 
+#include "e2fastio/dynlib.hpp"
+
 #include <dlfcn.h>
 #include <link.h>
 
@@ -29,12 +31,7 @@ struct Loaded {
   std::string why;
 };
 
-template <class F>
-bool bind(void* h, const char* name, F*& slot, std::string& why) {
-  slot = reinterpret_cast<F*>(dlsym(h, name));
-  if (!slot) why = std::string("symbol ") + name + " missing";
-  return slot != nullptr;
-}
+using dynlib::bind;
 
 Loaded load() {
   Loaded L;

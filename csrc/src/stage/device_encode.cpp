@@ -19,6 +19,21 @@ namespace {
 
 std::size_t align_to(std::size_t n, std::size_t a) { return a > 1 ? (n + a - 1) / a * a : n; }
 
+// Replace *p (device memory, or pinned device-accessible host memory) by a
+// block of `need` bytes when it holds fewer; nothing may be using it.
+void grow(void** p, std::size_t* cap, std::size_t need, bool pinned_host, const char* what) {
+  if (*cap >= need) return;
+  const cuda::Api* api = cuda::api();
+  if (*p) cuda::check(pinned_host ? api->FreeHost(*p) : api->Free(*p), pinned_host ? "cudaFreeHost" : "cudaFree");
+  *p = nullptr;
+  *cap = 0;
+  const std::string call = std::string(pinned_host ? "cudaHostAlloc (" : "cudaMalloc (") + what + ")";
+  cuda::check(pinned_host ? api->HostAlloc(p, need, cuda::kHostAllocPortable | cuda::kHostAllocMapped)
+                          : api->Malloc(p, need),
+              call.c_str());
+  *cap = need;
+}
+
 }  // namespace
 
 void DeviceEncoded::finish(std::vector<std::size_t> sizes, std::exception_ptr err) {
@@ -119,32 +134,12 @@ DeviceEncoder::Scratch* DeviceEncoder::acquire(std::size_t nblocks, std::size_t 
                   "nvcompBatchedZstdCompressGetMaxOutputChunkSize");
     s->out_stride = align_to(max_out, std::max<std::size_t>(align.output, 8));
     const std::size_t out_need = s->out_stride * nblocks;
-    if (s->out_cap < out_need) {
-      if (s->out) cuda::check(api->Free(s->out), "cudaFree");
-      s->out = nullptr;
-      s->out_cap = 0;
-      cuda::check(api->Malloc(&s->out, out_need), "cudaMalloc (compressed blocks)");
-      s->out_cap = out_need;
-    }
+    grow(&s->out, &s->out_cap, out_need, false, "compressed blocks");
     std::size_t temp_need = 0;
     nvcomp::check(nv->ZstdCompressGetTempSize(nblocks, max_block, opts, &temp_need, total, stream_),
                   "nvcompBatchedZstdCompressGetTempSize");
-    if (s->temp_cap < temp_need) {
-      if (s->temp) cuda::check(api->Free(s->temp), "cudaFree");
-      s->temp = nullptr;
-      s->temp_cap = 0;
-      cuda::check(api->Malloc(&s->temp, temp_need), "cudaMalloc (nvCOMP temp)");
-      s->temp_cap = temp_need;
-    }
-    const std::size_t table_need = Scratch::table_bytes(nblocks);
-    if (s->table_cap < table_need) {
-      if (s->table) cuda::check(api->FreeHost(s->table), "cudaFreeHost");
-      s->table = nullptr;
-      s->table_cap = 0;
-      cuda::check(api->HostAlloc(&s->table, table_need, cuda::kHostAllocPortable | cuda::kHostAllocMapped),
-                  "cudaHostAlloc (nvCOMP tables)");
-      s->table_cap = table_need;
-    }
+    grow(&s->temp, &s->temp_cap, temp_need, false, "nvCOMP temp");
+    grow(&s->table, &s->table_cap, Scratch::table_bytes(nblocks), true, "nvCOMP tables");
     for (cuda::Event* e : {&s->ready, &s->compressed, &s->copied})
       if (!*e) cuda::check(api->EventCreateWithFlags(e, cuda::kEventDisableTiming), "cudaEventCreateWithFlags");
     s->nblocks = nblocks;

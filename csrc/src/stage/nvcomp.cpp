@@ -1,5 +1,7 @@
 #include "e2fastio/nvcomp.hpp"
 
+#include "e2fastio/dynlib.hpp"
+
 #include <dlfcn.h>
 
 #include <cstdlib>
@@ -24,9 +26,7 @@ struct Loaded {
 
 template <class F>
 bool bind(void* h, const char* name, F*& slot, std::string& why) {
-  slot = reinterpret_cast<F*>(dlsym(h, name));
-  if (!slot) why = std::string("symbol ") + name + " missing (not nvCOMP " + std::to_string(kMajor) + ".x?)";
-  return slot != nullptr;
+  return dynlib::bind(h, name, slot, why, " (not nvCOMP " + std::to_string(kMajor) + ".x?)");
 }
 
 Loaded load() {
