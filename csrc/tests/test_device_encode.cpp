@@ -88,7 +88,10 @@ struct TwoMembers {
   std::vector<float> data = fields(2, 181 * 360);
   std::vector<std::uint8_t> dev;
   Slab slab;
-  TwoMembers(const Engine& eng, const std::shared_ptr<MemorySink>& mem) {
+  std::shared_ptr<MemorySink> mem;
+  // The write of both members, from the shuffled "device" data.
+  Engine::Request request() const { return {&a, mem, slab, {range(2), range(181), range(360)}}; }
+  TwoMembers(const Engine& eng, std::shared_ptr<MemorySink> sink) : mem(std::move(sink)) {
     Slab probe{reinterpret_cast<const std::uint8_t*>(data.data()), {2, 181, 360}, {181 * 360 * 4, 360 * 4, 4}, 4};
     dev = shuffled_like_the_caller(data, eng.device_layout({&a, mem, probe, {range(2), range(181), range(360)}}));
     slab = Slab{dev.data(), {2, 181, 360}, {181 * 360 * 4, 360 * 4, 4}, 4};
@@ -157,14 +160,11 @@ TEST(device_encode_stores_a_block_nvcomp_failed_on_raw_and_loses_nothing) {
   Engine eng(2, 64 << 20, 32 << 20);
   auto mem = std::make_shared<MemorySink>();
   const TwoMembers w(eng, mem);
-  const ArraySpec& a = w.a;
-  const std::vector<float>& data = w.data;
-  const Slab& s = w.slab;
   fail_block(2);  // the second block of this submit
-  eng.submit_device({{&a, mem, s, {range(2), range(181), range(360)}}}, nullptr, true);
+  eng.submit_device({w.request()}, nullptr, true);
   eng.flush();
   fail_block(0);
-  CHECK(chunks_read_back(*mem, a, data));
+  CHECK(chunks_read_back(*mem, w.a, w.data));
   const DeviceEncodeStats st = eng.device_encode_stats();
   CHECK(st.failed_blocks == 1 && st.raw_blocks >= 1 && st.memcpyed_chunks == 0);
 }
@@ -177,20 +177,17 @@ TEST(device_encode_launch_failure_raises_stores_nothing_and_frees_its_slot) {
   Engine eng(2, 64 << 20, 32 << 20);
   auto mem = std::make_shared<MemorySink>();
   const TwoMembers w(eng, mem);
-  const ArraySpec& a = w.a;
-  const std::vector<float>& data = w.data;
-  const Slab& s = w.slab;
   fail_call("nvcompBatchedZstdCompressAsync", 1, 0);
   CHECK(e2f_test::throws<std::runtime_error>(
-      [&] { eng.submit_device({{&a, mem, s, {range(2), range(181), range(360)}}}, nullptr, true); },
+      [&] { eng.submit_device({w.request()}, nullptr, true); },
       "nvcompBatchedZstdCompressAsync"));
   eng.flush();
   CHECK(mem->size() == 0);
   CHECK(eng.ring_stats().used_bytes == 0);
   // The engine goes on: the next submit compresses and stores.
-  eng.submit_device({{&a, mem, s, {range(2), range(181), range(360)}}}, nullptr, true);
+  eng.submit_device({w.request()}, nullptr, true);
   eng.flush();
-  CHECK(chunks_read_back(*mem, a, data));
+  CHECK(chunks_read_back(*mem, w.a, w.data));
 }
 
 TEST(device_encode_copy_failure_surfaces_at_flush_naming_the_chunk) {
@@ -201,12 +198,9 @@ TEST(device_encode_copy_failure_surfaces_at_flush_naming_the_chunk) {
   Engine eng(2, 64 << 20, 32 << 20);
   auto mem = std::make_shared<MemorySink>();
   const TwoMembers w(eng, mem);
-  const ArraySpec& a = w.a;
-  const std::vector<float>& data = w.data;
-  const Slab& s = w.slab;
   // A fresh stream fails its copies from the first failed one on (a sticky device error).
   fail_copy();
-  eng.submit_device({{&a, mem, s, {range(2), range(181), range(360)}}}, nullptr, true);
+  eng.submit_device({w.request()}, nullptr, true);
   CHECK(e2f_test::throws<std::runtime_error>([&] { eng.flush(); }, "t2m/c/"));
   CHECK(mem->size() == 0);
   CHECK(eng.ring_stats().used_bytes == 0);
@@ -222,25 +216,22 @@ TEST(device_encode_memory_is_two_scratch_sets_reused_and_freed_with_the_engine) 
   auto engine = std::make_unique<Engine>(2, 64 << 20, 32 << 20);
   auto mem = std::make_shared<MemorySink>();
   const TwoMembers w(*engine, mem);
-  const ArraySpec& a = w.a;
-  const std::vector<float>& data = w.data;
-  const Slab& s = w.slab;
   cuda::Stream producer = nullptr;
   CHECK(api->StreamCreateWithFlags(&producer, 0) == 0);
   hold(producer, 1);  // nothing compresses: every submit keeps its scratch set
-  engine->submit_device({{&a, mem, s, {range(2), range(181), range(360)}}}, producer, true);
+  engine->submit_device({w.request()}, producer, true);
   const long long one_set = device_bytes() - before;
   CHECK(one_set > 0);
-  engine->submit_device({{&a, mem, s, {range(2), range(181), range(360)}}}, producer, true);
+  engine->submit_device({w.request()}, producer, true);
   CHECK(device_bytes() - before == 2 * one_set);
   // A third submit waits for a set (backpressure), allocating nothing meanwhile.
-  std::thread third([&] { engine->submit_device({{&a, mem, s, {range(2), range(181), range(360)}}}, producer, true); });
+  std::thread third([&] { engine->submit_device({w.request()}, producer, true); });
   CHECK(device_bytes() - before <= 2 * one_set);
   hold(producer, 0);
   third.join();
   engine->flush();
   CHECK(device_bytes() - before == 2 * one_set);  // reused, not grown
-  CHECK(chunks_read_back(*mem, a, data));
+  CHECK(chunks_read_back(*mem, w.a, w.data));
   CHECK(engine->device_encode_stats().chunks == 6);
   engine.reset();
   CHECK(device_bytes() == before);  // freed with the engine
