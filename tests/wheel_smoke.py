@@ -76,6 +76,8 @@ def info_reports_this_build() -> None:
     version = importlib.metadata.version("e2fastio")
     check(info["version"] == info["core_version"] == version, f"versions differ: {info} vs {version}")
     check(str(info["blosc_version"]).startswith("1."), f"c-blosc 1.x expected, got {info['blosc_version']}")
+    if os.environ.get("E2FASTIO_EXPECT_LIBDEFLATE"):  # scripts/wheel_cross.sh: its wheels link libdeflate
+        check("deflate by libdeflate" in info["deflate_library"], f"libdeflate expected: {info['deflate_library']}")
 
 
 def main() -> None:
@@ -85,7 +87,7 @@ def main() -> None:
         netcdf = netcdf_round_trip(workdir)
     info_reports_this_build()
     print(f"e2fastio {e2fastio.__version__}: wheel smoke test passed (zarr zstd/zlib/lz4, blocking and not, "
-          f"in memory{', NetCDF zlib' if netcdf else ''}; info)")
+          f"in memory{', NetCDF zlib' if netcdf else ''}; info: {e2fastio.info()['deflate_library']})")
 
 
 if __name__ == "__main__":
