@@ -20,7 +20,8 @@
 # build/roots (made on first use: needs root, debootstrap and qemu-user-static with binfmt_misc;
 # apt-get install qemu-user-static binfmt-support debootstrap). Minutes on 2 cores; the first
 # aarch64 run adds the roots (about 5 min each) and the smoke installs under qemu.
-set -euo pipefail
+set -Eeuo pipefail
+trap 'echo "wheel_cross: failed (line $LINENO: $BASH_COMMAND)" >&2' ERR
 cd "$(dirname "$0")/.."
 OUT=$(realpath -m "${1:-dist/cross}")
 PYTHONS=${PYTHONS:-"3.11 3.12 3.13"}
@@ -122,7 +123,7 @@ smoke_in_root() {  # ARCH PYVER WHEEL TAG; sets $proof (what proved the wheel)
   fi
   root=$ROOTS/$suite-$debarch
   if [[ ! -f "$root/.e2fastio-root" ]]; then
-    say "making a $debarch $suite root in $root (debootstrap, minutes)"
+    say "making the $debarch $suite root in $root (debootstrap, minutes)"
     rm -rf "$root" && mkdir -p "$ROOTS"
     debootstrap --arch="$debarch" --variant=minbase --include=python3,python3-venv,python3-pip \
       "$suite" "$root" http://deb.debian.org/debian > "$ROOTS/$suite-$debarch.log" 2>&1 \
@@ -149,7 +150,7 @@ smoke_in_root() {  # ARCH PYVER WHEEL TAG; sets $proof (what proved the wheel)
     venv/bin/python -m pip install --quiet --disable-pip-version-check ./$(basename "$whl") h5netcdf h5py
     venv/bin/python -c 'import platform, sys; print(\"smoke test on\", platform.machine(), sys.version.split()[0])'
     E2FASTIO_EXPECT_LIBDEFLATE=1 venv/bin/python wheel_smoke.py"
-  proof="smoke test passed in a $debarch Debian $suite root under qemu (glibc $(chroot "$root" ldd --version | head -n1 | grep -o '[0-9.]*$'))"
+  proof="smoke test passed in a $debarch Debian $suite root under qemu ($(chroot "$root" getconf GNU_LIBC_VERSION))"
 }
 
 # ------------------------------------------------------------------ wheels
@@ -223,7 +224,7 @@ EOF
       "$py" -m venv "$B/smoke"
       "$B/smoke/bin/python" -m pip install --quiet --disable-pip-version-check "$whl" h5netcdf h5py
       (cd "$B" && E2FASTIO_EXPECT_LIBDEFLATE=1 "$B/smoke/bin/python" "$OLDPWD/tests/wheel_smoke.py")
-      proof="smoke test passed here (glibc $(ldd --version | head -n1 | grep -o '[0-9.]*$'))"
+      proof="smoke test passed here ($(getconf GNU_LIBC_VERSION))"
     fi
     cp "$whl" "$OUT/"
     built+=("$OUT/$(basename "$whl") ($(du -k "$whl" | cut -f1) KiB; needs: $needed; $proof)")
