@@ -160,8 +160,10 @@ for arch in $ARCHS; do
   if [[ "$arch" != "$(uname -m)" ]]; then
     # CMake is told it cross-compiles (no try-run; the module's suffix comes from SKBUILD_SOABI,
     # see CMakeLists.txt), scikit-build-core the target's extension suffix and platform tag.
-    # The Python headers are the build interpreter's: pyconfig.h of x86_64 and aarch64 Linux
-    # builds agree on everything a pybind11 module reads (LP64, little-endian, glibc).
+    # The Python headers are the build interpreter's. Against Debian 12's arm64 pyconfig.h (3.11)
+    # this machine's differs only in optional modules (bluetooth, gdbm, sqlite), build choices
+    # (shared libpython, dtrace, computed gotos), x86 float asm and HAVE_USABLE_WCHAR_T, which
+    # only CPython's internal headers and the Py_UNICODE API read; pybind11 uses neither.
     cat > "$WORK/toolchain-$arch.cmake" <<EOF
 set(CMAKE_SYSTEM_NAME Linux)
 set(CMAKE_SYSTEM_PROCESSOR $arch)
