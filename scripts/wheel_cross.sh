@@ -150,7 +150,7 @@ smoke_in_root() {  # ARCH PYVER WHEEL TAG; sets $proof (what proved the wheel)
     venv/bin/python -m pip install --quiet --disable-pip-version-check ./$(basename "$whl") h5netcdf h5py
     venv/bin/python -c 'import platform, sys; print(\"smoke test on\", platform.machine(), sys.version.split()[0])'
     E2FASTIO_EXPECT_LIBDEFLATE=1 venv/bin/python wheel_smoke.py"
-  proof="smoke test passed in a $debarch Debian $suite root under qemu ($(chroot "$root" getconf GNU_LIBC_VERSION))"
+  proof="smoke test passed in the $debarch Debian $suite root under qemu ($(chroot "$root" getconf GNU_LIBC_VERSION))"
 }
 
 # ------------------------------------------------------------------ wheels
