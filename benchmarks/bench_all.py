@@ -4,8 +4,9 @@ Runs the other benchmarks of this folder one after another, each in its own
 process (each interleaves and repeats its own competitors), at grids small
 enough for the whole run to take a few minutes on 2 cores, and prints one
 table: per path, e2fastio's time, the peer's, the ratio and the target, and
-whether the target held. The JSON record (machine: CPU model, cores, kernel)
-holds every sub-record too.
+whether the target held. The JSON record (machine: CPU model, family and
+instruction sets, cores, kernel, and one core's blosc zstd-3 rate, which tells
+apart VMs that ``lscpu`` names alike) holds every sub-record too.
 
     python benchmarks/bench_all.py --quick        # a few minutes on 2 cores
     python benchmarks/bench_all.py                # larger grids, 5 rounds (about 15 minutes)
@@ -251,7 +252,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"not run: {name}: {why.splitlines()[0][:150]}")
     print(f"\n{sum(r['held'] is True for r in record['rows'])} targets held, "
           f"{sum(r['held'] is False for r in record['rows'])} missed; {record['seconds'] / 60:.1f} min on "
-          f"{record['machine']['cpu']} ({record['machine']['cores']} cores, kernel {record['machine']['kernel']})")
+          f"{record['machine']['cpu']} ({record['machine']['cores']} cores, kernel {record['machine']['kernel']}, "
+          f"zstd-3 on one core {record['machine']['zstd3_1core_mbps']} MB/s)")
     common.save_json(args.json, record)
     print(f"JSON record: {args.json}")
     return record

@@ -16,7 +16,9 @@ With ``--busy F`` the model step first does a fixed amount of CPU work on the
 calling thread (pure Python, holding the GIL: pre- and post-processing, a
 sampler), calibrated once in the parent to take F x T seconds on an idle
 core, then sleeps the rest of T. Work, not time, is fixed: when IO threads
-slow the caller's thread, the loop takes longer and the overhead shows it.
+slow the caller's thread, the loop takes longer and the overhead shows it;
+the CPU part is also timed on its own each step ("the step's CPU part": how
+much slower the same work ran beside each competitor than without IO).
 """
 
 from __future__ import annotations
@@ -238,13 +240,16 @@ def worker(name: str, size: dict, step_s: float, path: str, max_buffer_bytes: in
 
         fields = [torch.from_numpy(f) for f in w.fields]
     write_s = []
+    busy_part_s: list[float] = []  # how long the step's CPU part took, per step: IO threads slowing it show here
     if busy_iters:
         busy_work(_PROBE_UNITS[BUSY_KIND])  # warm up outside the timed loop (torch's threads and allocator)
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     for k in range(steps):
         if busy_iters:  # the step's CPU part: fixed work on this thread
+            tb = time.perf_counter()
             busy_work(busy_iters)
+            busy_part_s.append(time.perf_counter() - tb)
         time.sleep(step_s - busy_s)  # the rest of the step (GPU compute: the CPU is free)
         x = fields[k % 2]
         if io is not None:
@@ -278,7 +283,8 @@ def worker(name: str, size: dict, step_s: float, path: str, max_buffer_bytes: in
     out = {"cpu_s": cpu_s, "stored_bytes": stored, "device_to_host_bytes": d2h,
            "loop_s": loop, "durable_after_last_step_s": durable, "peak_rss_growth_bytes": peak - base_rss,
            "bytes": nbytes, "write_s_median": statistics.median(write_s) if write_s else 0.0,
-           "write_s_max": max(write_s) if write_s else 0.0, "stats": stats}
+           "write_s_max": max(write_s) if write_s else 0.0,
+           "busy_part_s_median": statistics.median(busy_part_s) if busy_part_s else 0.0, "stats": stats}
     if device != "cpu":
         out["pinned_d2h_gbps"] = pinned_d2h_gbps(w.fields[0].nbytes)
         out["write_gbps_median"] = w.fields[0].nbytes / out["write_s_median"] / 1e9 if write_s else 0.0
@@ -388,6 +394,11 @@ def main(argv: list[str] | None = None) -> dict:
             "device_to_host_bytes": statistics.median(s["device_to_host_bytes"] for s in samples[n]),
             "samples": samples[n],
         }
+        if args.busy:  # the same fixed CPU work, timed on its own: how much slower it ran beside this competitor
+            part = statistics.median(s["busy_part_s_median"] for s in samples[n])
+            base_part = statistics.median(s["busy_part_s_median"] for s in samples["no IO"])
+            table[n]["busy_part_s"] = part
+            table[n]["busy_part_slowdown_pct"] = 100 * (part - base_part) / base_part
     busy_txt = (f" ({100 * args.busy:.0f}% busy: {args.busy_kind} work started from the caller's thread)"
                 if args.busy else "")
     print(f"\nmodel step {args.step_seconds} s{busy_txt} x {size['steps']} steps, "
@@ -401,6 +412,9 @@ def main(argv: list[str] | None = None) -> dict:
         t["write_ms_median"], t["write_ms_max"] = wm, wx
         print(f"{n:<42s}{t['loop_s']:>9.3f}{t['overhead_pct']:>9.1f}%{t['durable_after_last_step_s']:>17.3f}"
               f"{t['peak_rss_growth_mib']:>15.0f}{wm:>14.2f} / {wx:<8.2f}")
+        if args.busy and n != "no IO":
+            print(f"    the step's CPU part: {1e3 * t['busy_part_s']:.1f} ms per step, "
+                  f"{t['busy_part_slowdown_pct']:+.1f}% against no IO (the rest of the overhead: write calls, sleeps)")
         if args.device != "cpu" and n != "no IO":
             print(f"    device->host: write {statistics.median(s['write_gbps_median'] for s in samples[n]):.1f} GB/s, "
                   f"pinned cudaMemcpy {statistics.median(s['pinned_d2h_gbps'] for s in samples[n]):.1f} GB/s")
