@@ -19,7 +19,7 @@ import pytest
 import zarr
 
 from e2fastio import ZarrBackend
-from e2fastio._write.engine import BACKGROUND_NICE, BACKGROUND_SCHED_IDLE
+from e2fastio._write.engine import BACKGROUND_DEFER_SECONDS, BACKGROUND_NICE, BACKGROUND_SCHED_IDLE
 from e2fastio.errors import BackgroundWriteError
 
 BLOSC = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
@@ -149,6 +149,8 @@ def test_nonblocking_threads_run_below_the_caller_and_blocking_ones_at_its_prior
         idle = not blocking and BACKGROUND_SCHED_IDLE
         policy = os.SCHED_IDLE if idle else os.sched_getscheduler(0)
         assert stats["sched_idle_threads"] == (4 if idle else 0)
+        # Deferral while the caller computes: non-blocking backends only (a blocking caller waits anyway).
+        assert stats["defer_busy_seconds"] == pytest.approx(BACKGROUND_DEFER_SECONDS if not blocking else 0.0)
         assert _thread_policies("e2fastio-pool").count(policy) >= 2
         assert _thread_policies("e2fastio-write").count(policy) >= 2
         assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the caller's own policy is untouched
@@ -156,6 +158,47 @@ def test_nonblocking_threads_run_below_the_caller_and_blocking_ones_at_its_prior
         io.close()
         assert native_threads(settle_to=before_pool) == before_pool
         assert native_threads("e2fastio-write", settle_to=before_write) == before_write
+
+
+def test_a_caller_that_computes_between_writes_gets_every_chunk_stored_exactly(tmp_path):
+    # The encoders leave queued chunks while the writing thread computes (up to
+    # BACKGROUND_DEFER_SECONDS per busy stretch): nothing may be lost or wait
+    # for the caller to go idle. Here it computes between every write and then
+    # waits, busy, for the chunks to be stored (an event: the engine's count),
+    # before close() checks the bytes through zarr-python.
+    c = _coords(members=2, steps=6, nlat=32, nlon=64)
+    io = ZarrBackend(str(tmp_path / "busy.zarr"), chunks={"time": 1, "lead_time": 1}, zarr_codecs=BLOSC,
+                     blocking=False, threads=2)
+    io.add_array(c, "v")
+    rng = np.random.default_rng(3)
+    steps = [rng.standard_normal((2, 1, 1, 32, 64)).astype("float32") for _ in range(6)]
+    acc = 0
+    for k, x in enumerate(steps):
+        io.write(x, _step(c, k), "v")
+        for i in range(20_000):  # the model's CPU work, on this thread
+            acc = (acc * 31 + i) & 0xFFFFFFFF
+    engine = io.pipeline.engine.get()
+    while engine.finished_chunks < 6:  # busy until stored: deferral ends by its bound
+        acc = (acc * 31 + 1) & 0xFFFFFFFF
+    assert engine.pending_chunks == 0
+    io.close()
+    back = zarr.open_array(str(tmp_path / "busy.zarr" / "v"), mode="r")[:]
+    np.testing.assert_array_equal(back, np.concatenate(steps, axis=2))
+
+
+def test_a_bad_deferral_setting_names_the_variable(tmp_path):
+    import subprocess
+    import sys
+
+    for bad in ("soon", "-1"):
+        r = subprocess.run([sys.executable, "-c", "import e2fastio"], capture_output=True, text=True,
+                           env={**os.environ, "E2FASTIO_BACKGROUND_DEFER": bad})
+        assert r.returncode != 0
+        assert "E2FASTIO_BACKGROUND_DEFER" in r.stderr and repr(bad) in r.stderr
+    show = "from e2fastio._write.engine import BACKGROUND_DEFER_SECONDS as s; print(s)"
+    r = subprocess.run([sys.executable, "-c", show], capture_output=True, text=True,
+                       env={**os.environ, "E2FASTIO_BACKGROUND_DEFER": "0"})
+    assert r.returncode == 0 and r.stdout.strip() == "0.0"
 
 
 def test_a_writer_that_falls_behind_holds_the_caller_back_within_max_buffer_bytes(tmp_path):

@@ -115,8 +115,11 @@ void register_engine(py::module_& m) {
           "The most bytes one encoded chunk of this array can take.");
 
   py::class_<Engine, std::shared_ptr<Engine>>(m, "Engine")
-      .def(py::init<unsigned, std::size_t, std::size_t, int, bool>(), py::arg("threads"),
-           py::arg("max_buffer_bytes"), py::arg("ring_bytes") = 0, py::arg("nice") = 0, py::arg("idle_sched") = false)
+      .def(py::init<unsigned, std::size_t, std::size_t, int, bool, double>(), py::arg("threads"),
+           py::arg("max_buffer_bytes"), py::arg("ring_bytes") = 0, py::arg("nice") = 0, py::arg("idle_sched") = false,
+           py::arg("defer_busy_seconds") = 0.0)
+      .def_property_readonly("defer_busy_seconds", &Engine::defer_busy_seconds)
+      .def_property_readonly("busy_deferrals", &Engine::busy_deferrals)
       .def_property_readonly("threads", &Engine::threads)
       .def_property_readonly("nice", &Engine::nice)
       .def_property_readonly("idle_sched_threads", &Engine::idle_sched_threads)

@@ -30,6 +30,7 @@
 
 #include "e2fastio/background_errors.hpp"
 #include "e2fastio/buffer_pool.hpp"
+#include "e2fastio/busy_gate.hpp"
 #include "e2fastio/codec.hpp"
 #include "e2fastio/collect_sink.hpp"
 #include "e2fastio/crc32c.hpp"
@@ -204,6 +205,61 @@ TEST(a_background_pool_runs_under_sched_idle_from_its_first_task) {
   CHECK(idle_policy.load() == SCHED_IDLE);
   CHECK(normal_policy.load() == sched_getscheduler(0));
   CHECK(sched_getscheduler(0) != SCHED_IDLE);  // the creator keeps its own policy
+}
+
+// ----------------------------------------------------------------- deferral while the caller computes
+TEST(busy_gate_defers_while_the_caller_computes_and_never_past_its_bound) {
+  const std::int64_t ms = 1000000;
+  BusyGate g(100 * ms);
+  // The first call only sets the baseline; until a 2 ms window has passed the caller counts as busy.
+  CHECK(!g.may_start(0, 0, false));
+  CHECK(!g.may_start(1 * ms, 1 * ms, false));
+  // An idle caller (0.2 ms of CPU in a 2 ms window): start.
+  CHECK(g.may_start(2 * ms, 200000, false));
+  CHECK(g.may_start(3 * ms, 200000, false));  // the verdict holds until the next window ends
+  // A busy caller (1.5 ms of 2): defer, for at most 100 ms of one busy stretch.
+  std::int64_t t = 4 * ms, cpu = 200000 + 1500000;
+  CHECK(!g.may_start(t, cpu, false));
+  CHECK(g.may_start(t, cpu, true));  // a waiter (flush, close, a full ring): start at once
+  for (; t <= 104 * ms; t += 2 * ms, cpu += 2 * ms) CHECK(!g.may_start(t, cpu, false));
+  CHECK(g.may_start(t + 2 * ms, cpu + 2 * ms, false));  // busy for more than 100 ms: run beside it
+  CHECK(g.may_start(t + 4 * ms, cpu + 4 * ms, false));  // and for the rest of this stretch
+  // Idle again ends the stretch; the next busy stretch is deferred afresh.
+  t += 6 * ms;
+  CHECK(g.may_start(t, cpu, false));
+  t += 2 * ms, cpu += 2 * ms;
+  CHECK(!g.may_start(t, cpu, false));
+  CHECK(g.deferrals() > 50);
+  g.reset();  // a new caller thread: a new baseline
+  CHECK(!g.may_start(t + 2 * ms, 0, false));
+}
+
+TEST(engine_with_deferral_stores_every_chunk_beside_a_caller_that_never_stops_computing) {
+  // The caller spins (its thread always busy) until the chunks it submitted
+  // are stored: deferral must end by its bound, never waiting for the caller
+  // to go idle. The caller waits for the event (finished chunks), not a time.
+  Engine eng(2, 8 << 20, 4 << 20, 19, false, 0.05);
+  CHECK(eng.defer_busy_seconds() == 0.05);
+  auto mem = std::make_shared<MemorySink>();
+  ArraySpec a = make_array({8, 256}, {1, 256}, true);
+  std::vector<float> data(8 * 256, 2.5f);
+  Slab s{reinterpret_cast<const uint8_t*>(data.data()), {8, 256}, {1024, 4}, 4};
+  volatile std::uint64_t spin = 0;
+  for (int round = 0; round < 3; ++round) {
+    eng.submit({{&a, mem, s, {iota(0, 8), iota(0, 256)}}});
+    while (eng.finished_chunks() < static_cast<std::uint64_t>(8 * (round + 1)))
+      for (int i = 0; i < 10000; ++i) spin = spin + 1;  // busy: no sleep, no wait
+  }
+  CHECK(eng.pending_chunks() == 0);
+  eng.flush();
+  auto out = read_back_2d(*mem, a);
+  CHECK(out[0] == 2.5f && out[8 * 256 - 1] == 2.5f);
+  // flush() starts deferred chunks at once: a caller that submits and then flushes never waits out the bound.
+  Engine slow(2, 8 << 20, 4 << 20, 19, false, 3600.0);
+  slow.submit({{&a, mem, s, {iota(0, 8), iota(0, 256)}}});
+  slow.flush();  // would take an hour if the waiting caller did not open the gate
+  CHECK(slow.pending_chunks() == 0);
+  CHECK(throws<std::invalid_argument>([] { Engine bad(1, 8 << 20, 4 << 20, 19, false, -1.0); }, "defer_busy_seconds"));
 }
 
 // ----------------------------------------------------------------- staging bound

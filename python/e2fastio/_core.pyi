@@ -329,7 +329,13 @@ class Engine:
     """The chunk pipeline: encoder threads, encode buffers and (for non-blocking writes) a staging ring."""
 
     def __init__(self, threads: _Int, max_buffer_bytes: _Int, ring_bytes: _Int = 0, nice: _Int = 0,
-                 idle_sched: bool = False) -> None: ...
+                 idle_sched: bool = False, defer_busy_seconds: float = 0.0) -> None: ...
+    @property
+    def defer_busy_seconds(self) -> float:
+        """How long encoders may leave queued chunks while the submitting thread computes (0: never)."""
+    @property
+    def busy_deferrals(self) -> int:
+        """Times an encoder left a queued chunk because the submitting thread was busy."""
     @property
     def threads(self) -> int: ...
     @property

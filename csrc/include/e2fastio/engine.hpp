@@ -18,6 +18,7 @@
 
 #include "e2fastio/background_errors.hpp"
 #include "e2fastio/buffer_pool.hpp"
+#include "e2fastio/busy_gate.hpp"
 #include "e2fastio/codec.hpp"
 #include "e2fastio/device_encode.hpp"
 #include "e2fastio/device_staging.hpp"
@@ -67,8 +68,12 @@ class Engine {
   // wait for a lease (backpressure) when writers fall behind. A chunk counts
   // as done (write_batch returns, flush() returns, its same-key successor
   // starts) only once it is stored.
+  // `defer_busy_seconds` > 0 (with `nice` > 0): encoders leave queued chunks
+  // while the thread that submits is busy with its own CPU work, for at most
+  // that long per busy stretch (BusyGate); a thread in flush()/wait_idle() or
+  // a half-full ring makes them start at once.
   Engine(unsigned threads, std::size_t max_buffer_bytes, std::size_t ring_bytes = 0, int nice = 0,
-         bool idle_sched = false);
+         bool idle_sched = false, double defer_busy_seconds = 0.0);
   ~Engine();
 
   // Write `slab` at the orthogonal selection `index[d]` (one target index per
@@ -143,6 +148,9 @@ class Engine {
   int nice() const noexcept { return pool_.nice(); }
   // Engine threads (encoders and writers) running under SCHED_IDLE.
   unsigned idle_sched_threads() const noexcept;
+  double defer_busy_seconds() const noexcept { return static_cast<double>(defer_ns_) / 1e9; }
+  // Times an encoder left a queued chunk because the caller was busy.
+  std::uint64_t busy_deferrals() const noexcept { return busy_deferrals_.load(); }
   unsigned writer_threads() const;  // 0 once shut down
   BufferPool& buffers() noexcept { return *buffers_; }
   EngineStats stats() const;
@@ -217,6 +225,19 @@ class Engine {
   std::mutex device_mu_;    // device submits take their sequence numbers in order under it
   std::uint64_t device_seq_ = 0;
   std::atomic<std::uint64_t> copies_done_{0};  // as last computed (a forked child reads only this)
+  // Deferral (background engines with defer_busy_seconds > 0): encoders
+  // leave queued chunks while the caller (the thread that last submitted) is
+  // busy with its own CPU work; see BusyGate.
+  bool background_may_start();
+  std::int64_t defer_ns_ = 0;
+  std::atomic<int> waiters_{0};                      // threads in flush() or wait_idle()
+  std::atomic<bool> has_caller_{false};
+  std::atomic<long> caller_clock_{0};                // clockid_t of the caller's thread CPU clock
+  std::atomic<std::int64_t> cpu_in_submit_ns_{0};    // the caller's CPU time inside submit, finished calls
+  std::atomic<std::int64_t> submit_entry_cpu_ns_{-1};  // its CPU clock at the running submit's start, or -1
+  std::mutex gate_mu_;  // only encoders and submit take it (never an inherited engine's: see submit)
+  BusyGate gate_{0};
+  std::atomic<std::uint64_t> busy_deferrals_{0};
   // Fork: the process that created the engine, and whether it was abandoned.
   const long owner_pid_;
   bool abandoned_ = false;

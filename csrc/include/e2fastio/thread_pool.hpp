@@ -2,6 +2,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <deque>
@@ -41,6 +42,18 @@ class ThreadPool {
   // Called (outside the pool's lock) after each task is queued: lets a waiter
   // that helps know there is work. Set before the first submit.
   void on_queued(std::function<void()> hook) { on_queued_ = std::move(hook); }
+  // Optional, set before the first submit: consulted by a worker before it
+  // takes a queued task; false means "not now", and the worker asks again
+  // after `poll` (or when woken). run_one() (a waiter helping) never asks.
+  void set_gate(std::function<bool()> may_start, std::chrono::microseconds poll) {
+    gate_ = std::move(may_start);
+    gate_poll_ = poll;
+  }
+  // Wake every idle worker (e.g. a gate just opened).
+  void wake_all() {
+    { std::lock_guard<std::mutex> lk(mu_); }
+    cv_.notify_all();
+  }
   unsigned size() const noexcept { return static_cast<unsigned>(workers_.size()); }
   int nice() const noexcept { return nice_; }
   // Workers that run under SCHED_IDLE (they set it themselves as they start).
@@ -66,6 +79,8 @@ class ThreadPool {
   std::deque<std::function<void()>> queue_;
   std::atomic<std::size_t> queued_{0};
   std::function<void()> on_queued_;
+  std::function<bool()> gate_;
+  std::chrono::microseconds gate_poll_{1000};
   std::vector<std::thread> workers_;
   bool stop_ = false;
   bool abandoned_ = false;

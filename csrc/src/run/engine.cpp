@@ -2,10 +2,13 @@
 
 #include "e2fastio/nvcomp.hpp"
 
+#include <pthread.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -32,7 +35,8 @@ void leak_in_place(T& obj) {
 
 }  // namespace
 
-Engine::Engine(unsigned threads, std::size_t max_buffer_bytes, std::size_t ring_bytes, int nice, bool idle_sched)
+Engine::Engine(unsigned threads, std::size_t max_buffer_bytes, std::size_t ring_bytes, int nice, bool idle_sched,
+               double defer_busy_seconds)
     : pool_(threads, ThreadPool::kThreadName, nice, idle_sched),
       // Started here, on the creator's thread, like the encoders: the same
       // priority, and no thread start inside the first write.
@@ -44,6 +48,13 @@ Engine::Engine(unsigned threads, std::size_t max_buffer_bytes, std::size_t ring_
   // A thread helping in wait_idle() learns of queued work (see help_until_idle).
   pool_.on_queued([this] { wake_helpers(); });
   writers_->on_queued([this] { wake_helpers(); });
+  E2F_EXPECT(defer_busy_seconds >= 0.0 && defer_busy_seconds <= 3600.0,
+             "defer_busy_seconds must be between 0 and 3600");
+  if (nice > 0 && defer_busy_seconds > 0.0) {
+    defer_ns_ = static_cast<std::int64_t>(defer_busy_seconds * 1e9);
+    gate_ = BusyGate(defer_ns_);
+    pool_.set_gate([this] { return background_may_start(); }, std::chrono::microseconds(1000));
+  }
   if (ring_bytes > 0) {
     E2F_EXPECT(ring_bytes < max_buffer_bytes, "the staging ring must be smaller than max_buffer_bytes");
     ring_ = std::make_unique<StagingRing>(ring_bytes, cuda::available());
@@ -400,7 +411,66 @@ void Engine::dispatch_batch(const std::shared_ptr<Batch>& batch) {
   for (std::size_t j = 0; j < batch->jobs.size(); ++j) dispatch_ordered(batch, j);
 }
 
-void Engine::submit(const std::vector<Request>& requests) { dispatch_batch(stage(requests, true)); }
+namespace {
+std::int64_t ns_of(const timespec& t) { return std::int64_t{t.tv_sec} * 1000000000 + t.tv_nsec; }
+std::int64_t cpu_ns(clockid_t c) {
+  timespec t{};
+  return ::clock_gettime(c, &t) == 0 ? ns_of(t) : -1;
+}
+}  // namespace
+
+void Engine::submit(const std::vector<Request>& requests) {
+  if (defer_ns_ == 0) {
+    dispatch_batch(stage(requests, true));
+    return;
+  }
+  ensure_usable();  // before gate_mu_: in a forked child a vanished thread may have held it
+  // The caller's CPU time in here is feeding us, not competing with us: BusyGate leaves it out.
+  clockid_t cid{};
+  const std::int64_t entry = pthread_getcpuclockid(pthread_self(), &cid) == 0 ? cpu_ns(cid) : -1;
+  if (entry >= 0) {
+    if (caller_clock_.exchange(static_cast<long>(cid)) != static_cast<long>(cid) || !has_caller_.load()) {
+      std::lock_guard<std::mutex> lk(gate_mu_);
+      gate_.reset();  // a new caller thread
+      cpu_in_submit_ns_.store(0);
+    }
+    submit_entry_cpu_ns_.store(entry);
+    has_caller_.store(true);
+  }
+  struct Leave {
+    Engine& e;
+    clockid_t cid;
+    std::int64_t entry;
+    ~Leave() {
+      if (entry < 0) return;
+      const std::int64_t now = cpu_ns(cid);
+      if (now >= entry) e.cpu_in_submit_ns_.fetch_add(now - entry);
+      e.submit_entry_cpu_ns_.store(-1);
+    }
+  } leave{*this, cid, entry};
+  dispatch_batch(stage(requests, true));
+}
+
+bool Engine::background_may_start() {
+  if (!has_caller_.load()) return true;
+  bool urgent = waiters_.load() > 0;
+  if (!urgent && ring_) {
+    const RingStats rs = ring_->stats();
+    urgent = rs.used_bytes * 2 > rs.capacity;  // half full: the caller would soon wait for space
+  }
+  const auto cid = static_cast<clockid_t>(caller_clock_.load());
+  const std::int64_t cpu = cpu_ns(cid);
+  if (cpu < 0) return true;  // the caller's thread is gone
+  std::int64_t outside = cpu - cpu_in_submit_ns_.load();
+  const std::int64_t entry = submit_entry_cpu_ns_.load();
+  if (entry >= 0 && cpu >= entry) outside -= cpu - entry;  // a submit is running: its time so far is ours too
+  timespec now{};
+  ::clock_gettime(CLOCK_MONOTONIC, &now);
+  std::lock_guard<std::mutex> lk(gate_mu_);
+  const bool start = gate_.may_start(ns_of(now), outside, urgent);
+  if (!start) busy_deferrals_.fetch_add(1);
+  return start;
+}
 
 bool Engine::cuda_available() const { return cuda::available(); }
 
@@ -654,6 +724,9 @@ void Engine::check() {
 void Engine::flush() {
   if (inherited()) return;  // chunks pending at the fork are the parent's to store
   {
+    waiters_.fetch_add(1);
+    struct Done { std::atomic<int>& n; ~Done() { n.fetch_sub(1); } } done{waiters_};
+    pool_.wake_all();
     std::unique_lock<std::mutex> lk(async_mu_);
     async_cv_.wait(lk, [this] { return pending_ == 0; });
   }
@@ -666,6 +739,9 @@ bool Engine::wait_idle(double timeout_seconds, bool help) {
       std::chrono::steady_clock::now() +
       std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(
           std::min(std::max(0.0, timeout_seconds), 1e9)));
+  waiters_.fetch_add(1);
+  struct Done { std::atomic<int>& n; ~Done() { n.fetch_sub(1); } } done{waiters_};
+  pool_.wake_all();
   if (help) help_until_idle(deadline);
   std::unique_lock<std::mutex> lk(async_mu_);
   return async_cv_.wait_until(lk, deadline, [this] { return pending_ == 0; });

@@ -88,6 +88,16 @@ void ThreadPool::run() {
       std::unique_lock<std::mutex> lk(mu_);
       cv_.wait(lk, [this] { return stop_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stop_ and drained
+      if (gate_ && !stop_) {
+        lk.unlock();
+        const bool now = gate_();  // outside the lock: it may read clocks, take other locks
+        lk.lock();
+        if (!now) {
+          cv_.wait_for(lk, gate_poll_);
+          continue;
+        }
+        if (queue_.empty()) continue;  // another thread took it meanwhile
+      }
       task = std::move(queue_.front());
       queue_.pop_front();
       queued_.fetch_sub(1);

@@ -36,6 +36,31 @@ BACKGROUND_NICE = 19
 BACKGROUND_SCHED_IDLE = os.environ.get("E2FASTIO_BACKGROUND_SCHED", "nice") == "idle"
 
 
+def _defer_seconds() -> float:
+    v = os.environ.get("E2FASTIO_BACKGROUND_DEFER", "")
+    if not v:
+        return 0.25
+    try:
+        s = float(v)
+    except ValueError:
+        raise ValueError(
+            f"E2FASTIO_BACKGROUND_DEFER must be a number of seconds (0 turns deferral off), got {v!r}") from None
+    if not 0.0 <= s <= 3600.0:
+        raise ValueError(f"E2FASTIO_BACKGROUND_DEFER must be between 0 and 3600 seconds, got {v!r}")
+    return s
+
+
+# How long (seconds, per busy stretch) a non-blocking backend's encoders leave
+# queued chunks while the thread that writes is busy with its own CPU work
+# (time spent inside our write, copying into the ring, does not count), so
+# that compression runs in the caller's idle time: a model step's CPU part
+# ran about 10% slower with encoders compressing beside it, even on the other
+# core (docs/benchmarks.md, session 14). A thread waiting in flush/close or a
+# half-full staging ring starts them at once. E2FASTIO_BACKGROUND_DEFER
+# (seconds; 0 turns it off).
+BACKGROUND_DEFER_SECONDS = _defer_seconds()
+
+
 class EngineHandle:
     """Owns one native ``Engine`` (its encoder threads and staging buffers).
 
@@ -60,7 +85,8 @@ class EngineHandle:
         with self._lock:
             if self._engine is None:
                 self._engine = _core.Engine(self.threads, self.max_buffer_bytes, self.ring_bytes, self.nice,
-                                            self.nice > 0 and BACKGROUND_SCHED_IDLE)
+                                            self.nice > 0 and BACKGROUND_SCHED_IDLE,
+                                            BACKGROUND_DEFER_SECONDS if self.nice > 0 else 0.0)
             return self._engine
 
     @property
@@ -73,7 +99,8 @@ class EngineHandle:
             return dict(self._last_stats)
         out: dict[str, Any] = {**e.stats(), "buffers": e.buffer_stats(), "threads": e.threads,
                                "writer_threads": e.writer_threads, "nice": e.nice,
-                               "sched_idle_threads": e.idle_sched_threads}
+                               "sched_idle_threads": e.idle_sched_threads,
+                               "defer_busy_seconds": e.defer_busy_seconds, "busy_deferrals": e.busy_deferrals}
         out["device_encode"] = e.device_encode_stats()
         if e.has_ring:
             out["ring"] = e.ring_stats()
