@@ -212,26 +212,47 @@ TEST(busy_gate_defers_while_the_caller_computes_and_never_past_its_bound) {
   const std::int64_t ms = 1000000;
   BusyGate g(100 * ms);
   // The first call only sets the baseline; until a 2 ms window has passed the caller counts as busy.
-  CHECK(!g.may_start(0, 0, false));
-  CHECK(!g.may_start(1 * ms, 1 * ms, false));
+  CHECK(!g.may_start(0, 0, 0, false));
+  CHECK(!g.may_start(1 * ms, 1 * ms, 0, false));
   // An idle caller (0.2 ms of CPU in a 2 ms window): start.
-  CHECK(g.may_start(2 * ms, 200000, false));
-  CHECK(g.may_start(3 * ms, 200000, false));  // the verdict holds until the next window ends
+  CHECK(g.may_start(2 * ms, ms / 5, 0, false));
+  CHECK(g.may_start(3 * ms, ms / 5, 0, false));  // the verdict holds until the next window ends
   // A busy caller (1.5 ms of 2): defer, for at most 100 ms of one busy stretch.
-  std::int64_t t = 4 * ms, cpu = 200000 + 1500000;
-  CHECK(!g.may_start(t, cpu, false));
-  CHECK(g.may_start(t, cpu, true));  // a waiter (flush, close, a full ring): start at once
-  for (; t <= 104 * ms; t += 2 * ms, cpu += 2 * ms) CHECK(!g.may_start(t, cpu, false));
-  CHECK(g.may_start(t + 2 * ms, cpu + 2 * ms, false));  // busy for more than 100 ms: run beside it
-  CHECK(g.may_start(t + 4 * ms, cpu + 4 * ms, false));  // and for the rest of this stretch
+  std::int64_t t = 4 * ms, cpu = ms / 5 + 3 * ms / 2;
+  CHECK(!g.may_start(t, cpu, 0, false));
+  CHECK(g.may_start(t, cpu, 0, true));  // a waiter (flush, close, a full ring): start at once
+  for (; t <= 104 * ms; t += 2 * ms, cpu += 2 * ms) CHECK(!g.may_start(t, cpu, 0, false));
+  CHECK(g.may_start(t, cpu, 0, false));                   // busy for more than 100 ms: run beside it
+  CHECK(g.may_start(t + 2 * ms, cpu + 2 * ms, 0, false));  // and for the rest of this stretch
   // Idle again ends the stretch; the next busy stretch is deferred afresh.
-  t += 6 * ms;
-  CHECK(g.may_start(t, cpu, false));
+  t += 4 * ms, cpu += 2 * ms;
+  CHECK(g.may_start(t, cpu, 0, false));
   t += 2 * ms, cpu += 2 * ms;
-  CHECK(!g.may_start(t, cpu, false));
+  CHECK(!g.may_start(t, cpu, 0, false));
   CHECK(g.deferrals() > 50);
+  // A write after a pause: its chunks wait until the caller has been watched for 1 ms after it.
+  t += 2 * ms;
+  CHECK(g.may_start(t, cpu, 0, false));  // idle (waiting for its step)
+  g.entering();
+  CHECK(!g.may_start(t + ms / 2, cpu, ms / 2, false));  // inside the write: not yet
+  g.submitted(t + ms, cpu, ms);
+  CHECK(!g.may_start(t + 3 * ms / 2, cpu + ms / 2, ms, false));  // 0.5 ms after it, too soon to tell
+  CHECK(g.may_start(t + 2 * ms, cpu + ms / 10, ms, false));       // 1 ms after it, idle (a GPU step): start
+  g.entering();
+  g.submitted(t + 3 * ms, cpu + ms / 10, 2 * ms);
+  CHECK(!g.may_start(t + 4 * ms, cpu + ms, 2 * ms, false));  // 1 ms after it, computing: defer
+  // A caller that writes in a loop (most of its time inside submit) feeds us: no wait at its writes.
+  BusyGate loop(100 * ms);
+  std::int64_t w = 0, c = 0, in = 0;
+  CHECK(!loop.may_start(w, c, in, false));  // baseline
+  for (int i = 0; i < 20; ++i) {
+    loop.entering();
+    w += 3 * ms, in += 5 * ms / 2, c += ms / 2;  // 2.5 ms copying, 0.5 ms of its own between writes
+    loop.submitted(w, c, in);
+    if (i > 0) CHECK(loop.may_start(w, c, in, false));
+  }
   g.reset();  // a new caller thread: a new baseline
-  CHECK(!g.may_start(t + 2 * ms, 0, false));
+  CHECK(!g.may_start(t + 5 * ms, 0, 0, false));
 }
 
 TEST(engine_with_deferral_stores_every_chunk_beside_a_caller_that_never_stops_computing) {

@@ -19,26 +19,59 @@ namespace e2fastio {
 
 class BusyGate {
  public:
-  static constexpr std::int64_t kWindowNs = 2000000;  // 2 ms samples
+  static constexpr std::int64_t kWindowNs = 2000000;     // 2 ms samples
+  static constexpr std::int64_t kFirstLookNs = 1000000;  // after a write that follows a pause: judge after 1 ms
 
   explicit BusyGate(std::int64_t max_defer_ns) : max_defer_ns_(max_defer_ns) {}
 
-  // `wall_ns`: a monotonic clock; `caller_cpu_ns`: the caller's thread CPU
-  // time outside submit. `urgent`: a thread waits for the chunks (flush,
-  // close, a full ring): start now, whatever the caller does. Returns whether
-  // an encoder may start a chunk now. Not thread-safe (the engine locks).
-  bool may_start(std::int64_t wall_ns, std::int64_t caller_cpu_ns, bool urgent) {
-    if (!have_sample_) {
-      // The first sample only sets the baseline; until a window has passed
-      // the caller is taken as busy (at most 2 ms of delay when it is not).
-      have_sample_ = true;
-      sample_wall_ = wall_ns;
-      sample_cpu_ = caller_cpu_ns;
+  // The caller entered submit. A write after a pause (the caller was neither
+  // computing nor writing: it waited for its step) says nothing about what it
+  // does next, and the chunks it queues must not start on the strength of
+  // that pause: they wait until the caller has been watched for 1 ms after
+  // the write. A caller that writes in a loop (a quarter of the last window or
+  // more inside submit) feeds us: its chunks start at once.
+  void entering() {
+    if (have_sample_ && !busy_ && !feeding_) {
+      fresh_ = true;
       busy_ = true;
-    } else if (wall_ns - sample_wall_ >= kWindowNs) {
-      busy_ = (caller_cpu_ns - sample_cpu_) * 2 > (wall_ns - sample_wall_);
+    }
+  }
+  // The submit returned; the samples are then (see may_start). The window restarts here when fresh.
+  void submitted(std::int64_t wall_ns, std::int64_t caller_cpu_ns, std::int64_t in_submit_ns) {
+    if (!have_sample_ || fresh_) {
+      have_sample_ = true;
+      fresh_ = true;
+      busy_ = true;
       sample_wall_ = wall_ns;
       sample_cpu_ = caller_cpu_ns;
+      sample_in_submit_ = in_submit_ns;
+    }
+  }
+
+  // `wall_ns`: a monotonic clock; `caller_cpu_ns`: the caller's thread CPU
+  // time outside submit; `in_submit_ns`: the wall time it spent inside submit
+  // (the running call's so far included). `urgent`: a thread waits for the
+  // chunks (flush, close, a half-full ring): start now, whatever the caller
+  // does. Returns whether an encoder may start a chunk now. Not thread-safe
+  // (the engine locks).
+  bool may_start(std::int64_t wall_ns, std::int64_t caller_cpu_ns, std::int64_t in_submit_ns, bool urgent) {
+    if (!have_sample_) {
+      // The first call only sets the baseline; the caller is judged once a window has passed.
+      have_sample_ = true;
+      busy_ = true;
+      sample_wall_ = wall_ns;
+      sample_cpu_ = caller_cpu_ns;
+      sample_in_submit_ = in_submit_ns;
+    } else {
+      const std::int64_t dt = wall_ns - sample_wall_;
+      if (dt >= (fresh_ ? kFirstLookNs : kWindowNs)) {
+        busy_ = (caller_cpu_ns - sample_cpu_) * 2 > dt;            // more than half of it on a CPU, its own work
+        feeding_ = (in_submit_ns - sample_in_submit_) * 4 >= dt;  // a quarter of it or more inside submit
+        fresh_ = false;
+        sample_wall_ = wall_ns;
+        sample_cpu_ = caller_cpu_ns;
+        sample_in_submit_ = in_submit_ns;
+      }
     }
     if (!busy_) {
       deferring_since_ = -1;
@@ -53,8 +86,7 @@ class BusyGate {
 
   // A new caller thread (or none): forget the samples of the old one.
   void reset() {
-    have_sample_ = false;
-    busy_ = false;
+    have_sample_ = fresh_ = busy_ = feeding_ = false;
     deferring_since_ = -1;
   }
   std::int64_t max_defer_ns() const noexcept { return max_defer_ns_; }
@@ -63,8 +95,10 @@ class BusyGate {
  private:
   std::int64_t max_defer_ns_;
   bool have_sample_ = false;
-  bool busy_ = false;
-  std::int64_t sample_wall_ = 0, sample_cpu_ = 0;
+  bool fresh_ = false;    // watching the caller after a write that followed a pause
+  bool busy_ = false;     // the last verdict: computing (or not yet known)
+  bool feeding_ = false;  // the last window: writing in a loop
+  std::int64_t sample_wall_ = 0, sample_cpu_ = 0, sample_in_submit_ = 0;
   std::int64_t deferring_since_ = -1;
   std::uint64_t deferrals_ = 0;
 };

@@ -235,6 +235,8 @@ class Engine {
   std::atomic<long> caller_clock_{0};                // clockid_t of the caller's thread CPU clock
   std::atomic<std::int64_t> cpu_in_submit_ns_{0};    // the caller's CPU time inside submit, finished calls
   std::atomic<std::int64_t> submit_entry_cpu_ns_{-1};  // its CPU clock at the running submit's start, or -1
+  std::atomic<std::int64_t> wall_in_submit_ns_{0};     // wall time inside submit, finished calls
+  std::atomic<std::int64_t> submit_entry_wall_ns_{-1}; // the running submit's start (monotonic), or -1
   std::mutex gate_mu_;  // only encoders and submit take it (never an inherited engine's: see submit)
   BusyGate gate_{0};
   std::atomic<std::uint64_t> busy_deferrals_{0};

@@ -417,6 +417,11 @@ std::int64_t cpu_ns(clockid_t c) {
   timespec t{};
   return ::clock_gettime(c, &t) == 0 ? ns_of(t) : -1;
 }
+std::int64_t wall_ns() {
+  timespec t{};
+  ::clock_gettime(CLOCK_MONOTONIC, &t);
+  return ns_of(t);
+}
 }  // namespace
 
 void Engine::submit(const std::vector<Request>& requests) {
@@ -425,29 +430,37 @@ void Engine::submit(const std::vector<Request>& requests) {
     return;
   }
   ensure_usable();  // before gate_mu_: in a forked child a vanished thread may have held it
-  // The caller's CPU time in here is feeding us, not competing with us: BusyGate leaves it out.
+  // The caller's time in here is feeding us, not competing with us: BusyGate leaves it out.
   clockid_t cid{};
   const std::int64_t entry = pthread_getcpuclockid(pthread_self(), &cid) == 0 ? cpu_ns(cid) : -1;
+  const std::int64_t entry_wall = wall_ns();
   if (entry >= 0) {
+    std::lock_guard<std::mutex> lk(gate_mu_);
     if (caller_clock_.exchange(static_cast<long>(cid)) != static_cast<long>(cid) || !has_caller_.load()) {
-      std::lock_guard<std::mutex> lk(gate_mu_);
       gate_.reset();  // a new caller thread
       cpu_in_submit_ns_.store(0);
+      wall_in_submit_ns_.store(0);
     }
     submit_entry_cpu_ns_.store(entry);
+    submit_entry_wall_ns_.store(entry_wall);
+    gate_.entering();
     has_caller_.store(true);
   }
   struct Leave {
     Engine& e;
     clockid_t cid;
-    std::int64_t entry;
+    std::int64_t entry, entry_wall;
     ~Leave() {
       if (entry < 0) return;
-      const std::int64_t now = cpu_ns(cid);
+      const std::int64_t now = cpu_ns(cid), now_wall = wall_ns();
+      std::lock_guard<std::mutex> lk(e.gate_mu_);
       if (now >= entry) e.cpu_in_submit_ns_.fetch_add(now - entry);
+      e.wall_in_submit_ns_.fetch_add(now_wall - entry_wall);
       e.submit_entry_cpu_ns_.store(-1);
+      e.submit_entry_wall_ns_.store(-1);
+      e.gate_.submitted(now_wall, now - e.cpu_in_submit_ns_.load(), e.wall_in_submit_ns_.load());
     }
-  } leave{*this, cid, entry};
+  } leave{*this, cid, entry, entry_wall};
   dispatch_batch(stage(requests, true));
 }
 
@@ -461,13 +474,14 @@ bool Engine::background_may_start() {
   const auto cid = static_cast<clockid_t>(caller_clock_.load());
   const std::int64_t cpu = cpu_ns(cid);
   if (cpu < 0) return true;  // the caller's thread is gone
+  const std::int64_t now = wall_ns();
+  std::lock_guard<std::mutex> lk(gate_mu_);  // the submit counters below change together under it
   std::int64_t outside = cpu - cpu_in_submit_ns_.load();
-  const std::int64_t entry = submit_entry_cpu_ns_.load();
+  std::int64_t inside = wall_in_submit_ns_.load();
+  const std::int64_t entry = submit_entry_cpu_ns_.load(), entry_wall = submit_entry_wall_ns_.load();
   if (entry >= 0 && cpu >= entry) outside -= cpu - entry;  // a submit is running: its time so far is ours too
-  timespec now{};
-  ::clock_gettime(CLOCK_MONOTONIC, &now);
-  std::lock_guard<std::mutex> lk(gate_mu_);
-  const bool start = gate_.may_start(ns_of(now), outside, urgent);
+  if (entry_wall >= 0 && now >= entry_wall) inside += now - entry_wall;
+  const bool start = gate_.may_start(now, outside, inside, urgent);
   if (!start) busy_deferrals_.fetch_add(1);
   return start;
 }
