@@ -79,9 +79,7 @@ class BusyGate {
     }
     if (urgent) return true;
     if (deferring_since_ < 0) deferring_since_ = wall_ns;
-    if (wall_ns - deferring_since_ > max_defer_ns_) return true;  // busy for long: run beside it (nice 19)
-    ++deferrals_;
-    return false;
+    return wall_ns - deferring_since_ > max_defer_ns_;  // busy for long: run beside it (nice 19)
   }
 
   // A new caller thread (or none): forget the samples of the old one.
@@ -89,8 +87,6 @@ class BusyGate {
     have_sample_ = fresh_ = busy_ = feeding_ = false;
     deferring_since_ = -1;
   }
-  std::int64_t max_defer_ns() const noexcept { return max_defer_ns_; }
-  std::uint64_t deferrals() const noexcept { return deferrals_; }
 
  private:
   std::int64_t max_defer_ns_;
@@ -100,7 +96,6 @@ class BusyGate {
   bool feeding_ = false;  // the last window: writing in a loop
   std::int64_t sample_wall_ = 0, sample_cpu_ = 0, sample_in_submit_ = 0;
   std::int64_t deferring_since_ = -1;
-  std::uint64_t deferrals_ = 0;
 };
 
 }  // namespace e2fastio

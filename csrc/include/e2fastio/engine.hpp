@@ -230,15 +230,23 @@ class Engine {
   // busy with its own CPU work; see BusyGate.
   bool background_may_start();
   std::int64_t defer_ns_ = 0;
-  std::atomic<int> waiters_{0};                      // threads in flush() or wait_idle()
+  std::atomic<int> waiters_{0};        // threads in flush() or wait_idle() (Waiting)
+  struct Waiting {                     // counts a waiting thread and wakes the encoders: the gate opens
+    Engine& e;
+    explicit Waiting(Engine& engine) : e(engine) {
+      e.waiters_.fetch_add(1);
+      e.pool_.wake_all();
+    }
+    ~Waiting() { e.waiters_.fetch_sub(1); }
+  };
   std::atomic<bool> has_caller_{false};
-  std::atomic<long> caller_clock_{0};                // clockid_t of the caller's thread CPU clock
-  std::atomic<std::int64_t> cpu_in_submit_ns_{0};    // the caller's CPU time inside submit, finished calls
-  std::atomic<std::int64_t> submit_entry_cpu_ns_{-1};  // its CPU clock at the running submit's start, or -1
-  std::atomic<std::int64_t> wall_in_submit_ns_{0};     // wall time inside submit, finished calls
-  std::atomic<std::int64_t> submit_entry_wall_ns_{-1}; // the running submit's start (monotonic), or -1
+  std::atomic<long> caller_clock_{0};  // clockid_t of the caller's thread CPU clock
   std::mutex gate_mu_;  // only encoders and submit take it (never an inherited engine's: see submit)
   BusyGate gate_{0};
+  // The caller's time inside submit (guarded by gate_mu_): CPU and wall time
+  // of finished calls, and the running call's start (-1: none running).
+  std::int64_t cpu_in_submit_ns_ = 0, wall_in_submit_ns_ = 0;
+  std::int64_t submit_entry_cpu_ns_ = -1, submit_entry_wall_ns_ = -1;
   std::atomic<std::uint64_t> busy_deferrals_{0};
   // Fork: the process that created the engine, and whether it was abandoned.
   const long owner_pid_;

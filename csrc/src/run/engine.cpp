@@ -8,7 +8,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -438,11 +437,10 @@ void Engine::submit(const std::vector<Request>& requests) {
     std::lock_guard<std::mutex> lk(gate_mu_);
     if (caller_clock_.exchange(static_cast<long>(cid)) != static_cast<long>(cid) || !has_caller_.load()) {
       gate_.reset();  // a new caller thread
-      cpu_in_submit_ns_.store(0);
-      wall_in_submit_ns_.store(0);
+      cpu_in_submit_ns_ = wall_in_submit_ns_ = 0;
     }
-    submit_entry_cpu_ns_.store(entry);
-    submit_entry_wall_ns_.store(entry_wall);
+    submit_entry_cpu_ns_ = entry;
+    submit_entry_wall_ns_ = entry_wall;
     gate_.entering();
     has_caller_.store(true);
   }
@@ -454,11 +452,10 @@ void Engine::submit(const std::vector<Request>& requests) {
       if (entry < 0) return;
       const std::int64_t now = cpu_ns(cid), now_wall = wall_ns();
       std::lock_guard<std::mutex> lk(e.gate_mu_);
-      if (now >= entry) e.cpu_in_submit_ns_.fetch_add(now - entry);
-      e.wall_in_submit_ns_.fetch_add(now_wall - entry_wall);
-      e.submit_entry_cpu_ns_.store(-1);
-      e.submit_entry_wall_ns_.store(-1);
-      e.gate_.submitted(now_wall, now - e.cpu_in_submit_ns_.load(), e.wall_in_submit_ns_.load());
+      if (now >= entry) e.cpu_in_submit_ns_ += now - entry;
+      e.wall_in_submit_ns_ += now_wall - entry_wall;
+      e.submit_entry_cpu_ns_ = e.submit_entry_wall_ns_ = -1;
+      e.gate_.submitted(now_wall, now - e.cpu_in_submit_ns_, e.wall_in_submit_ns_);
     }
   } leave{*this, cid, entry, entry_wall};
   dispatch_batch(stage(requests, true));
@@ -475,12 +472,11 @@ bool Engine::background_may_start() {
   const std::int64_t cpu = cpu_ns(cid);
   if (cpu < 0) return true;  // the caller's thread is gone
   const std::int64_t now = wall_ns();
-  std::lock_guard<std::mutex> lk(gate_mu_);  // the submit counters below change together under it
-  std::int64_t outside = cpu - cpu_in_submit_ns_.load();
-  std::int64_t inside = wall_in_submit_ns_.load();
-  const std::int64_t entry = submit_entry_cpu_ns_.load(), entry_wall = submit_entry_wall_ns_.load();
-  if (entry >= 0 && cpu >= entry) outside -= cpu - entry;  // a submit is running: its time so far is ours too
-  if (entry_wall >= 0 && now >= entry_wall) inside += now - entry_wall;
+  std::lock_guard<std::mutex> lk(gate_mu_);
+  std::int64_t outside = cpu - cpu_in_submit_ns_, inside = wall_in_submit_ns_;
+  // A submit is running: its time so far is the caller feeding us too.
+  if (submit_entry_cpu_ns_ >= 0 && cpu >= submit_entry_cpu_ns_) outside -= cpu - submit_entry_cpu_ns_;
+  if (submit_entry_wall_ns_ >= 0 && now >= submit_entry_wall_ns_) inside += now - submit_entry_wall_ns_;
   const bool start = gate_.may_start(now, outside, inside, urgent);
   if (!start) busy_deferrals_.fetch_add(1);
   return start;
@@ -738,9 +734,7 @@ void Engine::check() {
 void Engine::flush() {
   if (inherited()) return;  // chunks pending at the fork are the parent's to store
   {
-    waiters_.fetch_add(1);
-    struct Done { std::atomic<int>& n; ~Done() { n.fetch_sub(1); } } done{waiters_};
-    pool_.wake_all();
+    const Waiting waiting(*this);
     std::unique_lock<std::mutex> lk(async_mu_);
     async_cv_.wait(lk, [this] { return pending_ == 0; });
   }
@@ -753,9 +747,7 @@ bool Engine::wait_idle(double timeout_seconds, bool help) {
       std::chrono::steady_clock::now() +
       std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(
           std::min(std::max(0.0, timeout_seconds), 1e9)));
-  waiters_.fetch_add(1);
-  struct Done { std::atomic<int>& n; ~Done() { n.fetch_sub(1); } } done{waiters_};
-  pool_.wake_all();
+  const Waiting waiting(*this);
   if (help) help_until_idle(deadline);
   std::unique_lock<std::mutex> lk(async_mu_);
   return async_cv_.wait_until(lk, deadline, [this] { return pending_ == 0; });
