@@ -168,21 +168,17 @@ def compress_calibration() -> float:
     w = make_workload(1, 1, 721, 1440)
     field = np.ascontiguousarray(w.fields[0][0, 0, 0, 0])
     codec = numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.SHUFFLE)
-    threads = numcodecs.blosc.get_nthreads() if hasattr(numcodecs.blosc, "get_nthreads") else None
-    numcodecs.blosc.set_nthreads(1)
+    threads = numcodecs.blosc.set_nthreads(1)  # returns the previous setting
     try:
-        codec.encode(field)
-        best = min(_seconds(lambda: codec.encode(field)) for _ in range(5))
+        codec.encode(field)  # warm up
+        best = float("inf")
+        for _ in range(5):
+            t = time.perf_counter()
+            codec.encode(field)
+            best = min(best, time.perf_counter() - t)
     finally:
-        if threads:
-            numcodecs.blosc.set_nthreads(threads)
+        numcodecs.blosc.set_nthreads(threads)
     return round(field.nbytes / best / 1e6, 1)
-
-
-def _seconds(fn: Callable[[], Any]) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def machine() -> dict[str, Any]:
