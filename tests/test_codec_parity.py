@@ -116,31 +116,3 @@ def test_big_endian_bytes_codec(tmp_path):
     io.write(data, coords, "v")
     assert io.stats()["chunks_written"] == 3  # native path, not a fallback
     np.testing.assert_array_equal(zarr.open_array(str(store / "v"), mode="r")[...], data)
-
-
-def test_zstd_chunks_larger_than_c_blosc_blocks_get_half_megabyte_blocks(tmp_path):
-    """zstd's automatic block is 512 KiB (c-blosc picks 128 KiB at clevel 3): what numcodecs writes when
-    asked for that block size, readable by every Blosc1 reader; a block size given is kept."""
-    data = _field("float32", (2, 721, 1440), 3).astype("float32")
-    coords = {"time": np.arange(2), "lat": np.arange(721), "lon": np.arange(1440)}
-    for given in (0, 131072):
-        codec = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle", blocksize=given)
-        path = tmp_path / f"bs{given}.zarr"
-        io = e2fastio.ZarrBackend(str(path), chunks={"time": 1}, zarr_codecs=codec)
-        io.add_array(coords, "v")
-        io.write(data, coords, "v")
-        io.close()
-        arr = zarr.open_array(str(path / "v"), mode="r")
-        np.testing.assert_array_equal(arr[...], data)
-        assert arr.metadata.codecs[1].blocksize == given  # the metadata keeps what was asked for
-        for t in range(2):
-            raw = (path / "v" / "c" / str(t) / "0" / "0").read_bytes()
-            assert int.from_bytes(raw[8:12], "little") == (given or 524288)
-            np.testing.assert_array_equal(np.frombuffer(numcodecs.Blosc().decode(raw), "float32").reshape(721, 1440),
-                                          data[t])
-    spec = _core.CodecSpec()
-    spec.itemsize, spec.blosc, spec.cname, spec.clevel, spec.typesize = 4, True, "zstd", 3, 4
-    spec.shuffle = _core.Shuffle(1)
-    ours = _core.encode_chunk(spec, data[0], threads=1)  # one thread: c-blosc stores blocks in order
-    assert ours == bytes(numcodecs.Blosc(cname="zstd", clevel=3, shuffle=1, blocksize=524288).encode(data[0]))
-    assert len(ours) < len(numcodecs.Blosc(cname="zstd", clevel=3, shuffle=1).encode(data[0]))

@@ -9,7 +9,6 @@
 #include <vector>
 
 #include "e2fastio/blosc1.hpp"
-#include "e2fastio/codec.hpp"
 #include "harness.hpp"
 
 extern "C" {  // zstd, bundled inside libblosc.a
@@ -171,54 +170,6 @@ TEST(blosc1_layout_refuses_what_a_blosc1_chunk_cannot_hold) {
   CHECK(e2f_test::throws<std::invalid_argument>([] { blosc1_zstd_layout(std::size_t{1} << 31, 4, 3, 0); }, "at most"));
   CHECK(e2f_test::throws<std::invalid_argument>([] { blosc1_zstd_layout(100, 0, 3, 0); }, "typesize"));
   CHECK(e2f_test::throws<std::invalid_argument>([] { blosc1_zstd_layout(100, 4, 10, 0); }, "clevel"));
-}
-
-// The automatic block size for zstd: at least 512 KiB, what c-blosc writes
-// when asked for that size, read back exactly by c-blosc; a block size set by
-// the user, and every other codec, left as given.
-TEST(zstd_chunks_get_half_megabyte_blocks_unless_a_block_size_is_given) {
-  CodecSpec spec;
-  spec.blosc = true;
-  spec.cname = "zstd";
-  spec.typesize = 4;
-  const std::size_t grid = 721 * 1440 * 4;
-  for (int clevel : {1, 3, 5}) {
-    spec.clevel = clevel;
-    CHECK(blosc_blocksize(spec, grid) == kZstdAutoBlockBytes);
-  }
-  spec.clevel = 9;  // c-blosc's own choice (1 MiB) is larger: left to it
-  CHECK(blosc_blocksize(spec, grid) == 0);
-  spec.clevel = 0;  // stored, not compressed
-  CHECK(blosc_blocksize(spec, grid) == 0);
-  spec.clevel = 3;
-  spec.blocksize = 65536;
-  CHECK(blosc_blocksize(spec, grid) == 65536);
-  spec.blocksize = 0;
-  spec.cname = "lz4";
-  CHECK(blosc_blocksize(spec, grid) == 0);
-  spec.cname = "zstd";
-
-  for (std::size_t nbytes : {std::size_t{4000}, std::size_t{200003}, grid}) {
-    std::vector<std::uint8_t> raw = smooth_floats(nbytes, 5);
-    std::vector<std::uint8_t> enc(spec.max_encoded_size(nbytes));
-    std::vector<std::uint8_t> keep = raw;
-    const std::uint8_t* out = nullptr;
-    const std::size_t n = encode_chunk(spec, raw.data(), nbytes, enc.data(), enc.size(), 1, &out);
-    enc.resize(n);
-    std::size_t nb = 0, cb = 0, bs = 0;
-    blosc_cbuffer_sizes(enc.data(), &nb, &cb, &bs);
-    CHECK(nb == nbytes && cb == n);
-    CHECK(bs == std::min(kZstdAutoBlockBytes, nbytes / 4 * 4));
-    // What c-blosc itself writes when asked for 512 KiB blocks, byte for byte.
-    std::vector<std::uint8_t> ref(nbytes + BLOSC_MAX_OVERHEAD);
-    const int r = blosc_compress_ctx(3, 1, 4, nbytes, keep.data(), ref.data(), ref.size(), "zstd", kZstdAutoBlockBytes, 1);
-    CHECK(r == static_cast<int>(n) && std::memcmp(ref.data(), enc.data(), n) == 0);
-    CHECK(decodes_to(enc, keep));
-    if (nbytes <= 131072) {  // no larger than c-blosc's own choice: what numcodecs writes by default
-      const int d = blosc_compress_ctx(3, 1, 4, nbytes, keep.data(), ref.data(), ref.size(), "zstd", 0, 1);
-      CHECK(d == static_cast<int>(n) && std::memcmp(ref.data(), enc.data(), n) == 0);
-    }
-  }
 }
 
 }  // namespace

@@ -19,7 +19,7 @@ struct CodecSpec {
   int clevel = 5;
   Shuffle shuffle = Shuffle::byte;
   std::size_t typesize = 4;
-  std::size_t blocksize = 0;    // 0: automatic (see blosc_blocksize)
+  std::size_t blocksize = 0;    // 0: automatic
   // HDF5's filters for NetCDF-4: optional byte shuffle (filter 2), then
   // deflate (filter 1) as a zlib stream (RFC 1950, what HDF5 writes).
   bool deflate = false;
@@ -30,21 +30,6 @@ struct CodecSpec {
   // Bytes a destination buffer needs for a raw chunk of `nbytes`.
   std::size_t max_encoded_size(std::size_t nbytes) const;
 };
-
-// The smallest block e2fastio gives zstd when the block size is automatic.
-// c-blosc 1.x picks 32-256 KiB for clevel 1-5; zstd compresses 512 KiB blocks
-// faster and smaller at every level (clevel 3 on seed-like fields: 7% faster,
-// 11% fewer bytes; clevel 1: 1.6x faster), because its parameter table for
-// inputs over 256 KiB is a different one. docs/benchmarks.md, session 15.
-constexpr std::size_t kZstdAutoBlockBytes = 512 * 1024;
-
-// The block size blosc is asked for (c-blosc's "forced" block size; 0 lets it
-// choose): `spec.blocksize` when set, exactly as given; for zstd, the larger of
-// kZstdAutoBlockBytes and c-blosc's own choice (clamped to the chunk as c-blosc
-// clamps a forced size, so chunks up to c-blosc's choice are byte for byte
-// what numcodecs writes); for every other codec 0. Any Blosc1 decoder reads
-// any block size; a zarr array's metadata keeps the blocksize it was given.
-std::size_t blosc_blocksize(const CodecSpec& spec, std::size_t nbytes);
 
 // Encode raw (native byte order, C order) chunk bytes. `raw` may be modified in
 // place (byte swap). Returns the encoded size; *out_ptr points either at `dst`

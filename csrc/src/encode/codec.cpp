@@ -1,7 +1,5 @@
 #include "e2fastio/codec.hpp"
 
-#include "e2fastio/blosc1.hpp"
-
 #include <blosc.h>
 #include <zlib.h>
 #if E2FASTIO_HAVE_LIBDEFLATE
@@ -117,12 +115,6 @@ void hdf5_unshuffle(const uint8_t* src, uint8_t* dst, std::size_t nbytes, std::s
   std::memcpy(dst + n * itemsize, src + n * itemsize, nbytes - n * itemsize);
 }
 
-std::size_t blosc_blocksize(const CodecSpec& spec, std::size_t nbytes) {
-  if (spec.blocksize || spec.cname != "zstd" || spec.clevel <= 0) return spec.blocksize;
-  const std::size_t cblosc = blosc1_zstd_layout(nbytes, spec.typesize, spec.clevel, 0).blocksize;
-  return cblosc >= kZstdAutoBlockBytes ? 0 : kZstdAutoBlockBytes;
-}
-
 std::size_t encode_chunk(const CodecSpec& spec, uint8_t* raw, std::size_t nbytes, uint8_t* dst,
                          std::size_t dst_capacity, int blosc_threads, const uint8_t** out_ptr) {
   if (spec.big_endian) byteswap_inplace(raw, nbytes, spec.itemsize);
@@ -167,8 +159,7 @@ std::size_t encode_chunk(const CodecSpec& spec, uint8_t* raw, std::size_t nbytes
                                 " bytes exceeds blosc's 2 GiB limit; use smaller chunks");
   if (dst_capacity < nbytes + BLOSC_MAX_OVERHEAD) E2F_FAIL("encode buffer too small");
   int n = blosc_compress_ctx(spec.clevel, static_cast<int>(spec.shuffle), spec.typesize, nbytes, raw, dst,
-                             dst_capacity, spec.cname.c_str(), blosc_blocksize(spec, nbytes),
-                             std::max(1, blosc_threads));
+                             dst_capacity, spec.cname.c_str(), spec.blocksize, std::max(1, blosc_threads));
   if (n <= 0) E2F_FAIL("blosc_compress_ctx failed with code " + std::to_string(n));
   *out_ptr = dst;
   return static_cast<std::size_t>(n);
