@@ -214,6 +214,7 @@ void register_engine(py::module_& m) {
              d["pinned"] = s.pinned;
              d["used_bytes"] = s.used_bytes;
              d["peak_used_bytes"] = s.peak_used_bytes;
+             d["prefaulted_bytes"] = s.prefaulted_bytes;
              d["reservations"] = s.reservations;
              d["waits"] = s.waits;
              d["wait_seconds"] = s.wait_seconds;

@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -378,6 +379,36 @@ TEST(a_new_ring_and_pool_start_on_the_memory_a_destroyed_engine_left_warm) {
   CHECK(pool.acquire(300 * 1024).data() == buffer);
   CHECK(host_memory::stats().cached_blocks == 0);
   ring.release(s.id);
+}
+
+TEST(a_ring_on_a_warm_cached_block_prefaults_only_the_pages_never_touched) {
+  host_memory::empty();
+  constexpr std::size_t kMiB = std::size_t{1} << 20;
+  {
+    StagingRing ring(64 * kMiB);
+    CHECK(ring.warm_bytes() == 0);
+    ring.prefault(0, 16 * kMiB);
+    ring.prefault(0, 16 * kMiB);  // already warm: skipped
+#ifdef MADV_POPULATE_WRITE
+    CHECK(ring.stats().prefaulted_bytes == 16 * kMiB);
+    CHECK(ring.warm_bytes() == 16 * kMiB);
+#endif
+    auto s = ring.reserve(24 * kMiB - 100);  // a slot from the start: its copy writes it
+    std::memset(s.data, 1, s.size);
+    CHECK(ring.warm_bytes() == 24 * kMiB);
+    ring.release(s.id);
+  }
+  StagingRing ring(64 * kMiB);  // the same block, from the process cache
+  CHECK(ring.warm_bytes() == 24 * kMiB);
+  ring.prefault(0, 32 * kMiB);
+#ifdef MADV_POPULATE_WRITE
+  CHECK(ring.stats().prefaulted_bytes == 8 * kMiB);  // only [24, 32) MiB
+  CHECK(ring.warm_bytes() == 32 * kMiB);
+#endif
+  ring.prefault(48 * kMiB, 8 * kMiB);  // not contiguous with the warm start: the mark stays
+#ifdef MADV_POPULATE_WRITE
+  CHECK(ring.warm_bytes() == 32 * kMiB);
+#endif
 }
 
 TEST(page_locked_rings_are_cached_apart_from_pageable_ones) {

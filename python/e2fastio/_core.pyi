@@ -321,6 +321,7 @@ class RingStats(TypedDict):
     pinned: bool
     used_bytes: int
     peak_used_bytes: int
+    prefaulted_bytes: int
     reservations: int
     waits: int
     wait_seconds: float

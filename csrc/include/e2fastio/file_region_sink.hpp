@@ -8,6 +8,7 @@
 
 #include "e2fastio/direct_io.hpp"
 #include "e2fastio/fork_safe_mutex.hpp"
+#include "e2fastio/host_memory.hpp"
 #include "e2fastio/sink.hpp"
 
 namespace e2fastio {
@@ -43,7 +44,7 @@ class FileRegionSink : public Sink {
   DirectAlignment align_;
   std::size_t bounce_align_ = 0;
   ForkSafeMutex mu_;
-  std::vector<uint8_t*> bounces_;
+  std::vector<host_memory::Block> bounces_;  // idle bounce buffers; back to the process cache at the end
 };
 
 }  // namespace e2fastio

@@ -21,10 +21,13 @@
 
 namespace e2fastio::host_memory {
 
+constexpr std::size_t kBlockAlign = 4096;  // every block's start is aligned to this
+
 struct Block {
   uint8_t* data = nullptr;
   std::size_t size = 0;  // bytes usable at data (a cached block may be larger than asked)
   bool pinned = false;   // page-locked, from the CUDA runtime (freed with cudaFreeHost)
+  std::size_t warm = 0;  // bytes from the start its last owner knew to be faulted in (0 when fresh)
 };
 
 // A block of at least min_size and at most max_size bytes (4 KiB aligned):

@@ -20,6 +20,7 @@ struct RingStats {
   std::size_t used_bytes = 0;
   std::size_t peak_used_bytes = 0;
   std::uint64_t reservations = 0;
+  std::size_t prefaulted_bytes = 0;  // bytes prefault() asked the kernel for (warm ones are skipped)
   std::uint64_t waits = 0;       // reservations that had to wait for space
   double wait_seconds = 0.0;
 };
@@ -47,8 +48,14 @@ class StagingRing {
   bool pinned() const noexcept { return block_.pinned; }
   const uint8_t* base() const noexcept { return block_.data; }
   // Fault pages [offset, offset + n) in without writing them (MADV_POPULATE_WRITE):
-  // safe while slots are in use; a no-op where unsupported.
+  // safe while slots are in use; a no-op where unsupported. Pages below
+  // warm_bytes() are skipped: walking 128 MiB of pages that are already there
+  // still costs ~5 ms of CPU, paid again by every engine a process creates.
   void prefault(std::size_t offset, std::size_t n) noexcept;
+  // Bytes from the ring's start known to be faulted in: by a prefault, by a
+  // slot handed out (its copy writes it), or by an earlier owner of the block
+  // (the process cache keeps the mark). Pinned blocks are always resident.
+  std::size_t warm_bytes() const;
 
  private:
   struct Live {
@@ -64,6 +71,7 @@ class StagingRing {
   std::condition_variable cv_;
   std::deque<Live> live_;
   std::size_t head_ = 0;  // next free offset
+  std::size_t warm_ = 0;  // see warm_bytes(); only grows, from 0 or the cached block's mark
   uint64_t next_id_ = 1;
   RingStats stats_;
 };

@@ -53,7 +53,7 @@ FileRegionSink::FileRegionSink(std::string path, std::uint64_t offset, std::stri
 FileRegionSink::~FileRegionSink() {
   if (fd_ >= 0) ::close(fd_);
   if (direct_fd_ >= 0) ::close(direct_fd_);
-  for (auto* b : bounces_) std::free(b);
+  for (const host_memory::Block& b : bounces_) host_memory::give(b);
 }
 
 std::uint64_t FileRegionSink::offset_of(const std::string& key) const {
@@ -77,20 +77,24 @@ uint8_t* FileRegionSink::take_bounce() {
   {
     std::lock_guard<ForkSafeMutex> lk(mu_);
     if (!bounces_.empty()) {
-      auto* b = bounces_.back();
+      host_memory::Block b = bounces_.back();
       bounces_.pop_back();
-      return b;
+      return b.data;
     }
   }
-  std::size_t n = (chunk_bytes_ + bounce_align_ - 1) / bounce_align_ * bounce_align_;
+  // From the process cache: a file's sink lives as long as one file, and fresh
+  // pages fault in slowly, so the next file's sink takes these warm.
+  const std::size_t n = (chunk_bytes_ + bounce_align_ - 1) / bounce_align_ * bounce_align_;
+  if (bounce_align_ <= host_memory::kBlockAlign) return host_memory::take(n, n, false).data;
   auto* b = static_cast<uint8_t*>(std::aligned_alloc(bounce_align_, n));
   if (!b) throw std::bad_alloc();
   return b;
 }
 
 void FileRegionSink::give_bounce(uint8_t* b) {
+  const std::size_t n = (chunk_bytes_ + bounce_align_ - 1) / bounce_align_ * bounce_align_;
   std::lock_guard<ForkSafeMutex> lk(mu_);
-  bounces_.push_back(b);  // reused: at most one per thread that ever wrote at once
+  bounces_.push_back({b, n, false});  // reused: at most one per thread that ever wrote at once
 }
 
 void FileRegionSink::write(const std::string& key, const uint8_t* data, std::size_t nbytes) {

@@ -15,7 +15,7 @@
 namespace e2fastio::host_memory {
 
 namespace {
-constexpr std::size_t kAlign = 4096;
+constexpr std::size_t kAlign = kBlockAlign;
 constexpr std::size_t kDefaultLimit = std::size_t{1} << 30;
 
 void release(const Block& b) noexcept {

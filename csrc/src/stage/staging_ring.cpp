@@ -26,16 +26,33 @@ StagingRing::StagingRing(std::size_t capacity, bool pinned)
   // returned to the OS while the process cache keeps the block): only the
   // first lap pays the page-fault cost, and a small workload never maps the
   // whole capacity.
+  warm_ = block_.pinned ? capacity_ : std::min(block_.warm, capacity_);
   stats_.capacity = capacity_;
 }
 
-StagingRing::~StagingRing() { host_memory::give(block_); }
+StagingRing::~StagingRing() {
+  block_.warm = std::max(block_.warm, warm_);  // a smaller ring may have used a larger cached block
+  host_memory::give(block_);
+}
+
+std::size_t StagingRing::warm_bytes() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return warm_;
+}
 
 void StagingRing::prefault(std::size_t offset, std::size_t n) noexcept {
 #ifdef MADV_POPULATE_WRITE
   if (block_.pinned || offset >= capacity_) return;
-  n = std::min(n, capacity_ - offset);
-  ::madvise(block_.data + offset, n, MADV_POPULATE_WRITE);
+  std::size_t end = std::min(capacity_, offset + std::min(n, capacity_ - offset));
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    offset = std::max(offset, warm_);
+    if (offset >= end) return;
+    stats_.prefaulted_bytes += end - offset;
+  }
+  if (::madvise(block_.data + offset, end - offset, MADV_POPULATE_WRITE) != 0) return;
+  std::lock_guard<std::mutex> lk(mu_);
+  if (offset <= warm_) warm_ = std::max(warm_, end);  // contiguous from the start: the mark grows
 #else
   (void)offset;
   (void)n;
@@ -83,6 +100,7 @@ StagingRing::Slot StagingRing::reserve(std::size_t nbytes) {
   Live l{next_id_++, off, n, false};
   live_.push_back(l);
   head_ = off + n;
+  if (off <= warm_) warm_ = std::max(warm_, head_);  // the caller's copy writes the slot
   stats_.used_bytes += n;
   stats_.peak_used_bytes = std::max(stats_.peak_used_bytes, stats_.used_bytes);
   ++stats_.reservations;
