@@ -205,8 +205,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.child:
         print(json.dumps(child(args.child, args.shard, size, args.outdir)))
         return {}
+    if args.outdir is None:  # a directory of our own, removed at the end
+        with tempfile.TemporaryDirectory(prefix="bench_shard_", dir=os.environ.get("TMPDIR")) as tmp:
+            return _measure(args, size, tmp)
+    return _measure(args, size, args.outdir)
+
+
+def _measure(args: argparse.Namespace, size: dict[str, int], outdir: str) -> dict:
+    """Every competitor, interleaved, per shard size; prints the table and saves the JSON record."""
     repeats = args.repeats or (1 if args.quick else 3)
-    outdir = args.outdir or tempfile.mkdtemp(prefix="bench_shard_", dir=os.environ.get("TMPDIR"))
     record: dict[str, Any] = {"bench": "bench_shard", "git": common.git_rev(), "machine": common.machine(),
                               "size": size, "repeats": repeats, "results": {}}
     for shard in args.shards:

@@ -83,10 +83,23 @@ using e2f_test::g_failures;
 using e2f_test::registry;
 using e2f_test::throws;
 
+// Every directory made here is removed when the test binary exits (by the
+// process that made it; forked children leave with _exit), whatever the test's
+// outcome: a test that fails halfway leaves nothing in /tmp either.
 std::string make_tempdir() {
+  static const pid_t owner = getpid();
+  static std::vector<std::string>* made = [] {
+    auto* v = new std::vector<std::string>();
+    std::atexit([] {
+      if (getpid() != owner) return;
+      for (const std::string& d : *made) std::system(("rm -rf '" + d + "'").c_str());
+    });
+    return v;
+  }();
   char tmpl[] = "/tmp/e2fastio-cpp-XXXXXX";
   char* d = mkdtemp(tmpl);
   if (!d) throw std::runtime_error("mkdtemp failed");
+  made->push_back(d);
   return d;
 }
 
