@@ -127,10 +127,16 @@ def test_close_after_a_timed_out_write_lets_waiting_encoders_go(tmp_path):
 
 
 def _run_until_timed_out(path, **kw):
-    """The collected-backend workload, again while its write finished before timing out (see above)."""
+    """The collected-backend workload, again while the scenario did not arise: its write finished
+    before timing out (see above), or timed out with every chunk already stored. The last chunk can
+    reach the collector and be taken to HDF5 by the write's final pop a moment before the engine
+    counts it finished: the write then reports "1 chunk(s) still pending" with all 16 of each step
+    stored, and the finalizer rightly finds nothing to drop or fail (2 in 60 runs under load)."""
     for attempt in range(4):
         out = _run_workload(path.with_name(f"{path.stem}{attempt}.nc"), True, 4, **kw)
-        if out["outcome"] != "ok":
+        col = out["collector"]  # 16 chunks per write
+        all_stored = col["chunks_popped"] == col["chunks_collected"] > 0 and col["chunks_popped"] % 16 == 0
+        if out["outcome"] != "ok" and not all_stored:
             break
     return out
 
