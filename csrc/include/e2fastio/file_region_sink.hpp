@@ -33,6 +33,7 @@ class FileRegionSink : public Sink {
 
  private:
   std::uint64_t offset_of(const std::string& key) const;
+  std::size_t bounce_bytes() const noexcept;  // one chunk, rounded up to the bounce alignment
   uint8_t* take_bounce();
   void give_bounce(uint8_t* b);
   std::string path_;

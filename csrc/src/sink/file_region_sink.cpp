@@ -73,6 +73,10 @@ std::uint64_t FileRegionSink::offset_of(const std::string& key) const {
   return offset_ + linear * itemsize_;
 }
 
+std::size_t FileRegionSink::bounce_bytes() const noexcept {
+  return (chunk_bytes_ + bounce_align_ - 1) / bounce_align_ * bounce_align_;
+}
+
 uint8_t* FileRegionSink::take_bounce() {
   {
     std::lock_guard<ForkSafeMutex> lk(mu_);
@@ -84,7 +88,7 @@ uint8_t* FileRegionSink::take_bounce() {
   }
   // From the process cache: a file's sink lives as long as one file, and fresh
   // pages fault in slowly, so the next file's sink takes these warm.
-  const std::size_t n = (chunk_bytes_ + bounce_align_ - 1) / bounce_align_ * bounce_align_;
+  const std::size_t n = bounce_bytes();
   if (bounce_align_ <= host_memory::kBlockAlign) return host_memory::take(n, n, false).data;
   auto* b = static_cast<uint8_t*>(std::aligned_alloc(bounce_align_, n));
   if (!b) throw std::bad_alloc();
@@ -92,9 +96,8 @@ uint8_t* FileRegionSink::take_bounce() {
 }
 
 void FileRegionSink::give_bounce(uint8_t* b) {
-  const std::size_t n = (chunk_bytes_ + bounce_align_ - 1) / bounce_align_ * bounce_align_;
   std::lock_guard<ForkSafeMutex> lk(mu_);
-  bounces_.push_back({b, n, false});  // reused: at most one per thread that ever wrote at once
+  bounces_.push_back({b, bounce_bytes(), false});  // reused: at most one per thread that ever wrote at once
 }
 
 void FileRegionSink::write(const std::string& key, const uint8_t* data, std::size_t nbytes) {

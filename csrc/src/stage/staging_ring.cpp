@@ -43,7 +43,7 @@ std::size_t StagingRing::warm_bytes() const {
 void StagingRing::prefault(std::size_t offset, std::size_t n) noexcept {
 #ifdef MADV_POPULATE_WRITE
   if (block_.pinned || offset >= capacity_) return;
-  std::size_t end = std::min(capacity_, offset + std::min(n, capacity_ - offset));
+  const std::size_t end = offset + std::min(n, capacity_ - offset);
   {
     std::lock_guard<std::mutex> lk(mu_);
     offset = std::max(offset, warm_);
