@@ -407,9 +407,12 @@ TEST(a_ring_on_a_warm_cached_block_prefaults_only_the_pages_never_touched) {
     CHECK(ring.warm_bytes() == 16 * kMiB);
 #endif
     auto s = ring.reserve(24 * kMiB - 100);  // a slot from the start: its copy writes it
+#ifdef MADV_POPULATE_WRITE
+    CHECK(ring.warm_bytes() == 16 * kMiB);  // not yet: a prefault may still fault the pages ahead of the copy
+#endif
     std::memset(s.data, 1, s.size);
-    CHECK(ring.warm_bytes() == 24 * kMiB);
     ring.release(s.id);
+    CHECK(ring.warm_bytes() == 24 * kMiB);
   }
   StagingRing ring(64 * kMiB);  // the same block, from the process cache
   CHECK(ring.warm_bytes() == 24 * kMiB);

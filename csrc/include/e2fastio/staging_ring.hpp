@@ -53,7 +53,7 @@ class StagingRing {
   // still costs ~5 ms of CPU, paid again by every engine a process creates.
   void prefault(std::size_t offset, std::size_t n) noexcept;
   // Bytes from the ring's start known to be faulted in: by a prefault, by a
-  // slot handed out (its copy writes it), or by an earlier owner of the block
+  // slot released (its copy wrote it), or by an earlier owner of the block
   // (the process cache keeps the mark). Pinned blocks are always resident.
   std::size_t warm_bytes() const;
 

@@ -57,13 +57,18 @@ Engine::Engine(unsigned threads, std::size_t max_buffer_bytes, std::size_t ring_
   if (ring_bytes > 0) {
     E2F_EXPECT(ring_bytes < max_buffer_bytes, "the staging ring must be smaller than max_buffer_bytes");
     ring_ = std::make_unique<StagingRing>(ring_bytes, cuda::available());
-    // Nothing is faulted in here: pages are faulted ahead of the writes, as
-    // far as they reach (warm_ring_ahead), or were left warm by an earlier
-    // engine (the process cache keeps the block). Faulting a fixed 128 MiB at
-    // construction cost a fresh process that much RSS whatever it wrote, and
-    // slowed the caller's first steps (add_array on zarr's event loop: 12 ->
-    // 44 ms) while it ran.
-    ring_warm_ = ring_->warm_bytes();
+    // Fault the start of the ring in on the pool while it is idle, 32 MiB per
+    // task, so that the first writes copy at memcpy speed; pages a previous
+    // engine left warm are skipped (StagingRing::prefault). Only the start:
+    // the ring restarts at offset 0 whenever it drains, so a writer that the
+    // pool keeps up with reuses the same (warm) pages. (Faulting only as far
+    // as the writes reach instead was tried: 2.5 MiB instead of 130 MiB of RSS
+    // for a small write in a fresh process, but the faults then land in the
+    // first steps: docs/benchmarks.md, session 15.)
+    const std::size_t warm = std::min<std::size_t>(ring_->capacity(), std::size_t{128} << 20);
+    for (std::size_t off = ring_->warm_bytes() / (32u << 20) * (32u << 20); off < warm; off += (32u << 20))
+      pool_.submit([r = ring_.get(), off] { r->prefault(off, 32u << 20); });
+    ring_warm_ = std::max(warm, ring_->warm_bytes());  // further pages: ahead of the writer (warm_ring_ahead)
   }
 }
 
@@ -101,7 +106,7 @@ ThreadPool* Engine::writers_for(const Sink& sink) { return sink.waits_on_device(
 
 void Engine::warm_ring_ahead(std::size_t end, std::size_t batch_bytes) {
   // A writer that the encoders keep up with reuses the ring's start (warm
-  // after the first lap); one that runs ahead of them reaches fresh pages,
+  // since construction); one that runs ahead of them reaches fresh pages,
   // which fault in at ~0.5 GB/s on the caller's thread. Two batches ahead of
   // the newest slot are faulted in here, off the caller's thread; pages once
   // touched stay (the block returns to the process cache warm), so RSS grows
@@ -113,7 +118,6 @@ void Engine::warm_ring_ahead(std::size_t end, std::size_t batch_bytes) {
   do {
     if (want <= from) return;
   } while (!ring_warm_.compare_exchange_weak(from, want));
-  from = std::max(from, end);  // up to `end`: the slot the caller is copying into now, faulted by that copy
   try {
     ThreadPool& w = writers();
     for (std::size_t off = from; off < want; off += kPiece)

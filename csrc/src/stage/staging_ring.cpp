@@ -100,7 +100,6 @@ StagingRing::Slot StagingRing::reserve(std::size_t nbytes) {
   Live l{next_id_++, off, n, false};
   live_.push_back(l);
   head_ = off + n;
-  if (off <= warm_) warm_ = std::max(warm_, head_);  // the caller's copy writes the slot
   stats_.used_bytes += n;
   stats_.peak_used_bytes = std::max(stats_.peak_used_bytes, stats_.used_bytes);
   ++stats_.reservations;
@@ -114,6 +113,7 @@ void StagingRing::release(uint64_t id) {
       if (l.id == id && !l.released) {
         l.released = true;
         stats_.used_bytes -= l.size;
+        if (l.offset <= warm_) warm_ = std::max(warm_, l.offset + l.size);  // the slot's copy wrote it
         break;
       }
     while (!live_.empty() && live_.front().released) live_.pop_front();
