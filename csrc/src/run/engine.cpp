@@ -66,9 +66,9 @@ Engine::Engine(unsigned threads, std::size_t max_buffer_bytes, std::size_t ring_
     // for a small write in a fresh process, but the faults then land in the
     // first steps: docs/benchmarks.md, session 15.)
     const std::size_t warm = std::min<std::size_t>(ring_->capacity(), std::size_t{128} << 20);
-    for (std::size_t off = ring_->warm_bytes() / (32u << 20) * (32u << 20); off < warm; off += (32u << 20))
+    for (std::size_t off = 0; off < warm; off += (32u << 20))
       pool_.submit([r = ring_.get(), off] { r->prefault(off, 32u << 20); });
-    ring_warm_ = std::max(warm, ring_->warm_bytes());  // further pages: ahead of the writer (warm_ring_ahead)
+    ring_warm_ = warm;  // further pages: ahead of the writer, when it gets that far (warm_ring_ahead)
   }
 }
 
